@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Both set up what they need.
+VENV        ?= .venv
+PYTHON      ?= python3
+TORCH_SPEC  ?= torch==2.13.0
+BIN         := $(VENV)/bin
+DATASET     ?= $(firstword $(wildcard ../shared/multipl-e/humaneval))
+TEST_IMAGES ?= py
+DEMO_LANGS  ?= py rb
+
+.PHONY: setup docker images test test-fast demo lint clean-containers
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+docker:
+	scripts/ensure-docker.sh
+
+images: setup docker
+	$(BIN)/flora-eval images build $(TEST_IMAGES)
+
+test: setup docker images
+	$(BIN)/ruff check harness tests
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not docker and not slow"
+
+demo: setup docker
+	$(BIN)/flora-eval images build $(DEMO_LANGS)
+	scripts/demo.sh
+
+lint: setup
+	$(BIN)/ruff check harness tests

@@ -1,0 +1,136 @@
+"""Models: the alias table, `from_pretrained` loading and the embedded `tiny` model.
+
+`tiny` is StarCoder's architecture (GPTBigCode, multi-query attention) scaled down, with
+random weights from a fixed seed and a byte-level tokenizer built in code, so it needs no
+download. It scores about zero; it exists so the whole pipeline runs anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.errors import UserError
+
+ALIASES: dict[str, str] = {
+    "starcoder-15b": "bigcode/starcoder",
+    "starcoder": "bigcode/starcoder",
+    "starcoderbase-3b": "bigcode/starcoderbase-3b",
+    "starcoderbase-1b": "bigcode/starcoderbase-1b",
+}
+TINY = "tiny"
+TINY_SEED = 1234
+EOS = "<|endoftext|>"
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM, its tokenizer and the name it is recorded under."""
+
+    name: str  # what the user typed (alias, hub id, path or "tiny")
+    source: str  # the resolved hub id or path ("builtin:tiny" for tiny)
+    model: torch.nn.Module
+    tokenizer: object  # a transformers PreTrainedTokenizerBase
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve(name: str) -> str:
+    """Map a model name to what `from_pretrained` takes; refuse what cannot be a model."""
+    if name == TINY:
+        return "builtin:tiny"
+    if name in ALIASES:
+        return ALIASES[name]
+    if Path(name).exists():
+        return str(Path(name).resolve())
+    if "/" in name and not name.startswith((".", "/")):
+        return name  # a hub id: org/name
+    known = ", ".join([TINY, *ALIASES])
+    raise UserError(
+        f"unknown model {name!r}: use an alias ({known}), a hub id such as "
+        "bigcode/starcoderbase-1b, or a local directory"
+    )
+
+
+def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load `name` for generation (eval mode) on `device` (default: cuda when available)."""
+    source = resolve(name)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if source == "builtin:tiny":
+        model, tokenizer = build_tiny()
+    else:
+        model, tokenizer = _from_pretrained(name, source, dtype)
+    model = model.to(device=device, dtype=dtype).eval()
+    return LoadedModel(name=name, source=source, model=model, tokenizer=tokenizer)
+
+
+def _from_pretrained(name: str, source: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot load model {name!r} from {source} ({first[:160]}); "
+            "check the name, log in with `hf auth login` for gated models, or pass a local path"
+        ) from None
+    return model, tokenizer
+
+
+def tiny_config(vocab_size: int):
+    """StarCoder's architecture (GPTBigCode, MQA, gelu_pytorch_tanh) at toy size."""
+    from transformers import GPTBigCodeConfig
+
+    return GPTBigCodeConfig(
+        vocab_size=vocab_size,
+        n_positions=2048,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_inner=256,
+        multi_query=True,
+        activation_function="gelu_pytorch_tanh",
+        attn_pdrop=0.0,
+        embd_pdrop=0.0,
+        resid_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+
+
+def build_tiny():
+    """The `tiny` model and tokenizer: same weights every time (fixed seed), no download."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = byte_tokenizer()
+    config = tiny_config(len(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (one token per byte, id 0 = end of text), built in code."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {EOS: 0} | {ch: i + 1 for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=None
+    )

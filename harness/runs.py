@@ -1,0 +1,115 @@
+"""The run directory: where each stage's files live, the manifest, and resume bookkeeping.
+
+    results/<run-id>/
+      manifest.json
+      <model>/<adapter|base>/<lang>/<problem>.json.gz          completions
+      <model>/<adapter|base>/<lang>/<problem>.results.json.gz  execution results
+      scores.csv · table.md · report.html
+
+Resuming is derived from what is on disk: a stage skips every file that already exists
+(files are written atomically, so an existing file is a finished one).
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.files import read_json, write_json
+
+MANIFEST = "manifest.json"
+COMPLETIONS_SUFFIX = ".json.gz"
+RESULTS_SUFFIX = ".results.json.gz"
+VERSIONED_PACKAGES = ("flora-eval", "torch", "transformers", "datasets", "docker", "peft")
+
+
+def safe_name(name: str) -> str:
+    """A model or adapter name as one path component (`bigcode/starcoder` → `bigcode--starcoder`)."""
+    name = name.rstrip("/").replace("/", "--")
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "_"
+
+
+def new_run_id(model: str) -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + safe_name(Path(model).name)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @classmethod
+    def open(cls, root: str | Path) -> RunDir:
+        path = Path(root)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def existing(cls, root: str | Path) -> RunDir:
+        path = Path(root)
+        if not path.is_dir():
+            raise UserError(f"run directory not found: {path}")
+        return cls(path)
+
+    def cell(self, model: str, adapter: str, lang: str) -> Path:
+        """The folder of one (model, adapter, language)."""
+        return self.root / safe_name(model) / safe_name(adapter) / lang
+
+    def completions_path(self, model: str, adapter: str, lang: str, problem: str) -> Path:
+        return self.cell(model, adapter, lang) / f"{problem}{COMPLETIONS_SUFFIX}"
+
+    def results_path(self, model: str, adapter: str, lang: str, problem: str) -> Path:
+        return self.cell(model, adapter, lang) / f"{problem}{RESULTS_SUFFIX}"
+
+    def completion_files(self) -> list[Path]:
+        return sorted(
+            p for p in self.root.glob(f"*/*/*/*{COMPLETIONS_SUFFIX}")
+            if not p.name.endswith(RESULTS_SUFFIX)
+        )
+
+    def result_files(self) -> list[Path]:
+        return sorted(self.root.glob(f"*/*/*/*{RESULTS_SUFFIX}"))
+
+    # -- manifest -------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        return read_json(self.manifest_path)
+
+    def update_manifest(self, **sections: Any) -> dict[str, Any]:
+        """Merge `sections` into the manifest (dict sections merge one level deep)."""
+        manifest = self.read_manifest()
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                manifest[key] = {**manifest[key], **value}
+            else:
+                manifest[key] = value
+        write_json(self.manifest_path, manifest)
+        return manifest
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded in every manifest."""
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
