@@ -25,7 +25,7 @@ TOOL_COMMANDS = {
     "bench": ("harness.bench.cli", "benchmarks, printed as ratios to a same-run baseline"),
     "train": ("harness.train", "train FLoRA, LoRA or IA3 adapters"),
     "check": ("harness.report.gate", "CI gate: compare a run with a saved baseline"),
-    "baseline": ("harness.report.gate_baseline", "save a run's scores as a CI baseline"),
+    "baseline": ("harness.report.baseline", "save a run's scores as a CI baseline"),
 }
 
 
