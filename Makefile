@@ -5,7 +5,7 @@ TORCH_SPEC  ?= torch==2.13.0
 BIN         := $(VENV)/bin
 DATASET     ?= $(firstword $(wildcard ../shared/multipl-e/humaneval))
 TEST_IMAGES ?= py
-DEMO_LANGS  ?= py rb
+DEMO_LANGS  ?= py pl
 
 .PHONY: setup docker images test test-fast demo lint clean-containers
 
