@@ -1,4 +1,13 @@
-"""Report stage: per-language pass@k tables from results files (terminal and markdown)."""
+"""Report stage: pass@k tables with intervals, paired comparisons, the paper's Table 1 layout,
+the status breakdown and one self-contained report.html, for one run or several combined.
+
+    load.py    a run directory → RunData (counts, statuses, capped sample digests, manifest)
+    labels.py  adapter → Table 1 column (base / FLoRA / IA3 / LoRA), language display names
+    tables.py  pandas frames: estimates, comparisons, Table 1, statuses; markdown and LaTeX
+    build.py   RunData list → Report (every table) → files on disk
+    html.py    Report → report.html (templates/report.html.j2, charts.py for inline SVG)
+    gate.py    `flora-eval check` · baseline.py  `flora-eval baseline save`
+"""
 
 from __future__ import annotations
 
@@ -44,21 +53,41 @@ def summary_table(frame: pd.DataFrame, k: int = 1) -> pd.DataFrame:
 
 
 def write_reports(run: RunDir) -> dict[str, Path]:
-    """Write scores.csv and table.md into the run directory; return their paths."""
-    frame = scores_frame(collect_scores(run))
-    paths = {"scores": run.root / "scores.csv", "table": run.root / "table.md"}
-    frame.to_csv(paths["scores"], index=False)
-    table = summary_table(frame) if len(frame) else pd.DataFrame()
-    paths["table"].write_text(
-        "# pass@1 (%) per language\n\n" + table.to_markdown() + "\n", encoding="utf-8"
-    )
-    return paths
+    """Every report file of one run, in the run directory: scores.csv, table.md (Table 1,
+    intervals, paired comparisons, statuses), table1.csv/.tex, cells.csv, comparisons.csv,
+    statuses.csv and report.html (key "html")."""
+    from harness.report.build import assemble, write_files
+    from harness.report.load import load_run
+
+    return write_files(assemble([load_run(run)]), run.root)
+
+
+def write_combined_report(runs: list[RunDir], out_dir: str | Path) -> dict[str, Path]:
+    """The same files for several runs side by side in `out_dir`: columns that would clash get
+    the run's name, and every cell of a later run is compared with the first run's."""
+    from harness.report.build import assemble, write_files
+    from harness.report.load import load_run
+
+    labels = _unique_labels(runs)
+    return write_files(assemble([load_run(r, label) for r, label in zip(runs, labels, strict=True)]),
+                       Path(out_dir))
+
+
+def _unique_labels(runs: list[RunDir]) -> list[str]:
+    """Run names (folder names), made unique with the parent folder where two coincide."""
+    names = [r.root.name for r in runs]
+    return [f"{r.root.parent.name}/{n}" if names.count(n) > 1 else n
+            for r, n in zip(runs, names, strict=True)]
 
 
 def print_summary(run: RunDir) -> None:
-    """The per-language pass@1 table on the terminal."""
-    frame = scores_frame(collect_scores(run))
-    if frame.empty:
+    """Table 1 (pass@1 with relative improvement) on the terminal."""
+    from harness.report.build import assemble
+    from harness.report.load import load_run
+
+    data = load_run(run)
+    if not data.digests:
         print("no results to score yet")
         return
-    print(summary_table(frame).to_string())
+    report = assemble([data])
+    print(report.table1.to_string())

@@ -1,0 +1,85 @@
+"""Assemble one or more loaded runs into every table of the report, and write the files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report.labels import column_labels
+from harness.report.load import RunData
+from harness.report.tables import (
+    cell_estimates,
+    comparisons,
+    interval_table,
+    latex_table1,
+    markdown_report,
+    status_table,
+    table1,
+    with_pass_at,
+)
+from harness.score import default_ks
+
+SEED = 0  # one seed for every bootstrap and permutation draw of a report
+
+
+@dataclass(frozen=True)
+class Report:
+    runs: tuple[RunData, ...]
+    counts: pd.DataFrame  # per problem: run, model, adapter, lang, problem, n, c, column
+    ks: tuple[int, ...]
+    cells: dict[int, pd.DataFrame]  # k → cell estimates
+    comparisons: pd.DataFrame  # pass@1, paired
+    table1: pd.DataFrame
+    intervals: pd.DataFrame
+    statuses: pd.DataFrame  # status shares per cell
+
+
+def assemble(runs: list[RunData], seed: int = SEED) -> Report:
+    """Every table of the report for `runs` (one run, or several combined)."""
+    counts = pd.concat([r.counts() for r in runs], ignore_index=True)
+    statuses = pd.concat([r.statuses() for r in runs], ignore_index=True)
+    keys = list(zip(counts["run"], counts["adapter"], strict=True))
+    methods = {(r.label, adapter): method for r in runs for adapter, method in r.methods.items()}
+    labels = column_labels(keys, methods)
+    counts = counts.assign(column=[labels[key] for key in keys])
+    ks = tuple(default_ks(int(counts["n"].max()))) if len(counts) else (1,)
+    cells = {k: cell_estimates(counts, k, seed) for k in ks}
+    return Report(
+        runs=tuple(runs), counts=counts, ks=ks, cells=cells,
+        comparisons=comparisons(counts, 1, seed),
+        table1=table1(cells[1]), intervals=interval_table(cells[1]),
+        statuses=status_table(statuses, counts),
+    )
+
+
+def scores_csv(report: Report) -> pd.DataFrame:
+    """Per problem: counts and every pass@k (fraction), as scores.csv has always been."""
+    frame = report.counts
+    for k in report.ks:
+        frame = frame.assign(**{f"pass@{k}": with_pass_at(frame, k)["score"] / 100})
+    return frame
+
+
+def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
+    """scores.csv, cells.csv, comparisons.csv, statuses.csv, table.md, table1.csv, table1.tex and
+    report.html in `out_dir`; returns their paths by name."""
+    from harness.report.html import render_html
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / file for name, file in (
+        ("scores", "scores.csv"), ("cells", "cells.csv"), ("comparisons", "comparisons.csv"),
+        ("statuses", "statuses.csv"), ("table", "table.md"), ("table1_csv", "table1.csv"),
+        ("latex", "table1.tex"), ("html", "report.html"))}
+    scores_csv(report).to_csv(paths["scores"], index=False)
+    pd.concat(report.cells.values(), ignore_index=True).to_csv(paths["cells"], index=False)
+    report.comparisons.to_csv(paths["comparisons"], index=False)
+    report.statuses.to_csv(paths["statuses"], index=False)
+    report.table1.to_csv(paths["table1_csv"])
+    paths["table"].write_text(markdown_report(report.table1, report.intervals, report.comparisons,
+                                              report.statuses), encoding="utf-8")
+    paths["latex"].write_text(latex_table1(report.table1) if not report.table1.empty else "",
+                              encoding="utf-8")
+    paths["html"].write_text(render_html(report), encoding="utf-8")
+    return paths

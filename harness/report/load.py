@@ -1,0 +1,160 @@
+"""Read a run directory once into what the report needs: per-problem counts, status counts, the
+manifest, and a capped digest of each problem's samples for the HTML drill-down.
+
+A full run is 161 problems × 100 samples × adapters × languages; keeping every program would
+cost gigabytes, so each results file is reduced here to its distinct programs (most frequent
+first) with their text capped."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.files import read_results
+from harness.records import ExecResult, ProblemResults
+from harness.report.labels import declared_methods
+from harness.runs import RunDir, safe_name
+
+# Text kept for the drill-down: the whole report aims at about this many characters of
+# samples, spread over its (problem, adapter) cells, within these bounds per field.
+DRILL_BUDGET_CHARS = 6_000_000
+PROGRAMS_PER_CELL = 3
+TEXT_BOUNDS = {"program": (300, 4000), "output": (120, 1500), "prompt": (400, 2000)}
+
+
+@dataclass(frozen=True)
+class DistinctProgram:
+    """One distinct program of a problem's samples, shown once with how often it was sampled."""
+
+    completion: str  # the model's part of the program (prompt and tests cut off when present)
+    status: str
+    exit_code: int
+    passed: bool
+    count: int
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class ProblemDigest:
+    """One results file reduced for the report."""
+
+    model: str
+    adapter: str
+    lang: str
+    problem: str
+    n: int
+    c: int
+    distinct: int
+    statuses: dict[str, int]
+    programs: tuple[DistinctProgram, ...]
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run as the report sees it."""
+
+    label: str
+    root: Path
+    manifest: dict[str, Any]
+    digests: tuple[ProblemDigest, ...]
+    prompts: dict[tuple[str, str], str]  # (lang, problem) → prompt
+    methods: dict[str, str]  # adapter folder → declared method
+
+    def counts(self) -> pd.DataFrame:
+        """One row per (model, adapter, lang, problem): n and c, tagged with the run."""
+        return pd.DataFrame(
+            [{"run": self.label, "model": d.model, "adapter": d.adapter, "lang": d.lang,
+              "problem": d.problem, "n": d.n, "c": d.c} for d in self.digests],
+            columns=["run", "model", "adapter", "lang", "problem", "n", "c"],
+        )
+
+    def statuses(self) -> pd.DataFrame:
+        """One row per (model, adapter, lang, status) with its sample count."""
+        rows = [{"run": self.label, "model": d.model, "adapter": d.adapter, "lang": d.lang,
+                 "status": status, "count": count}
+                for d in self.digests for status, count in d.statuses.items()]
+        return pd.DataFrame(rows, columns=["run", "model", "adapter", "lang", "status", "count"])
+
+
+def text_limits(cells: int, budget: int = DRILL_BUDGET_CHARS) -> dict[str, int]:
+    """Per-field character caps so that `cells` drill-down cells fit in about `budget`."""
+    per_program = budget / max(cells, 1) / PROGRAMS_PER_CELL
+    share = {"program": 0.6, "output": 0.2, "prompt": 1.0}
+    return {field: int(min(hi, max(lo, per_program * share[field])))
+            for field, (lo, hi) in TEXT_BOUNDS.items()}
+
+
+def cap(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n… [{len(text) - limit} more characters]"
+
+
+def completion_of(program: str, results: ProblemResults) -> str:
+    """The model's part of `prompt + completion + "\\n" + tests`, else the whole program."""
+    start = len(results.prompt) if results.prompt and program.startswith(results.prompt) else 0
+    end = len(program)
+    if results.tests and program.endswith("\n" + results.tests):
+        end -= len(results.tests) + 1
+    return program[start:end] if start <= end else program
+
+
+def digest(results: ProblemResults, model: str, adapter: str, lang: str,
+           limits: dict[str, int]) -> ProblemDigest:
+    """Reduce one results file: counts per status and the most frequent distinct programs,
+    the most frequent passing one first when there is one, then the failing ones."""
+    by_program: dict[str, list[ExecResult]] = {}
+    for r in results.results:
+        by_program.setdefault(r.program, []).append(r)
+    ranked = sorted(by_program.values(), key=lambda rs: (not rs[0].passed, -len(rs)))
+    passing = [rs for rs in ranked if rs[0].passed][:1]
+    failing = sorted((rs for rs in ranked if not rs[0].passed), key=lambda rs: -len(rs))
+    shown = (passing + failing)[:PROGRAMS_PER_CELL]
+    programs = tuple(
+        DistinctProgram(
+            completion=cap(completion_of(rs[0].program, results), limits["program"]),
+            status=rs[0].status, exit_code=rs[0].exit_code, passed=rs[0].passed, count=len(rs),
+            stdout=cap(rs[0].stdout, limits["output"]), stderr=cap(rs[0].stderr, limits["output"]),
+        )
+        for rs in shown
+    )
+    return ProblemDigest(model, adapter, lang, results.name, results.n, results.n_passed,
+                         len(by_program), dict(Counter(r.status for r in results.results)), programs)
+
+
+def load_run(run: RunDir, label: str | None = None) -> RunData:
+    """Read every results file of `run` (folder layout names model/adapter/lang)."""
+    paths = run.result_files()
+    limits = text_limits(len(paths))
+    digests, prompts = [], {}
+    for path in paths:
+        results = read_results(path)
+        lang, adapter, model = path.parent.name, path.parent.parent.name, path.parent.parent.parent.name
+        digests.append(digest(results, model, adapter, lang, limits))
+        prompts.setdefault((lang, results.name), cap(results.prompt, limits["prompt"]))
+    manifest = run.read_manifest()
+    return RunData(label or run.root.name, run.root, manifest, tuple(digests), prompts,
+                   {**adapter_config_methods(manifest), **declared_methods(manifest)})
+
+
+def adapter_config_methods(manifest: dict[str, Any]) -> dict[str, str]:
+    """adapter folder → `peft_type` of the adapter_config.json at a config.adapters[].path."""
+    found = {}
+    for entry in (manifest.get("config") or {}).get("adapters") or []:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        config = Path(path) / "adapter_config.json" if path else None
+        if config and config.is_file() and entry.get("name"):
+            try:
+                peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
+            except (OSError, ValueError):
+                continue
+            if peft_type:
+                found[safe_name(str(entry["name"]))] = str(peft_type)
+    return found

@@ -1,0 +1,225 @@
+"""The report's tables as pandas frames (pure: frames in, frames out), and their text forms.
+
+Every score is a mean over problems in percent. `counts` frames have one row per
+(run, model, adapter, lang, problem) with n and c, plus the `column` label of Table 1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from harness.report.labels import column_sort_key, language_name
+from harness.score import align, estimate, paired, pass_at_k, relative_improvement
+
+CELL = ["run", "model", "adapter", "lang"]
+STATUS_ORDER = ("OK", "SyntaxError", "Exception", "Timeout")
+
+
+def with_pass_at(counts: pd.DataFrame, k: int) -> pd.DataFrame:
+    """`counts` plus a `score` column: pass@k in percent (NaN where a problem has n < k)."""
+    score = [pass_at_k(n, c, k) * 100 if n >= k else math.nan
+             for n, c in zip(counts["n"], counts["c"], strict=True)]
+    return counts.assign(score=score)
+
+
+def problem_scores(counts: pd.DataFrame, k: int) -> dict[tuple, dict[str, float]]:
+    """(run, model, adapter, lang) → {problem: pass@k %}, problems with n < k left out."""
+    frame = with_pass_at(counts, k).dropna(subset=["score"])
+    return {key: dict(zip(g["problem"], g["score"], strict=True))
+            for key, g in frame.groupby(CELL, sort=False)}
+
+
+def cell_estimates(counts: pd.DataFrame, k: int = 1, seed: int = 0) -> pd.DataFrame:
+    """One row per cell: mean pass@k (%), standard error, 95% bootstrap interval, problems, samples."""
+    labels = counts.drop_duplicates(CELL).set_index(CELL)["column"]
+    samples = counts.groupby(CELL, sort=False)["n"].sum()
+    rows = []
+    for key, scores in problem_scores(counts, k).items():
+        e = estimate(list(scores.values()), seed=seed)
+        rows.append(dict(zip(CELL, key, strict=True), column=labels[key], k=k, mean=e.mean, se=e.se,
+                         lo=e.lo, hi=e.hi, problems=e.problems, samples=int(samples[key])))
+    columns = [*CELL, "column", "k", "mean", "se", "lo", "hi", "problems", "samples"]
+    return _ordered(pd.DataFrame(rows, columns=columns))
+
+
+def base_of(cells: pd.DataFrame) -> dict[tuple[str, str, str], tuple]:
+    """(run, model, lang) → the cell key of the base model to compare against: the same
+    run's base, else the first run's base for that model and language."""
+    bases = cells[cells["adapter"] == "base"]
+    first: dict[tuple[str, str], tuple] = {}
+    own: dict[tuple[str, str, str], tuple] = {}
+    for row in bases.itertuples(index=False):
+        key = (row.run, row.model, row.adapter, row.lang)
+        own[(row.run, row.model, row.lang)] = key
+        first.setdefault((row.model, row.lang), key)
+    return {(r, m, lang): own.get((r, m, lang), first.get((m, lang)))
+            for r, m, lang in cells[["run", "model", "lang"]].itertuples(index=False)
+            if (m, lang) in first}
+
+
+def comparisons(counts: pd.DataFrame, k: int = 1, seed: int = 0) -> pd.DataFrame:
+    """Paired comparisons on common problems: every adapter against the base model (of its run,
+    else the first run's), and every cell of a later run against the same cell of the first
+    run. Differences are percentage points of pass@k."""
+    scores = problem_scores(counts, k)
+    cells = pd.DataFrame([dict(zip(CELL, key, strict=True)) for key in scores], columns=CELL)
+    labels = counts.drop_duplicates(CELL).set_index(CELL)["column"]
+    pairs = [(key, base, "vs base") for key in scores if key[2] != "base"
+             for base in [base_of(cells).get((key[0], key[1], key[3]))] if base]
+    first_run = counts["run"].iloc[0] if len(counts) else None
+    pairs += [(key, (first_run, *key[1:]), "vs run " + str(first_run)) for key in scores
+              if key[0] != first_run and (first_run, *key[1:]) in scores]
+    rows = []
+    for treated, control, kind in pairs:
+        problems, a, b = align(scores[treated], scores[control])
+        if not problems:
+            continue
+        p = paired(a, b, seed=seed)
+        rows.append({**dict(zip(CELL, treated, strict=True)), "column": labels[treated],
+                     "comparison": kind, "control": labels[control], "control_run": control[0],
+                     "k": k, "problems": len(problems), "treated_mean": float(np.mean(a)),
+                     "control_mean": float(np.mean(b)), "diff": p.diff.mean, "diff_lo": p.diff.lo,
+                     "diff_hi": p.diff.hi, "wins": p.wins, "losses": p.losses, "ties": p.ties,
+                     "p_sign": p.p_sign, "p_permutation": p.p_permutation,
+                     "relative": relative_improvement(float(np.mean(a)), float(np.mean(b)))})
+    return _ordered(pd.DataFrame(rows))
+
+
+def table1(cells: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """The paper's Table 1: rows (model, language), columns base / FLoRA / IA3 / LoRA / ...,
+    cells "value (relative %)" against the row's base, relative from unrounded values."""
+    if cells.empty:
+        return pd.DataFrame()
+    values = cells.pivot_table(index=["model", "lang"], columns="column", values="mean",
+                               aggfunc="first", sort=False)
+    columns = sorted(values.columns, key=column_sort_key)
+    base = next((c for c in columns if c.split(" ")[0] == "base"), None)
+    text = pd.DataFrame(index=values.index, columns=columns, dtype=object)
+    for (model, lang), row in values.iterrows():
+        for column in columns:
+            text.loc[(model, lang), column] = _cell(row[column], row[base] if base else math.nan,
+                                                   column == base, digits)
+    text.index = pd.MultiIndex.from_tuples([(m, language_name(lang)) for m, lang in text.index],
+                                           names=["model", "language"])
+    text.columns.name = None
+    return text
+
+
+def _cell(value: float, base: float, is_base: bool, digits: int) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    if is_base or base is None or math.isnan(base):
+        return f"{value:.{digits}f}"
+    rel = relative_improvement(value, base)
+    return f"{value:.{digits}f}" + ("" if rel is None else f" ({rel:.{digits}f}%)")
+
+
+def status_table(statuses: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
+    """Share of samples (%) per status, one row per (run, model, lang, column)."""
+    labels = counts.drop_duplicates(CELL).set_index(CELL)["column"]
+    if statuses.empty:
+        return pd.DataFrame()
+    table = statuses.pivot_table(index=CELL, columns="status", values="count", aggfunc="sum",
+                                 fill_value=0, sort=False)
+    order = [s for s in STATUS_ORDER if s in table.columns] + sorted(
+        s for s in table.columns if s not in STATUS_ORDER)
+    table = table[order]
+    share = table.div(table.sum(axis=1), axis=0) * 100
+    share.insert(0, "samples", table.sum(axis=1))
+    share.insert(0, "column", [labels[key] for key in share.index])
+    share.columns.name = None
+    return _ordered(share.reset_index())
+
+
+def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by run order, model, language, then Table 1 column order."""
+    if frame.empty:
+        return frame
+    runs = {r: i for i, r in enumerate(dict.fromkeys(frame["run"]))}
+    key = frame.apply(lambda r: (runs[r["run"]], r["model"], r["lang"], column_sort_key(r["column"])),
+                      axis=1)
+    return frame.iloc[sorted(range(len(frame)), key=lambda i: key.iloc[i])].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Text forms
+# ---------------------------------------------------------------------------------------
+def interval_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's layout with "mean ± se [lo, hi]" cells, for the markdown summary."""
+    if cells.empty:
+        return pd.DataFrame()
+    text = cells.assign(cell=[f"{r.mean:.2f} ± {r.se:.2f} [{r.lo:.2f}, {r.hi:.2f}]"
+                              for r in cells.itertuples(index=False)])
+    table = text.pivot_table(index=["model", "lang"], columns="column", values="cell",
+                             aggfunc="first", sort=False)
+    table = table[sorted(table.columns, key=column_sort_key)]
+    table.index = pd.MultiIndex.from_tuples([(m, language_name(lang)) for m, lang in table.index],
+                                            names=["model", "language"])
+    table.columns.name = None
+    return table.fillna("–")
+
+
+def comparisons_text(comps: pd.DataFrame) -> pd.DataFrame:
+    """The paired comparisons, rounded for reading."""
+    if comps.empty:
+        return comps
+    return pd.DataFrame({
+        "model": comps["model"], "language": comps["lang"].map(language_name),
+        "adapter": comps["column"], "comparison": comps["comparison"], "problems": comps["problems"],
+        "Δ pts": comps["diff"].round(2),
+        "95% CI": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(comps["diff_lo"], comps["diff_hi"],
+                                                              strict=True)],
+        "wins/losses/ties": [f"{w}/{lo}/{t}" for w, lo, t in
+                             zip(comps["wins"], comps["losses"], comps["ties"], strict=True)],
+        "p (sign)": comps["p_sign"].map(_p), "p (perm.)": comps["p_permutation"].map(_p),
+    })
+
+
+def _p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def markdown_report(table: pd.DataFrame, intervals: pd.DataFrame, comps: pd.DataFrame,
+                    statuses: pd.DataFrame, k: int = 1) -> str:
+    """table.md: Table 1, intervals, paired comparisons and status breakdown."""
+    parts = [f"# pass@{k} (%) — Table 1 layout, value (relative improvement over base)", "",
+             _markdown(table) if not table.empty else "no results yet", ""]
+    if not intervals.empty:
+        parts += [f"## pass@{k} (%): mean ± standard error [95% bootstrap interval over problems]",
+                  "", _markdown(intervals), ""]
+    if not comps.empty:
+        parts += ["## Paired comparisons (percentage points, same problems)", "",
+                  comparisons_text(comps).to_markdown(index=False), ""]
+    if not statuses.empty:
+        shown = statuses.drop(columns=["adapter"]).assign(lang=statuses["lang"].map(language_name))
+        parts += ["## Status breakdown (% of samples)", "",
+                  shown.to_markdown(index=False, floatfmt=".1f"), ""]
+    return "\n".join(parts)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    """A (model, language)-indexed table as markdown, each model named once, cells verbatim."""
+    flat = table.reset_index()
+    flat["model"] = flat["model"].where(flat["model"] != flat["model"].shift(), "")
+    return flat.to_markdown(index=False, disable_numparse=True)
+
+
+def latex_table1(table: pd.DataFrame, k: int = 1) -> str:
+    """Table 1 as a LaTeX tabular (booktabs), percent signs escaped."""
+    escaped = table.map(_latex)
+    escaped.index = pd.MultiIndex.from_tuples([tuple(map(_latex, i)) for i in table.index],
+                                              names=table.index.names)
+    escaped.columns = [_latex(c) for c in table.columns]
+    return escaped.to_latex(escape=False, multirow=True,
+                            caption=f"pass@{k} (relative improvement over the base model)",
+                            label="tab:pass-at-k")
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "%": r"\%", "&": r"\&", "#": r"\#", "_": r"\_",
+                  "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _latex(value: object) -> str:
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in str(value))
