@@ -1,0 +1,270 @@
+"""The sampling engine: prefill each prompt once, decode many rows, continuous batching.
+
+    requests ──► prefill (once per prompt) ──► place samples into free slots ──►
+    decode_step (all slots, one token) ──► sample_tokens ──► stop check ──► retire / refill
+
+A `Request` is one (problem, adapter) prompt and the sample indices it still needs. Its
+prompt is prefilled once; the prompt's keys/values are copied into every slot that one of
+its samples takes, and its last-position logits give each sample's first token. Rows stop
+on their own (end of text, a stop token, max tokens) and leave the batch at once; waiting
+samples take their slots, so one batch mixes problems, languages and adapters.
+
+Speed tricks, each named where it lives: prefill once per prompt (here), preallocated KV
+slots with trimming (kvcache.py), top-p over a top-k prefix (sampling.py), incremental stop
+detection on a short tail of tokens (`_stopped`), dropping idle slots at the end of the
+work (`_compact`), logits for the last position only (`logits_to_keep=1`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.generate.kvcache import SlotCache
+from harness.generate.sampling import sample_tokens, sample_uniforms
+from harness.generate.stops import stop_index, truncate_at_stop
+from harness.generate.telemetry import GenerationTelemetry
+
+TRIM_EVERY = 16  # decode steps between checks for unused leading cache columns
+BASE_ROW = -1  # adapter index of a base-model row
+
+SetRows = Callable[[torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt (a problem under one adapter) and the samples it still needs."""
+
+    key: tuple  # the caller's handle, e.g. (lang, problem, adapter)
+    prompt_ids: tuple[int, ...]
+    adapter_index: int  # BASE_ROW for the base model
+    samples: tuple[tuple[int, int], ...]  # (sample index, seed)
+    stop_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One finished sample: its completion (cut at the earliest stop token) and raw tokens."""
+
+    index: int
+    text: str
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    slots: int  # rows decoded together
+    max_positions: int = 1 << 30  # the model's context length: prompt + completion stop there
+
+
+@dataclass
+class _Row:
+    request: Request
+    index: int
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Prompt:
+    request: Request
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    logits: torch.Tensor  # [vocab] at the prompt's last position
+    todo: deque  # (index, seed) not yet placed
+
+
+class Engine:
+    """Continuous-batching sampler over a transformers causal LM (GPTBigCode and alike)."""
+
+    def __init__(self, model, tokenizer, config: EngineConfig, set_rows: SetRows | None = None,
+                 telemetry: GenerationTelemetry | None = None):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.set_rows = set_rows
+        self.telemetry = telemetry or GenerationTelemetry()
+        self.device = next(model.parameters()).device
+        self.eos = tokenizer.eos_token_id
+
+    # -- the three model-facing functions ----------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, request: Request) -> _Prompt:
+        """Run the prompt once; keep its keys/values and last logits for all its samples."""
+        start = time.perf_counter()
+        ids = torch.tensor([request.prompt_ids], device=self.device)
+        self._set_rows([request.adapter_index])
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        self.telemetry.add("prefill", time.perf_counter() - start, tokens=len(request.prompt_ids))
+        return _Prompt(request, kv, out.logits[0, -1].float(), deque(request.samples))
+
+    @torch.inference_mode()
+    def decode_step(self, cache: SlotCache, tokens: torch.Tensor, positions: torch.Tensor,
+                    adapters: torch.Tensor) -> torch.Tensor:
+        """One new token for every slot: logits [slots, vocab]."""
+        valid = cache.next_mask()
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(valid.shape, dtype=dtype, device=self.device)
+        mask.masked_fill_(~valid, torch.finfo(dtype).min)
+        self._set_rows(adapters)
+        out = self.model(input_ids=tokens[:, None], position_ids=positions[:, None],
+                         attention_mask=mask[:, None, None, :], cache=cache, use_cache=True,
+                         logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def sample(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+        return sample_tokens(logits, self.config.temperature, self.config.top_p, uniforms)
+
+    # -- the loop ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Sample]]:
+        """Yield (request, sample) as each sample finishes; order depends on the batch,
+        content does not."""
+        waiting: Iterator[Request] = iter(requests)
+        batch = _Batch(self)
+        open_prompt: _Prompt | None = None
+        exhausted = False
+        while True:
+            # refill free slots with waiting samples (continuous batching)
+            while not exhausted and batch.free_slots():
+                if open_prompt is None or not open_prompt.todo:
+                    request = next(waiting, None)
+                    if request is None:
+                        exhausted = True
+                        break
+                    open_prompt = self.prefill(request)
+                    if not open_prompt.todo:
+                        continue
+                yield from batch.place(open_prompt)
+            if not batch.active():
+                return
+            if exhausted:
+                batch.compact()
+            yield from batch.step()
+
+    def _set_rows(self, adapters) -> None:
+        if self.set_rows is not None:
+            rows = adapters if isinstance(adapters, torch.Tensor) else torch.tensor(adapters)
+            self.set_rows(rows.to(self.device))
+
+    # -- per-row finish rules -----------------------------------------------------------------
+    def finished(self, row: _Row) -> bool:
+        """End of text, max tokens, or a stop token in the completion so far."""
+        if row.tokens[-1] == self.eos or len(row.tokens) >= self.config.max_new_tokens:
+            return True
+        if len(row.request.prompt_ids) + len(row.tokens) >= self.config.max_positions:
+            return True
+        return self._stopped(row)
+
+    def _stopped(self, row: _Row) -> bool:
+        """Speed trick: look for stop tokens in the decoded tail only (long enough to hold
+        any stop token), then confirm on the whole completion before retiring the row."""
+        stops = row.request.stop_tokens
+        if not stops:
+            return False
+        tail = max(len(s) for s in stops) + 2
+        if not any(s in self.tokenizer.decode(row.tokens[-tail:]) for s in stops):
+            return False
+        return stop_index(self.text(row.tokens), stops) is not None
+
+    def text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def result(self, row: _Row) -> Sample:
+        tokens = row.tokens[:-1] if row.tokens and row.tokens[-1] == self.eos else row.tokens
+        text = truncate_at_stop(self.text(tokens), row.request.stop_tokens)
+        return Sample(row.index, text, tuple(tokens))
+
+
+class _Batch:
+    """The slots being decoded: per-slot rows, next input token, position, adapter, uniforms."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.cache: SlotCache | None = None
+        self.rows: list[_Row | None] = []
+        self.steps = 0
+
+    def free_slots(self) -> list[int]:
+        if self.cache is None:
+            return list(range(self.engine.config.slots))
+        return [i for i, row in enumerate(self.rows) if row is None]
+
+    def active(self) -> int:
+        return sum(row is not None for row in self.rows)
+
+    def _allocate(self, prompt: _Prompt) -> None:
+        n, device = self.engine.config.slots, self.engine.device
+        self.cache = SlotCache(prompt.kv, n)
+        self.rows = [None] * n
+        self.next_tokens = torch.zeros(n, dtype=torch.long, device=device)
+        self.positions = torch.zeros(n, dtype=torch.long, device=device)
+        self.adapters = torch.full((n,), BASE_ROW, dtype=torch.long, device=device)
+        self.uniforms = torch.zeros(n, self.engine.config.max_new_tokens, dtype=torch.float64)
+
+    def place(self, prompt: _Prompt) -> Iterator[tuple[Request, Sample]]:
+        """Give free slots to the prompt's waiting samples; sample their first tokens."""
+        if self.cache is None:
+            self._allocate(prompt)
+        free = self.free_slots()
+        take = [prompt.todo.popleft() for _ in range(min(len(free), len(prompt.todo)))]
+        slots = free[: len(take)]
+        steps = self.engine.config.max_new_tokens
+        for slot, (_, seed) in zip(slots, take, strict=True):
+            self.uniforms[slot] = sample_uniforms(seed, steps)
+        index_t = torch.tensor(slots, device=self.engine.device)
+        self.cache.place(index_t, prompt.kv)
+        logits = prompt.logits.expand(len(slots), -1)
+        first = self.engine.sample(logits, self.uniforms[slots, 0]).tolist()
+        request = prompt.request
+        self.positions[index_t] = len(request.prompt_ids)
+        self.adapters[index_t] = request.adapter_index
+        for slot, (index, _), token in zip(slots, take, first, strict=True):
+            self.rows[slot] = _Row(request, index, [token])
+            self.next_tokens[slot] = token
+        yield from self._retire(slots)
+
+    def step(self) -> Iterator[tuple[Request, Sample]]:
+        """One decode step for every slot, then retire the rows that finished."""
+        engine, telemetry = self.engine, self.engine.telemetry
+        start = time.perf_counter()
+        logits = engine.decode_step(self.cache, self.next_tokens, self.positions, self.adapters)
+        live = [i for i, row in enumerate(self.rows) if row is not None]
+        steps_done = torch.tensor([len(self.rows[i].tokens) for i in live])
+        uniforms = self.uniforms[live, steps_done]
+        tokens = engine.sample(logits[live], uniforms).tolist()
+        telemetry.add("decode", time.perf_counter() - start, tokens=len(live), slots=len(self.rows))
+        live_t = torch.tensor(live, device=engine.device)
+        self.next_tokens[live_t] = torch.tensor(tokens, device=engine.device)
+        self.positions += 1
+        for slot, token in zip(live, tokens, strict=True):
+            self.rows[slot].tokens.append(token)
+        start = time.perf_counter()
+        yield from self._retire(live)
+        telemetry.add("stop_check", time.perf_counter() - start)
+        self.steps += 1
+        if self.steps % TRIM_EVERY == 0:
+            self.cache.trim_left(self.cache.unused_prefix())
+
+    def _retire(self, slots: list[int]) -> Iterator[tuple[Request, Sample]]:
+        for slot in slots:
+            row = self.rows[slot]
+            if self.engine.finished(row):
+                self.rows[slot] = None
+                self.cache.valid[slot] = False
+                yield row.request, self.engine.result(row)
+
+    def compact(self) -> None:
+        """Speed trick: once no work waits, drop idle slots when at most half are busy."""
+        live = [i for i, row in enumerate(self.rows) if row is not None]
+        if not live or len(live) > len(self.rows) // 2:
+            return
+        index = torch.tensor(live, device=self.engine.device)
+        self.cache.select_rows(index)
+        self.rows = [self.rows[i] for i in live]
+        self.next_tokens, self.positions = self.next_tokens[index], self.positions[index]
+        self.adapters, self.uniforms = self.adapters[index], self.uniforms[live]

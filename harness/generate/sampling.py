@@ -1,0 +1,50 @@
+"""Per-sample randomness and the sampling function (temperature + top-p).
+
+Reproducibility rests on two choices made here:
+- every sample owns a random stream seeded by `sample_seed(run seed, problem, adapter, index)`;
+  its uniforms are drawn once, up front (`sample_uniforms`), so no other row, batch size or
+  process count can shift them;
+- `sample_tokens` turns one uniform per row into a token by inverse-CDF sampling over the
+  top-p set, a pure function of (logits row, uniform): no global generator is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+# Speed trick: top-p over a top-k prefix instead of sorting the whole vocabulary. Exact:
+# when the k most likely tokens already hold `top_p` of the mass, no later token can be in
+# the nucleus; rows where they do not fall back to a full sort.
+TOP_K_PREFIX = 64
+
+
+def sample_seed(run_seed: int, problem: str, adapter: str, index: int = 0) -> int:
+    """The one place per-sample randomness is derived: (run seed, problem, adapter, index)."""
+    key = f"{run_seed}|{problem}|{adapter}|{index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
+
+
+def sample_uniforms(seed: int, steps: int) -> torch.Tensor:
+    """The uniforms in [0, 1) a sample consumes, one per generated token (float64, CPU)."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.rand(steps, dtype=torch.float64, generator=generator)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor):
+    """One token per row of `logits` [rows, vocab]: greedy when temperature is 0, else the
+    smallest set of most likely tokens holding `top_p` of the mass, sampled by `uniforms` [rows]."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    k = min(TOP_K_PREFIX, probs.shape[-1])
+    top_probs, top_ids = probs.topk(k, dim=-1)
+    if bool((top_probs.sum(dim=-1) < top_p).any()):
+        top_probs, top_ids = probs.sort(dim=-1, descending=True)
+    mass_before = top_probs.cumsum(dim=-1) - top_probs
+    nucleus = torch.where(mass_before < top_p, top_probs, torch.zeros_like(top_probs))
+    cdf = nucleus.cumsum(dim=-1)
+    target = uniforms.to(cdf.device, cdf.dtype) * cdf[:, -1]
+    choice = torch.searchsorted(cdf, target.unsqueeze(-1), right=True).clamp(max=cdf.shape[-1] - 1)
+    return top_ids.gather(-1, choice).squeeze(-1)
