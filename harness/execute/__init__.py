@@ -1,0 +1,115 @@
+"""Execute stage: run `prompt + completion + "\\n" + tests` for every completion in its
+language's hardened container and write MultiPL-E results files as problems finish.
+
+    languages.py  languages as data (TOML) and the status rules
+    images.py     base and per-language Docker images
+    sandbox.py    the one place that starts containers (hardening, the worker's socket)
+    worker.py     the in-container worker (stdlib only, one file)
+    pool.py       per-language container slots, batches, watchdog, retries
+    cache.py      the persistent sqlite3 cache
+    engine.py     Executor: dedup, cache, canaries → results
+    inputs.py     completions files from elsewhere (MultiPL-E files, bigcode generations)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.files import write_results
+from harness.records import Completions, ExecResult, ProblemResults
+
+
+@dataclass(frozen=True)
+class ExecutionSummary:
+    images: dict[str, str] = field(default_factory=dict)  # language → image id
+    telemetry: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One completions file to execute and where its results go."""
+
+    lang: str
+    completions: Completions
+    out: Path
+
+
+def program_of(completions: Completions, completion: str) -> str:
+    """MultiPL-E's program: the unstripped prompt, the completion, a newline, the tests."""
+    return completions.prompt + completion + "\n" + completions.tests
+
+
+def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None) -> ExecutionSummary:
+    """Run every task's programs, writing each results file once all its programs are done."""
+    from harness.execute.cache import ExecCache
+    from harness.execute.engine import Executor
+    from harness.execute.languages import load_language
+
+    by_lang: dict[str, list[Task]] = {}
+    for task in tasks:
+        by_lang.setdefault(load_language(task.lang).key, []).append(task)
+    if not by_lang:
+        return ExecutionSummary()
+    own = executor is None
+    executor = executor or Executor(jobs=jobs, cache=ExecCache())
+    try:
+        for key, lang_tasks in by_lang.items():
+            _execute_language(executor, load_language(key), lang_tasks)
+    finally:
+        if own:
+            executor.close()
+    return ExecutionSummary(images=dict(executor.images), telemetry=executor.stats.as_dict())
+
+
+def _execute_language(executor, lang, tasks: list[Task]) -> None:
+    from tqdm import tqdm
+
+    programs: list[str] = []
+    owner: list[tuple[int, int]] = []  # program index → (task index, completion index)
+    for t, task in enumerate(tasks):
+        for c, completion in enumerate(task.completions.completions):
+            programs.append(program_of(task.completions, completion))
+            owner.append((t, c))
+    results: list[list[ExecResult | None]] = [[None] * len(t.completions.completions) for t in tasks]
+    missing = [len(t.completions.completions) for t in tasks]
+    for t, task in enumerate(tasks):
+        if missing[t] == 0:
+            _write(task, [], "")
+    if not programs:
+        return
+    bar = tqdm(total=len(programs), desc=f"execute {lang.key}", unit="prog", file=sys.stderr,
+               dynamic_ncols=True, mininterval=0.5)
+    try:
+        for index, result in executor.run_programs(lang, programs):
+            t, c = owner[index]
+            results[t][c] = result
+            missing[t] -= 1
+            if missing[t] == 0:
+                _write(tasks[t], results[t], executor.images.get(lang.key, ""))
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _write(task: Task, results: list, image_id: str) -> None:
+    write_results(task.out, ProblemResults.of(task.completions, list(results), image_id=image_id))
+
+
+def execute_run(run, jobs: int | None = None) -> ExecutionSummary:
+    """Execute every completions file of a run that has no results file yet (resumable)."""
+    from harness.execute.inputs import run_tasks
+
+    return execute_tasks(run_tasks(run.root, out_dir=None), jobs=jobs)
+
+
+def execute_paths(inputs: list[Path], jobs: int | None = None, out_dir: Path | None = None,
+                  lang: str | None = None, dataset: str | None = None) -> list[Path]:
+    """`flora-eval execute`: run dirs, MultiPL-E completions files or bigcode generations."""
+    from harness.execute.inputs import tasks_for
+
+    tasks = [task for path in inputs for task in tasks_for(Path(path), out_dir, lang, dataset)]
+    execute_tasks(tasks, jobs=jobs)
+    return [task.out for task in tasks]

@@ -1,0 +1,247 @@
+"""The one place that starts containers: a hardened, long-lived container per program slot,
+running the worker (worker.py) with its stdin and stdout attached to the harness.
+
+Why attach instead of `docker exec`: the container's main process reads the harness's
+socket, so when the harness exits or is killed the socket closes, the worker sees end of
+input and exits, and the container (auto-removed) goes with it. Leftovers of a harness that
+died before that are removed at the next start (`remove_leftovers`, by label and owner pid).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.execute.languages import Language
+
+LABEL = "org.flora-eval.engine"
+OWNER_LABEL = "org.flora-eval.owner"  # "<hostname>:<pid>" of the harness that started it
+WORKER_SOURCE = (Path(__file__).parent / "worker.py").read_text(encoding="utf-8")
+WORKER_HASH = hashlib.sha256(WORKER_SOURCE.encode()).hexdigest()[:12]
+RUNNER_GID = 2000
+RUNNER_UID0 = 2001  # runner1; the base image has runner1..runner16
+WORK_ROOT = "/work"
+# The worker runs as root inside the container with only what it needs: switch to the
+# runners' uids, kill their processes, hand them their files and remove them afterwards.
+WORKER_CAPS = ["SETUID", "SETGID", "KILL", "CHOWN", "DAC_OVERRIDE", "FOWNER"]
+DOCKER_FIX = "start it with `make docker` (or `sudo scripts/ensure-docker.sh`)"
+
+
+class SandboxError(Exception):
+    """The sandbox itself failed (engine error, worker died): retried, never scored."""
+
+
+def docker_client():
+    """A connected docker SDK client, or a one-line UserError naming the fix."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=120)
+        client.ping()
+        return client
+    except Exception as exc:  # DockerException, connection errors, missing socket
+        raise UserError(f"the Docker engine is not reachable ({type(exc).__name__}); {DOCKER_FIX}") from None
+
+
+def size_bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().rstrip("b")
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resources of one slot (one container). Part of the cache key."""
+
+    memory: str = "1g"
+    pids: int = 256
+    tmpfs: str = "256m"
+    cpus: float = 1.0
+    lanes: int = 1
+    nofile: int = 4096
+
+    @classmethod
+    def of(cls, lang: Language, lanes: int = 1) -> Limits:
+        return cls(memory=lang.memory, pids=lang.pids, tmpfs=lang.tmpfs, cpus=float(lanes), lanes=lanes)
+
+    def key(self) -> str:
+        # cpus and lanes change speed, not results (timeouts aside); keep them out of the key
+        return f"mem={self.memory},pids={self.pids},tmpfs={self.tmpfs},nofile={self.nofile},w={WORKER_HASH}"
+
+
+def host_config(client, limits: Limits) -> dict:
+    from docker.types import LogConfig, Ulimit
+
+    tmpfs_opts = "rw,exec,nosuid,nodev"
+    fsize = size_bytes(limits.tmpfs)
+    return client.api.create_host_config(
+        network_mode="none",
+        read_only=True,
+        tmpfs={WORK_ROOT: f"{tmpfs_opts},size={limits.tmpfs},mode=755",
+               "/tmp": f"{tmpfs_opts},size=64m,mode=1777"},
+        shm_size="16m",
+        mem_limit=limits.memory,
+        memswap_limit=limits.memory,
+        pids_limit=limits.pids,
+        init=True,
+        nano_cpus=int(limits.cpus * 1e9),
+        ulimits=[Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile),
+                 Ulimit(name="fsize", soft=fsize, hard=fsize),
+                 Ulimit(name="core", soft=0, hard=0)],
+        cap_drop=["ALL"],
+        cap_add=WORKER_CAPS,
+        security_opt=["no-new-privileges"],
+        log_config=LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+        auto_remove=True,
+    )
+
+
+def worker_config(lang: Language, limits: Limits) -> dict:
+    return {
+        "file": lang.file,
+        "steps": [{"argv": list(s.argv), "timeout_s": s.timeout_s,
+                   "ok_exit": list(s.ok_when.exit_code) or None} for s in lang.steps],
+        "env": dict(lang.env),
+        "output_limit": lang.output_limit,
+        "lanes": limits.lanes,
+        "uids": [RUNNER_UID0 + i for i in range(limits.lanes)],
+        "gid": RUNNER_GID,
+        "root": WORK_ROOT,
+        "oom_adj": True,
+    }
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class WorkerConnection:
+    """One running container and its worker: send programs, receive results (by callback
+    from a reader thread). `on_line(obj)` gets each JSON answer; `on_close(reason)` once."""
+
+    def __init__(self, client, image: str, lang: Language, limits: Limits, on_line, on_close):
+        self.client = client
+        self.on_line = on_line
+        self.on_close = on_close
+        self.stderr = bytearray()
+        self._send_lock = threading.Lock()
+        self._closed = False
+        self.ready = threading.Event()
+        api = client.api
+        try:
+            created = api.create_container(
+                image, command=["python3", "-u", "-c", WORKER_SOURCE], stdin_open=True, detach=False,
+                user="0", working_dir="/", labels={LABEL: lang.key, OWNER_LABEL: owner_id()},
+                host_config=host_config(client, limits),
+            )
+            self.id = created["Id"]
+            self.sock = api.attach_socket(self.id, params={"stdin": 1, "stdout": 1, "stderr": 1,
+                                                           "stream": 1})
+            self.raw = getattr(self.sock, "_sock", self.sock)
+            api.start(self.id)
+        except Exception as exc:
+            raise SandboxError(f"cannot start a {lang.key} container from {image}: {exc}") from exc
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.send({"config": worker_config(lang, limits)})
+
+    def send(self, obj: dict) -> None:
+        data = (json.dumps(obj) + "\n").encode("utf-8")
+        try:
+            with self._send_lock:
+                self.raw.sendall(data)
+        except OSError as exc:
+            raise SandboxError(f"worker connection lost: {exc}") from exc
+
+    def _read(self) -> None:
+        buf = bytearray()
+        reason = "worker exited"
+        try:
+            while True:
+                header = self._exactly(8)
+                if header is None:
+                    break
+                stream, size = header[0], struct.unpack(">I", header[4:8])[0]
+                payload = self._exactly(size)
+                if payload is None:
+                    break
+                if stream == 2:
+                    self.stderr.extend(payload[: max(0, 8192 - len(self.stderr))])
+                    continue
+                buf.extend(payload)
+                while b"\n" in buf:
+                    line, _, rest = bytes(buf).partition(b"\n")
+                    buf = bytearray(rest)
+                    if line.strip():
+                        obj = json.loads(line)
+                        if obj.get("ready"):
+                            self.ready.set()
+                        else:
+                            self.on_line(obj)
+        except (OSError, ValueError) as exc:
+            reason = f"worker connection failed: {exc}"
+        self.ready.set()
+        self.on_close(f"{reason}; stderr: {bytes(self.stderr).decode(errors='replace')[-500:]}")
+
+    def _exactly(self, n: int) -> bytes | None:
+        data = bytearray()
+        while len(data) < n:
+            chunk = self.raw.recv(n - len(data))
+            if not chunk:
+                return None
+            data.extend(chunk)
+        return bytes(data)
+
+    def close(self) -> None:
+        """Stop and remove the container (closing stdin alone would also end it)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.client.api.remove_container(self.id, force=True)
+        except Exception:  # already gone (auto_remove) or the engine is down
+            pass
+
+
+def remove_leftovers(client) -> int:
+    """Remove containers of harnesses on this host that are no longer alive (kill -9)."""
+    removed = 0
+    host = socket.gethostname()
+    for c in client.api.containers(all=True, filters={"label": LABEL}):
+        owner = (c.get("Labels") or {}).get(OWNER_LABEL, "")
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host == host and pid.isdigit() and _alive(int(pid)):
+            continue
+        if owner_host not in (host, ""):
+            continue
+        try:
+            client.api.remove_container(c["Id"], force=True)
+            removed += 1
+        except Exception:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def engine_containers(client) -> list[dict]:
+    return client.api.containers(all=True, filters={"label": LABEL})

@@ -1,0 +1,241 @@
+"""The in-container worker: runs programs it reads from stdin, one JSON object per line,
+and writes one JSON result per line to stdout as each finishes. Standard library only,
+one file: the harness passes this file's text to `python3 -c` when a container starts.
+
+Protocol
+  first line  {"config": {"file", "steps": [{"argv", "timeout_s", "ok_exit"}], "env",
+               "output_limit", "lanes", "uids": [..] | null, "gid", "root", "oom_adj"}}
+  then        {"id": str, "source": str}                       one per program
+  answers     {"ready": true, "python": "3.13.5"}               once, after the config
+              {"id": str, "steps": [{"exit_code", "stdout", "stderr", "timed_out", "seconds"}]}
+Steps run in order; a step stops the program when it timed out or its exit code is not in
+its `ok_exit` (null: any). The harness decides the status from the outcomes.
+
+Each lane runs one program at a time under its own uid (never the worker's), in its own
+process group, in a fresh work dir. When a step ends, its process group and then every
+process of the lane's uid are killed, and the lane's files are removed. Closing stdin (the
+harness exited or was killed) ends the worker, and with it the container.
+"""
+
+import json
+import os
+import queue
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+OOM_WRAPPER = ["/bin/sh", "-c", 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"', "sh"]
+SHARED_TMP_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
+
+
+def cap_text(data, limit):
+    return data.decode("utf-8", errors="replace")[:limit]
+
+
+def read_until(proc, deadline, limit_bytes):
+    """Drain stdout and stderr (keeping the first `limit_bytes` of each) until both close or
+    the deadline passes. Returns (stdout, stderr, timed_out)."""
+    kept = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    sel = selectors.DefaultSelector()
+    for stream in (proc.stdout, proc.stderr):
+        sel.register(stream.fileno(), selectors.EVENT_READ)
+    open_fds = set(kept)
+    timed_out = False
+    while open_fds:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for key, _ in sel.select(timeout=min(left, 1.0)):
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fd)
+                open_fds.discard(key.fd)
+                continue
+            buf = kept[key.fd]
+            if len(buf) < limit_bytes:
+                buf.extend(chunk[: limit_bytes - len(buf)])
+    sel.close()
+    return bytes(kept[proc.stdout.fileno()]), bytes(kept[proc.stderr.fileno()]), timed_out
+
+
+def processes_of(uid):
+    """Live (non-zombie) pids whose real uid is `uid`."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        state = fields.get("State", "").strip()[:1]
+        uids = fields.get("Uid", "").split()
+        if uids and int(uids[0]) == uid and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def kill_all(proc, uid):
+    """Kill the program's process group, then every process of its uid (catches setsid)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if uid is None:
+        return
+    for _ in range(200):
+        pids = processes_of(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.005)
+
+
+def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj):
+    start = time.monotonic()
+    deadline = start + timeout_s
+    ids = {} if uid is None else {"user": uid, "group": gid, "extra_groups": []}
+    try:
+        proc = subprocess.Popen((OOM_WRAPPER if oom_adj else []) + argv, cwd=cwd, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, **ids)
+    except OSError as exc:  # e.g. the toolchain is missing: the program cannot run
+        return {"exit_code": 127, "stdout": "", "stderr": f"worker: cannot start {argv[0]}: {exc}",
+                "timed_out": False, "seconds": 0.0}
+    try:
+        out, err, timed_out = read_until(proc, deadline, limit * 4 + 4)
+        if not timed_out:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+    finally:
+        kill_all(proc, uid)
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    return {"exit_code": proc.returncode, "stdout": cap_text(out, limit), "stderr": cap_text(err, limit),
+            "timed_out": timed_out, "seconds": round(time.monotonic() - start, 4)}
+
+
+def fill(text, names):
+    for key, value in names.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def remove_leftovers(uid):
+    """Files a program left in the shared temp dirs (a channel to the next program)."""
+    for top in SHARED_TMP_DIRS:
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid == uid:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def run_program(config, lane, counter, source):
+    uids = config.get("uids")
+    uid = uids[lane] if uids else None
+    gid = config.get("gid") if uids else None
+    work = os.path.join(config["root"], f"p{lane}-{counter}")
+    os.mkdir(work, 0o700)
+    tmp = os.path.join(work, ".tmp")
+    os.mkdir(tmp, 0o700)
+    path = os.path.join(work, config["file"])
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(source)
+    if uid is not None:
+        for p in (work, tmp, path):
+            os.chown(p, uid, gid)
+    stem = config["file"].rsplit(".", 1)[0]
+    names = {"file": config["file"], "stem": stem, "dir": work}
+    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": work, "TMPDIR": tmp,
+           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    env.update({k: fill(v, names) for k, v in config.get("env", {}).items()})
+    outcomes = []
+    try:
+        for step in config["steps"]:
+            argv = [fill(a, names) for a in step["argv"]]
+            outcome = run_step(argv, work, env, step["timeout_s"], uid, gid, config["output_limit"],
+                               config.get("oom_adj", False))
+            outcomes.append(outcome)
+            ok_exit = step.get("ok_exit")
+            if outcome["timed_out"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):
+                break
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if uid is not None:
+            remove_leftovers(uid)
+    return outcomes
+
+
+def lane_loop(config, lane, jobs, emit):
+    counter = 0
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        counter += 1
+        try:
+            steps = run_program(config, lane, counter, job["source"])
+            emit({"id": job["id"], "steps": steps})
+        except Exception as exc:  # the worker's own fault: the harness retries, never scores it
+            emit({"id": job["id"], "error": f"{type(exc).__name__}: {exc}"})
+
+
+def main():
+    out_lock = threading.Lock()
+
+    def emit(obj):
+        line = json.dumps(obj) + "\n"
+        with out_lock:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    first = sys.stdin.readline()
+    if not first:
+        return
+    config = json.loads(first)["config"]
+    os.makedirs(config["root"], exist_ok=True)
+    jobs = queue.Queue()
+    lanes = [threading.Thread(target=lane_loop, args=(config, i, jobs, emit), daemon=True)
+             for i in range(config.get("lanes", 1))]
+    for t in lanes:
+        t.start()
+    emit({"ready": True, "python": sys.version.split()[0]})
+    for line in sys.stdin:
+        if line.strip():
+            jobs.put(json.loads(line))
+    # stdin closed: the harness is done or dead. Stop everything now.
+    for uid in config.get("uids") or []:
+        for pid in processes_of(uid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
