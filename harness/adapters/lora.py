@@ -1,0 +1,149 @@
+"""LoRA: y_i = x_i W0ᵀ + s · (x_i A_iᵀ) B_iᵀ, with A_i [r, in], B_i [out, r], s = alpha / r.
+
+Two forms of the mixed-batch adapter term, chosen at `attach(..., lora_impl=...)`:
+- `gather` (default): rows grouped by adapter once per `set_rows`; per adapter two small
+  GEMMs at its own rank on its rows, scattered back with `index_add_`; base rows cost nothing.
+- `bmm`: the paper's baseline (appendix A.2): gather every row's A and B (padded to the
+  largest rank in the batch) and run two `torch.bmm`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from harness.adapters.bank import AdapterBank, Tensor, as_rows, kaiming_uniform
+from harness.adapters.config import Targets, as_targets, split_fields, targets_json
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    r: int = 8
+    lora_alpha: float = 8
+    target_modules: Targets = ("c_attn",)
+    lora_dropout: float = 0.0  # recorded for PEFT; the forward applies no dropout
+    use_rslora: bool = False
+
+    @property
+    def rank(self) -> int:
+        return self.r
+
+    @property
+    def scale(self) -> float:
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LoRAConfig:
+        fields = split_fields(data, {"r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora"})
+        fields["target_modules"] = as_targets(fields.get("target_modules", cls.target_modules))
+        config = cls(**fields)
+        if not isinstance(config.r, int) or config.r < 1:
+            raise ValueError(f"r must be a positive integer, not {config.r!r}")
+        return config
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peft_type": "LORA",
+            "r": self.r,
+            "lora_alpha": self.lora_alpha,
+            "target_modules": targets_json(self.target_modules),
+            "lora_dropout": self.lora_dropout,
+            "use_rslora": self.use_rslora,
+            "bias": "none",
+            "fan_in_fan_out": False,
+        }
+
+
+class LoRABank(AdapterBank):
+    """Gather form: per distinct adapter in the batch, two GEMMs on its rows."""
+
+    peft_type = "LORA"
+    method = "lora"
+    config_cls = LoRAConfig
+    rank_axes = {"A": 0, "B": 1}
+    variant = "gather"
+
+    @staticmethod
+    def rank_of(config: LoRAConfig) -> int:
+        return config.r
+
+    @staticmethod
+    def scale_of(config: LoRAConfig) -> float:
+        return config.scale
+
+    @classmethod
+    def expected_shapes(cls, config, module_name, in_f, out_f):
+        return {"lora_A.weight": (config.r, in_f), "lora_B.weight": (out_f, config.r)}
+
+    @classmethod
+    def to_bank(cls, config, module_name, tensors, in_f, out_f):
+        return {"A": tensors["lora_A.weight"], "B": tensors["lora_B.weight"]}
+
+    @classmethod
+    def from_bank(cls, config, module_name, parts):
+        return {"lora_A.weight": parts["A"], "lora_B.weight": parts["B"]}
+
+    @classmethod
+    def fresh(cls, config, module_name, in_f, out_f, gen):
+        """PEFT's init: A kaiming-uniform, B zero, so a new adapter starts as the base model."""
+        return {
+            "lora_A.weight": kaiming_uniform((config.r, in_f), gen),
+            "lora_B.weight": torch.zeros(out_f, config.r),
+        }
+
+    @staticmethod
+    def plan(local_idx: Tensor, ranks: Tensor, device: torch.device) -> list[tuple[int, Tensor | None]]:
+        """(adapter, its rows on the device or None for all rows) per distinct adapter; base rows skipped."""
+        present = [int(i) for i in torch.unique(local_idx) if i >= 0]
+        if len(present) == 1 and bool((local_idx == present[0]).all()):
+            return [(present[0], None)]
+        return [(i, torch.nonzero(local_idx == i).flatten().to(device)) for i in present]
+
+    def forward(self, base, x, plan):
+        y = base(x)
+        x3, y3 = as_rows(x), as_rows(y)
+        for i, rows in plan:
+            a, b = self.adapter_part(i, "A"), self.adapter_part(i, "B")
+            scale = self.scale_list[i]
+            if rows is None:
+                y3 = y3 + F.linear(F.linear(x3, a) * scale, b)
+            else:
+                y3 = y3.index_add(0, rows, F.linear(F.linear(x3.index_select(0, rows), a) * scale, b))
+        return y3.view(y.shape)
+
+    def merged(self, weight, bias, i):
+        a, b = self.adapter_part(i, "A"), self.adapter_part(i, "B")
+        return weight + self.scale_list[i] * (b @ a).to(weight.dtype), bias
+
+
+@dataclass(frozen=True)
+class BmmPlan:
+    idx: Tensor  # local adapter index per row, on the device (-1 = identity: zero delta)
+    rank: int  # largest rank among the rows (0: no row is adapted)
+
+
+class BmmLoRABank(LoRABank):
+    """The paper's bmm baseline: per-row gathered A and B, two batched matrix products."""
+
+    variant = "bmm"
+
+    @staticmethod
+    def plan(local_idx, ranks, device):
+        return BmmPlan(idx=local_idx.to(device), rank=int(ranks[local_idx].max()))
+
+    def forward(self, base, x, plan: BmmPlan):
+        y = base(x)
+        if plan.rank == 0:
+            return y
+        x3 = as_rows(x)
+        adapter_a = self.stacked("A")[plan.idx, : plan.rank].transpose(1, 2)  # [b, in, r]
+        adapter_b = self.stacked("B")[plan.idx, :, : plan.rank].transpose(1, 2)  # [b, r, out]
+        hidden = torch.bmm(x3, adapter_a) * self.scales[plan.idx].to(x.dtype)[:, None, None]
+        return y + torch.bmm(hidden, adapter_b).view(y.shape)
+
+
+LoRABank.variants = {"gather": LoRABank, "bmm": BmmLoRABank}
