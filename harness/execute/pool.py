@@ -47,6 +47,7 @@ class Pool:
         self.max_program_s = sum(s.timeout_s for s in lang.steps) + WATCHDOG_GRACE_S
         self.restarts = 0
         self.submitted = 0
+        self.broken: list[str] = []  # why the last containers failed to start, in a row
 
     # -- public -------------------------------------------------------------------------
     def run(self, sources: list[str]) -> Iterator[tuple[int, list[dict]]]:
@@ -90,9 +91,11 @@ class Pool:
                                 on_close=lambda reason: answers.put(("closed", reason)))
         with self.cond:
             self.conns.add(conn)
-        if not conn.ready.wait(READY_TIMEOUT_S):
+        if not conn.ready.wait(READY_TIMEOUT_S) or not conn.started:
             self._drop(conn)
-            raise SandboxError("the worker did not start in time")
+            self.broken.append(conn.stderr_tail() or "no answer")
+            raise SandboxError(f"the worker did not start in {self.image}: {self.broken[-1]}")
+        self.broken.clear()
         return conn
 
     def _drop(self, conn: WorkerConnection) -> None:

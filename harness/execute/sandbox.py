@@ -133,7 +133,8 @@ class WorkerConnection:
         self.stderr = bytearray()
         self._send_lock = threading.Lock()
         self._closed = False
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # set when the worker answered, or when it died first
+        self.started = False
         api = client.api
         try:
             created = api.create_container(
@@ -182,6 +183,7 @@ class WorkerConnection:
                     if line.strip():
                         obj = json.loads(line)
                         if obj.get("ready"):
+                            self.started = True
                             self.ready.set()
                         else:
                             self.on_line(obj)
@@ -198,6 +200,9 @@ class WorkerConnection:
                 return None
             data.extend(chunk)
         return bytes(data)
+
+    def stderr_tail(self) -> str:
+        return bytes(self.stderr).decode(errors="replace").strip()[-300:]
 
     def close(self) -> None:
         """Stop and remove the container (closing stdin alone would also end it)."""

@@ -11,6 +11,9 @@ Protocol
 Steps run in order; a step stops the program when it timed out or its exit code is not in
 its `ok_exit` (null: any). The harness decides the status from the outcomes.
 
+Only modules of Debian's python3-minimal may be used (no shutil, no queue): language
+images need not carry a full Python.
+
 Each lane runs one program at a time under its own uid (never the worker's), in its own
 process group, in a fresh work dir. When a step ends, its process group and then every
 process of the lane's uid are killed, and the lane's files are removed. Closing stdin (the
@@ -19,14 +22,13 @@ harness exited or was killed) ends the worker, and with it the container.
 
 import json
 import os
-import queue
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 
 OOM_WRAPPER = ["/bin/sh", "-c", 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"', "sh"]
 SHARED_TMP_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
@@ -129,6 +131,42 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj):
             "timed_out": timed_out, "seconds": round(time.monotonic() - start, 4)}
 
 
+def remove_tree(path):
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files + dirs:
+            full = os.path.join(root, name)
+            try:
+                if os.path.isdir(full) and not os.path.islink(full):
+                    os.rmdir(full)
+                else:
+                    os.unlink(full)
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+class Jobs:
+    """A blocking FIFO (python3-minimal has no `queue`)."""
+
+    def __init__(self):
+        self.items = deque()
+        self.cond = threading.Condition()
+
+    def put(self, item):
+        with self.cond:
+            self.items.append(item)
+            self.cond.notify()
+
+    def get(self):
+        with self.cond:
+            while not self.items:
+                self.cond.wait()
+            return self.items.popleft()
+
+
 def fill(text, names):
     for key, value in names.items():
         text = text.replace("{" + key + "}", value)
@@ -146,7 +184,7 @@ def remove_leftovers(uid):
             try:
                 if entry.stat(follow_symlinks=False).st_uid == uid:
                     if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
+                        remove_tree(entry.path)
                     else:
                         os.unlink(entry.path)
             except OSError:
@@ -183,7 +221,7 @@ def run_program(config, lane, counter, source):
             if outcome["timed_out"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):
                 break
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
         if uid is not None:
             remove_leftovers(uid)
     return outcomes
@@ -217,7 +255,7 @@ def main():
         return
     config = json.loads(first)["config"]
     os.makedirs(config["root"], exist_ok=True)
-    jobs = queue.Queue()
+    jobs = Jobs()
     lanes = [threading.Thread(target=lane_loop, args=(config, i, jobs, emit), daemon=True)
              for i in range(config.get("lanes", 1))]
     for t in lanes:
