@@ -44,9 +44,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from harness.errors import UserError
     from harness.execute import images
     from harness.execute.engine import Executor, canary_problem
-    from harness.errors import UserError
     from harness.execute.sandbox import docker_client
 
     client = docker_client()
@@ -85,6 +85,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         labels = images.image_labels(image)
         stale = labels.get(f"{images.LABEL_PREFIX}.dockerfile") != images.dockerfile_hash(lang.key)
-        print(f"{lang.key}\t{lang.image_tag}\t{image.short_id}\t"
-              f"{labels.get(f'{images.LABEL_PREFIX}.toolchain', '?')}{'  (stale: Dockerfile changed)' * stale}")
+        version = labels.get(f"{images.LABEL_PREFIX}.toolchain", "?")
+        note = "  (stale: Dockerfile changed; images build --rebuild)" if stale else ""
+        print(f"{lang.key}\t{lang.image_tag}\t{image.short_id}\t{version}{note}")
     return 0
