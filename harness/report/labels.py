@@ -58,9 +58,10 @@ def column_labels(keys: Iterable[tuple[str, str]],
     run added only where two columns would otherwise share a label."""
     keys = list(dict.fromkeys(keys))
     labels = {key: method_label(key[1], methods.get(key)) for key in keys}
-    for widen in (_with_adapter, _with_run):
-        clashes = _clashing(labels)
-        labels = {k: widen(k, v) if k in clashes else v for k, v in labels.items()}
+    for part, widen in ((1, _with_adapter), (0, _with_run)):
+        groups = _clashing(labels)
+        labels = {k: widen(k, v) if len({g[part] for g in groups.get(v, [k])}) > 1 else v
+                  for k, v in labels.items()}
     return labels
 
 
@@ -78,8 +79,9 @@ def _with_run(key: tuple[str, str], label: str) -> str:
     return f"{label} [{key[0]}]"
 
 
-def _clashing(labels: Mapping[Any, str]) -> set:
+def _clashing(labels: Mapping[Any, str]) -> dict[str, list]:
+    """label → the keys sharing it, for labels held by more than one key."""
     seen: dict[str, list] = {}
     for key, value in labels.items():
         seen.setdefault(value, []).append(key)
-    return {k for keys in seen.values() if len(keys) > 1 for k in keys}
+    return {label: keys for label, keys in seen.items() if len(keys) > 1}
