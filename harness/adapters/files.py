@@ -76,10 +76,10 @@ def resolve_adapter(name: str, adapters_dir: Path | None = None) -> tuple[Path, 
     if local.is_file():
         local = local.parent
     if local.is_dir():
-        return local, local.resolve().name
+        return local.resolve(), local.resolve().name
     root = adapters_root(adapters_dir)
     if (root / name).is_dir():
-        return root / name, name
+        return (root / name).resolve(), name
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return _from_hub(name), name
     raise UserError(
@@ -212,7 +212,10 @@ def save_adapter(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {key: t.detach().to("cpu").contiguous() for key, t in adapter.tensors.items()}
+    tensors = {
+        key: t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+        for key, t in adapter.tensors.items()
+    }
     digest = content_hash(adapter.config, tensors)
     meta = {**adapter.metadata, **(metadata or {})}
     meta |= {
