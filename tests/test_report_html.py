@@ -129,3 +129,19 @@ def test_report_renders_in_headless_chromium(demo, tmp_path):
     assert console_messages(taken.stderr) == []
     assert png_size(shot) == (1280, 1800)
     assert shot.stat().st_size > 40_000  # a blank page of this size is a few kB
+
+
+@pytest.mark.slow
+def test_a_full_size_report_stays_small_and_quick(tmp_path, humaneval_dir):
+    """161 problems × 100 samples × 4 adapters × 2 languages: the page stays a few MB and opens."""
+    counts = demo_counts(langs=("rb", "rs"), problems_per_lang=161, n=100, seed=3)
+    run = write_run(tmp_path / "full-run", counts)
+    start = time.perf_counter()
+    page = write_reports(run)["html"]
+    assert time.perf_counter() - start < 60
+    assert page.stat().st_size < 8_000_000
+    start = time.perf_counter()
+    dom = render(page, tmp_path, "--dump-dom")
+    assert time.perf_counter() - start < 30
+    assert console_messages(dom.stderr) == []
+    assert sorted(summary_values(dom.stdout)) == sorted(expected_means(counts))
