@@ -42,10 +42,10 @@ def run_pipeline(args: argparse.Namespace) -> int:
     langs = validate_langs(args.lang or DEFAULT_LANGS)
     run = RunDir.open(args.run_dir or RESULTS_ROOT / (args.run_id or new_run_id(args.model)))
     sampling = sampling_from(args)
-    adapters = resolve_adapters(args.adapter or [], args.model)
 
     problem_sets = [load_problems_for(lang, args) for lang in langs]  # 1. problems
     loaded = load_model(args.model, device=args.device)
+    adapters = resolve_adapters(args, loaded)
     run.update_manifest(
         environment=environment(),
         config=run_config(args, langs, sampling, adapters),
@@ -82,21 +82,40 @@ def sampling_from(args: argparse.Namespace) -> SamplingConfig:
                           max_tokens=args.max_tokens, seed=args.seed)
 
 
-def resolve_adapters(names: list[str], model: str):
-    """The evaluation's columns: the base model, then each `--adapter`."""
+def resolve_adapters(args: argparse.Namespace, loaded) -> list:
+    """The evaluation's columns: the base model, then each `--adapter`, loaded and checked
+    against the base model's shapes now, so a bad adapter stops the run before generation."""
+    from harness.adapters import load_adapter
     from harness.generate import AdapterChoice
 
-    return [AdapterChoice(BASE)] + [AdapterChoice(name) for name in names if name != BASE]
+    adapters_dir = Path(args.adapters_dir) if args.adapters_dir else None
+    choices = [AdapterChoice(BASE)]
+    for name in dict.fromkeys(args.adapter or []):
+        if name == BASE:
+            continue
+        spec = load_adapter(name, base_model=loaded.model, adapters_dir=adapters_dir)
+        choices.append(AdapterChoice(name, spec.content_hash, spec))
+    return choices
 
 
 def run_config(args, langs, sampling: SamplingConfig, adapters) -> dict:
     return {
         "model": args.model,
-        "adapters": [{"name": a.name, "hash": a.content_hash} for a in adapters],
+        "adapters": [adapter_entry(a) for a in adapters],
         "langs": langs,
         "sampling": vars(sampling),
         "limit": args.limit,
     }
+
+
+def adapter_entry(choice) -> dict:
+    """What the manifest records of one evaluated column (the report reads `method`)."""
+    spec = choice.spec
+    if spec is None:
+        return {"name": choice.name, "method": "base", "hash": ""}
+    return {"name": choice.name, "method": spec.method, "rank": spec.rank,
+            "hash": choice.content_hash, "path": str(spec.path),
+            "language": spec.metadata.get("language")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,8 +129,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     langs = validate_langs(args.lang or DEFAULT_LANGS)
     run = RunDir.open(args.run_dir)
     problem_sets = [load_problems_for(lang, args) for lang in langs]
-    adapters = resolve_adapters(args.adapter or [], args.model)
     loaded = load_model(args.model, device=args.device)
+    adapters = resolve_adapters(args, loaded)
     telemetry = generate_run(loaded, problem_sets, adapters, sampling_from(args), run,
                              batch_size=args.batch_size)
     print(f"completions in {run.root} ({telemetry.prompts} prompts sampled)")
@@ -157,7 +176,11 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="alias (starcoder-15b, starcoderbase-3b, starcoderbase-1b, tiny), "
                              "hub id or local path")
     parser.add_argument("--adapter", action="append", metavar="NAME",
-                        help="adapter to evaluate beside the base model (repeatable)")
+                        help="adapter to evaluate beside the base model (repeatable): a name "
+                             "under the adapters directory, a local path or a hub id")
+    parser.add_argument("--adapters-dir", metavar="DIR",
+                        help="where adapter names are looked up (default: adapters/ or "
+                             "$FLORA_EVAL_ADAPTERS)")
     parser.add_argument("--lang", action="append", metavar="LANG",
                         help="MultiPL-E language key, e.g. py, rb, rs (repeatable; default py)")
     parser.add_argument("--dataset", metavar="PATH",
