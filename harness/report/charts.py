@@ -28,7 +28,7 @@ def _nice_top(value: float) -> float:
 
 def bar_chart(groups: Sequence[str], series: Sequence[str],
               values: Mapping[tuple[str, str], tuple[float, float, float]],
-              title: str = "") -> str:
+              title: str = "", axis: str = "pass@1 %") -> str:
     """Grouped bars with interval whiskers: values[(group, series)] = (mean, lo, hi) in percent."""
     colors = colors_for(series)
     bar_w, gap, left, top, height = 16, 18, 44, 28, 220
@@ -64,7 +64,7 @@ def bar_chart(groups: Sequence[str], series: Sequence[str],
                        f'M{cx - 3:.1f} {y(hi):.1f}h6" stroke="#111827" stroke-width="1"/>')
         out.append(f'<text x="{x0 + bar_w * len(series) / 2:.1f}" y="{top + height + 16}" '
                    f'text-anchor="middle" class="label">{escape(group)}</text>')
-    out.append(f'<text x="12" y="{top - 10}" class="tick">pass@k %</text>')
+    out.append(f'<text x="12" y="{top - 10}" class="tick">{escape(axis)}</text>')
     lx = left
     for name in series:
         out.append(f'<rect x="{lx}" y="{top + height + 36}" width="12" height="12" '
