@@ -190,19 +190,25 @@ def test_clashing_columns_get_adapter_then_run_names():
 
 def test_combined_report_compares_runs(tmp_path, humaneval_dir):
     counts = demo_counts(langs=("rb",), adapters=("base", "flora-r1"), problems_per_lang=8, n=10)
-    better = {k: {p: (n, min(n, c + 2)) for p, (n, c) in cell.items()} if k[1] == "flora-r1" else cell
+    step = {"flora-r1": 2, "base": -1}  # night 2: FLoRA gains, the base model loses a little
+    better = {k: {p: (n, min(n, max(0, c + step[k[1]]))) for p, (n, c) in cell.items()}
               for k, cell in counts.items()}
     runs = [write_run(tmp_path / "a" / "night-1", counts), write_run(tmp_path / "b" / "night-2", better)]
     paths = write_combined_report(runs, tmp_path / "combined")
     comps = pd.read_csv(paths["comparisons"])
     across = comps[comps["comparison"] == "vs run night-1"].set_index("adapter")
     assert set(across.index) == {"base", "flora-r1"}
-    assert across.loc["base", "diff"] == 0
-    gained = np.mean([(better[k][p][1] - c) / n * 100 for k in counts if k[1] == "flora-r1"
-                      for p, (n, c) in counts[k].items()])
-    assert across.loc["flora-r1", "diff"] == pytest.approx(gained) and gained > 0
+    for adapter in ("base", "flora-r1"):
+        change = np.mean([(better[k][p][1] - c) / n * 100 for k in counts if k[1] == adapter
+                          for p, (n, c) in counts[k].items()])
+        assert across.loc[adapter, "diff"] == pytest.approx(change)
+    assert across.loc["base", "diff"] < 0 < across.loc["flora-r1", "diff"]
     table = pd.read_csv(paths["table1_csv"], index_col=[0, 1])
     assert list(table.columns) == ["base [night-1]", "base [night-2]", "FLoRA [night-1]", "FLoRA [night-2]"]
+    row = table.iloc[0]  # each run's FLoRA is relative to its own run's base
+    for night in ("night-1", "night-2"):
+        base, flora = float(row[f"base [{night}]"]), float(row[f"FLoRA [{night}]"].split(" ")[0])
+        assert row[f"FLoRA [{night}]"].endswith(f"({(flora - base) / base * 100:.2f}%)")
     html = paths["html"].read_text(encoding="utf-8")
     assert "night-1" in html and "night-2" in html
 

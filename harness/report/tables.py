@@ -95,16 +95,27 @@ def table1(cells: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
     values = cells.pivot_table(index=["model", "lang"], columns="column", values="mean",
                                aggfunc="first", sort=False)
     columns = sorted(values.columns, key=column_sort_key)
-    base = next((c for c in columns if c.split(" ")[0] == "base"), None)
+    base = {column: _base_column(column, columns) for column in columns}
     text = pd.DataFrame(index=values.index, columns=columns, dtype=object)
     for (model, lang), row in values.iterrows():
         for column in columns:
-            text.loc[(model, lang), column] = _cell(row[column], row[base] if base else math.nan,
-                                                   column == base, digits)
+            base_value = row[base[column]] if base[column] else math.nan
+            text.loc[(model, lang), column] = _cell(row[column], base_value, column == base[column], digits)
     text.index = pd.MultiIndex.from_tuples([(m, language_name(lang)) for m, lang in text.index],
                                            names=["model", "language"])
     text.columns.name = None
     return text
+
+
+def _base_column(column: str, columns: list[str]) -> str | None:
+    """The base column a column is relative to: its own run's ("X [run]" → "base [run]") when
+    there is one, else the first base column."""
+    bases = [c for c in columns if c.split(" ")[0] == "base"]
+    if column.endswith("]") and " [" in column:
+        own = "base" + column[column.rfind(" ["):]
+        if own in bases:
+            return own
+    return bases[0] if bases else None
 
 
 def _cell(value: float, base: float, is_base: bool, digits: int) -> str:
