@@ -12,17 +12,20 @@ the status breakdown and one self-contained report.html, for one run or several 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from harness.files import read_results
 from harness.records import ProblemScore
 from harness.runs import RunDir
-from harness.score import default_ks, score_problem
+
+if TYPE_CHECKING:  # pandas and numpy load on first use: the CLI imports this package
+    import pandas as pd  # to build its parser (harness.report.gate, harness.report.baseline)
 
 
 def collect_scores(run: RunDir, ks: list[int] | None = None) -> list[ProblemScore]:
     """Score every results file of a run (the folder layout names model/adapter/lang)."""
+    from harness.files import read_results
+    from harness.score import default_ks, score_problem
+
     scores = []
     for path in run.result_files():
         results = read_results(path)
@@ -36,6 +39,8 @@ def collect_scores(run: RunDir, ks: list[int] | None = None) -> list[ProblemScor
 
 
 def scores_frame(scores: list[ProblemScore]) -> pd.DataFrame:
+    import pandas as pd
+
     rows = [
         {"model": s.model, "adapter": s.adapter, "lang": s.language, "problem": s.problem,
          "n": s.n, "c": s.c, **{f"pass@{k}": v for k, v in s.pass_at.items()}}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from typing import Any
 
 import jinja2
@@ -14,7 +13,6 @@ from markupsafe import Markup
 from harness.report.build import Report
 from harness.report.charts import STATUS_COLORS, bar_chart, colors_for, heatmap, status_bar
 from harness.report.labels import column_sort_key, language_name
-from harness.report.tables import STATUS_ORDER
 
 MANIFEST_VALUE_CHARS = 400
 SIGNIFICANCE = 0.05
@@ -171,11 +169,6 @@ def render_html(report: Report) -> str:
         "drill": drill_down(report),
         "manifests": manifests(report),
         "significance": SIGNIFICANCE,
-        "status_order": STATUS_ORDER,
     }
     return _environment().get_template("report.html.j2").render(**context)
 
-
-def iter_numbers(report: Report) -> Iterable[str]:
-    """The pass@1 means as the page prints them (what a reader should find on it)."""
-    return (f"{m:.2f}" for m in report.cells[1]["mean"])

@@ -113,10 +113,9 @@ def digest(results: ProblemResults, model: str, adapter: str, lang: str,
     by_program: dict[str, list[ExecResult]] = {}
     for r in results.results:
         by_program.setdefault(r.program, []).append(r)
-    ranked = sorted(by_program.values(), key=lambda rs: (not rs[0].passed, -len(rs)))
-    passing = [rs for rs in ranked if rs[0].passed][:1]
-    failing = sorted((rs for rs in ranked if not rs[0].passed), key=lambda rs: -len(rs))
-    shown = (passing + failing)[:PROGRAMS_PER_CELL]
+    by_count = sorted(by_program.values(), key=len, reverse=True)
+    passing = [rs for rs in by_count if rs[0].passed][:1]
+    shown = (passing + [rs for rs in by_count if not rs[0].passed])[:PROGRAMS_PER_CELL]
     programs = tuple(
         DistinctProgram(
             completion=cap(completion_of(rs[0].program, results), limits["program"]),

@@ -66,8 +66,9 @@ def comparisons(counts: pd.DataFrame, k: int = 1, seed: int = 0) -> pd.DataFrame
     scores = problem_scores(counts, k)
     cells = pd.DataFrame([dict(zip(CELL, key, strict=True)) for key in scores], columns=CELL)
     labels = counts.drop_duplicates(CELL).set_index(CELL)["column"]
-    pairs = [(key, base, "vs base") for key in scores if key[2] != "base"
-             for base in [base_of(cells).get((key[0], key[1], key[3]))] if base]
+    bases = base_of(cells)
+    pairs = [(key, bases[(key[0], key[1], key[3])], "vs base") for key in scores
+             if key[2] != "base" and bases.get((key[0], key[1], key[3]))]
     first_run = counts["run"].iloc[0] if len(counts) else None
     pairs += [(key, (first_run, *key[1:]), "vs run " + str(first_run)) for key in scores
               if key[0] != first_run and (first_run, *key[1:]) in scores]
