@@ -96,6 +96,13 @@ def test_small_consistent_drop_is_caught_by_alpha_but_not_by_tolerance(tmp_path,
     assert check(tmp_path, worse, path, "--alpha", "0.05", seed=3)[0] == 1
 
 
+def test_a_significant_improvement_passes(tmp_path, baseline):
+    counts, path = baseline
+    cell = (MODEL, "flora-r1", "py")
+    better = perturbed(counts, cell, lambda n, c, i: min(n, c + 10))
+    assert check(tmp_path, better, path, "--alpha", "0.05")[0] == 0
+
+
 def test_a_missing_cell_or_problem_fails(tmp_path, baseline, capsys):
     counts, path = baseline
     partial = {k: v for k, v in counts.items() if k != (MODEL, "base", "rb")}

@@ -3,6 +3,7 @@ adapter → method columns, status breakdown, combined runs, the text formats an
 
 from __future__ import annotations
 
+import math
 import re
 from io import StringIO
 
@@ -119,6 +120,10 @@ def test_cells_match_the_pass_counts(demo):
         values = [c / n * 100 for n, c in counts[key].values()]
         assert row["se"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(len(values)))
         assert row["problems"] == 12 and row["samples"] == 240
+    ten = cells[cells["k"] == 10].set_index(["model", "adapter", "lang"])
+    for key, cell in counts.items():
+        exact = np.mean([1 - math.comb(n - c, 10) / math.comb(n, 10) for n, c in cell.values()]) * 100
+        assert ten.loc[key, "mean"] == pytest.approx(exact)
 
 
 def test_table1_of_the_run(demo):
