@@ -145,3 +145,21 @@ def test_a_full_size_report_stays_small_and_quick(tmp_path, humaneval_dir):
     assert time.perf_counter() - start < 30
     assert console_messages(dom.stderr) == []
     assert sorted(summary_values(dom.stdout)) == sorted(expected_means(counts))
+
+
+def test_program_output_is_escaped(tmp_path, humaneval_dir):
+    """Samples are untrusted text: a program that prints markup must not add any to the page."""
+    from dataclasses import replace
+
+    from harness.files import write_results
+
+    counts = demo_counts(langs=("py",), adapters=("base",), problems_per_lang=1, n=3)
+    run = write_run(tmp_path / "run", counts)
+    path = run.result_files()[0]
+    results = read_results(path)
+    hostile = "</pre><script>alert('x')</script><img src=https://example.com/t.png>"
+    bad = replace(results.results[0], stdout=hostile, stderr=hostile, status="Exception", exit_code=1)
+    write_results(path, replace(results, results=(bad, *results.results[1:])))
+    html = write_reports(run)["html"].read_text(encoding="utf-8")
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
