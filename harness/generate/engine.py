@@ -89,6 +89,7 @@ class Engine:
         self.telemetry = telemetry or GenerationTelemetry()
         self.device = next(model.parameters()).device
         self.eos = tokenizer.eos_token_id
+        self._routed: torch.Tensor | None = None  # the adapter rows last given to set_rows
 
     # -- the three model-facing functions ----------------------------------------------
     @torch.inference_mode()
@@ -147,9 +148,14 @@ class Engine:
             yield from batch.step()
 
     def _set_rows(self, adapters) -> None:
-        if self.set_rows is not None:
-            rows = adapters if isinstance(adapters, torch.Tensor) else torch.tensor(adapters)
-            self.set_rows(rows.to(self.device))
+        """Route each row to its adapter; skipped while the routing is unchanged (speed trick:
+        between refills every step has the same rows)."""
+        if self.set_rows is None:
+            return
+        rows = torch.as_tensor(adapters, dtype=torch.long).cpu()
+        if self._routed is None or not torch.equal(self._routed, rows):
+            self.set_rows(rows)
+            self._routed = rows.clone()
 
     # -- per-row finish rules -----------------------------------------------------------------
     def finished(self, row: _Row) -> bool:
@@ -203,7 +209,7 @@ class _Batch:
         self.rows = [None] * n
         self.next_tokens = torch.zeros(n, dtype=torch.long, device=device)
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
-        self.adapters = torch.full((n,), BASE_ROW, dtype=torch.long, device=device)
+        self.adapters = torch.full((n,), BASE_ROW, dtype=torch.long)  # CPU: only set_rows reads it
         self.uniforms = torch.zeros(n, self.engine.config.max_new_tokens, dtype=torch.float64)
 
     def place(self, prompt: _Prompt) -> Iterator[tuple[Request, Sample]]:
@@ -222,7 +228,7 @@ class _Batch:
         first = self.engine.sample(logits, self.uniforms[slots, 0]).tolist()
         request = prompt.request
         self.positions[index_t] = len(request.prompt_ids)
-        self.adapters[index_t] = request.adapter_index
+        self.adapters[slots] = request.adapter_index
         for slot, (index, _), token in zip(slots, take, first, strict=True):
             self.rows[slot] = _Row(request, index, [token])
             self.next_tokens[slot] = token
@@ -267,4 +273,4 @@ class _Batch:
         self.cache.select_rows(index)
         self.rows = [self.rows[i] for i in live]
         self.next_tokens, self.positions = self.next_tokens[index], self.positions[index]
-        self.adapters, self.uniforms = self.adapters[index], self.uniforms[live]
+        self.adapters, self.uniforms = self.adapters[live], self.uniforms[live]
