@@ -80,6 +80,7 @@ def _execute_language(executor, lang, tasks: list[Task]) -> None:
             _write(task, [], "")
     if not programs:
         return
+    executor.image_id(lang)  # connects to Docker (or fails in one line) before the bar shows
     bar = tqdm(total=len(programs), desc=f"execute {lang.key}", unit="prog", file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
     try:

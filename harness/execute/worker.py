@@ -104,7 +104,7 @@ def kill_all(proc, uid):
         time.sleep(0.005)
 
 
-def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj):
+def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running):
     start = time.monotonic()
     deadline = start + timeout_s
     ids = {} if uid is None else {"user": uid, "group": gid, "extra_groups": []}
@@ -115,6 +115,7 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj):
     except OSError as exc:  # e.g. the toolchain is missing: the program cannot run
         return {"exit_code": 127, "stdout": "", "stderr": f"worker: cannot start {argv[0]}: {exc}",
                 "timed_out": False, "seconds": 0.0}
+    running.add(proc)
     try:
         out, err, timed_out = read_until(proc, deadline, limit * 4 + 4)
         if not timed_out:
@@ -125,6 +126,7 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj):
     finally:
         kill_all(proc, uid)
         proc.wait()
+        running.discard(proc)
         proc.stdout.close()
         proc.stderr.close()
     return {"exit_code": proc.returncode, "stdout": cap_text(out, limit), "stderr": cap_text(err, limit),
@@ -191,7 +193,7 @@ def remove_leftovers(uid):
                 pass
 
 
-def run_program(config, lane, counter, source):
+def run_program(config, lane, counter, source, running):
     uids = config.get("uids")
     uid = uids[lane] if uids else None
     gid = config.get("gid") if uids else None
@@ -215,7 +217,7 @@ def run_program(config, lane, counter, source):
         for step in config["steps"]:
             argv = [fill(a, names) for a in step["argv"]]
             outcome = run_step(argv, work, env, step["timeout_s"], uid, gid, config["output_limit"],
-                               config.get("oom_adj", False))
+                               config.get("oom_adj", False), running)
             outcomes.append(outcome)
             ok_exit = step.get("ok_exit")
             if outcome["timed_out"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):
@@ -227,7 +229,7 @@ def run_program(config, lane, counter, source):
     return outcomes
 
 
-def lane_loop(config, lane, jobs, emit):
+def lane_loop(config, lane, jobs, emit, running):
     counter = 0
     while True:
         job = jobs.get()
@@ -235,7 +237,7 @@ def lane_loop(config, lane, jobs, emit):
             return
         counter += 1
         try:
-            steps = run_program(config, lane, counter, job["source"])
+            steps = run_program(config, lane, counter, job["source"], running)
             emit({"id": job["id"], "steps": steps})
         except Exception as exc:  # the worker's own fault: the harness retries, never scores it
             emit({"id": job["id"], "error": f"{type(exc).__name__}: {exc}"})
@@ -256,7 +258,8 @@ def main():
     config = json.loads(first)["config"]
     os.makedirs(config["root"], exist_ok=True)
     jobs = Jobs()
-    lanes = [threading.Thread(target=lane_loop, args=(config, i, jobs, emit), daemon=True)
+    running = set()  # the programs' processes now running, to kill when the harness goes
+    lanes = [threading.Thread(target=lane_loop, args=(config, i, jobs, emit, running), daemon=True)
              for i in range(config.get("lanes", 1))]
     for t in lanes:
         t.start()
@@ -265,6 +268,11 @@ def main():
         if line.strip():
             jobs.put(json.loads(line))
     # stdin closed: the harness is done or dead. Stop everything now.
+    for proc in list(running):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
     for uid in config.get("uids") or []:
         for pid in processes_of(uid):
             try:

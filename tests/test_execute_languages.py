@@ -1,0 +1,125 @@
+"""Languages as data: the loader, the status rules (pure, no Docker) and a contract test
+over every `languages/*.toml`, so a language added by anyone is tested the moment it lands."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+
+from harness.errors import UserError
+from harness.execute.engine import result_of
+from harness.execute.images import context_dir
+from harness.execute.languages import (
+    all_languages,
+    language_files,
+    load_language,
+    parse_language,
+    status_of,
+)
+
+ALL = sorted(language_files())
+PLACEHOLDER = re.compile(r"\{([a-z_]*)\}")
+KNOWN_PLACEHOLDERS = {"file", "stem", "dir"}
+
+
+# -- loader -----------------------------------------------------------------------------
+def test_py_by_key_and_legacy_alias():
+    assert load_language("py").key == "py"
+    assert load_language("python") is load_language("py")
+
+
+def test_unknown_language_is_one_line_user_error():
+    with pytest.raises(UserError) as err:
+        load_language("klingon")
+    message = str(err.value)
+    assert "unknown language 'klingon'" in message and "py" in message and "\n" not in message
+
+
+def test_bad_definition_names_the_field():
+    data = tomllib.loads((language_files()["py"]).read_text())
+    data["steps"][0]["timeout_s"] = -1
+    with pytest.raises(ValueError, match=r"steps\[0\]\.timeout_s"):
+        parse_language(data, "py.toml")
+    data = tomllib.loads((language_files()["py"]).read_text())
+    data["status"][0]["when"] = {"stdout_has": "x"}
+    with pytest.raises(ValueError, match="unknown condition keys"):
+        parse_language(data, "py.toml")
+
+
+# -- py status rules (MultiPL-E eval_python) ---------------------------------------------
+PY_CASES = [
+    # (exit_code, stdout, stderr, timed_out) → status
+    ((0, "", "", False), "OK"),
+    ((0, "some output", "a warning", False), "OK"),
+    ((1, "", 'File "f.py", line 3\n    rexturn x\nSyntaxError: invalid syntax', False), "SyntaxError"),
+    ((1, "", "Traceback ...\nAssertionError", False), "Exception"),
+    ((1, "", "IndentationError: unexpected indent", False), "Exception"),  # as MultiPL-E: substring rule
+    ((-9, "", "", False), "Exception"),
+    ((-9, "", "", True), "Timeout"),
+    ((0, "", "", True), "Timeout"),
+]
+
+
+@pytest.mark.parametrize(("outcome", "expected"), PY_CASES)
+def test_py_status_rules(outcome, expected):
+    assert status_of(load_language("py"), 0, *outcome) == expected
+
+
+def test_timeout_result_has_exit_code_minus_one():
+    step = {"exit_code": -9, "stdout": "", "stderr": "", "timed_out": True}
+    result = result_of(load_language("py"), "prog", [step])
+    assert (result.status, result.exit_code, result.passed) == ("Timeout", -1, False)
+
+
+def test_failed_compile_step_decides_with_its_own_status():
+    from harness.execute.languages import Canary, Condition, Language, Rule, Step
+
+    lang = Language(key="x", name="X", file="f.x",
+                    steps=(Step(("cc", "{file}"), 10), Step(("./f",), 5)),
+                    rules=(Rule(Condition(exit_code=(0,)), "OK"), Rule(Condition(), "Exception")),
+                    canary=Canary("good", "bad"))
+    fail = {"exit_code": 1, "stdout": "", "stderr": "error: expected ;", "timed_out": False}
+    slow = {"exit_code": -9, "stdout": "", "stderr": "", "timed_out": True}
+    ok = {"exit_code": 0, "stdout": "", "stderr": "", "timed_out": False}
+    assert result_of(lang, "p", [fail]).status == "SyntaxError"
+    assert result_of(lang, "p", [slow]).status == "Timeout"
+    assert result_of(lang, "p", [ok, {**fail, "exit_code": 101}]).status == "Exception"
+    assert result_of(lang, "p", [ok, ok]).passed
+
+
+# -- contract: every language file ------------------------------------------------------
+@pytest.mark.parametrize("key", ALL)
+def test_language_contract(key):
+    lang = load_language(key)
+    assert lang.key == key and lang.name and lang.file and "/" not in lang.file
+    assert lang.steps and all(step.timeout_s > 0 and step.argv for step in lang.steps)
+    for step in lang.steps:
+        for arg in step.argv:
+            assert set(PLACEHOLDER.findall(arg)) <= KNOWN_PLACEHOLDERS, f"{key}: unknown placeholder in {arg}"
+    names = ("{file}", "{stem}", lang.file, lang.file.rsplit(".", 1)[0])
+    assert any(n in a for s in lang.steps for a in s.argv for n in names), "no step uses the program"
+    assert lang.output_limit == 2048, "MultiPL-E keeps 2048 characters of output"
+    assert lang.canary.good.strip() and lang.canary.bad.strip() and lang.canary.good != lang.canary.bad
+    # whatever the rules, a timed-out program never passes
+    assert status_of(lang, len(lang.steps) - 1, -1, "", "", True) != "OK"
+    assert (context_dir(key) / "Dockerfile").is_file()
+
+
+def test_aliases_are_unambiguous():
+    owners: dict[str, str] = {}
+    for lang in all_languages():
+        for name in (lang.key, *lang.aliases):
+            assert owners.setdefault(name, lang.key) == lang.key, f"{name} names two languages"
+
+
+def test_every_test_input_language_is_known(test_inputs_dir):
+    """Each MultiPL-E test input's `language` field (e.g. "python") resolves, once defined."""
+    import json
+
+    for path in sorted(test_inputs_dir.glob("*.json")):
+        key = path.name.split("-")[0]
+        if key in ALL:
+            language = json.loads(path.read_text())["language"]
+            assert load_language(language).key == key

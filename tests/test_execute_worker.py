@@ -1,0 +1,105 @@
+"""The in-container worker, run here on the host as a plain subprocess (no Docker, no uid
+switching): its protocol, time limits, output cap, compile-step stop and process-group kill."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.execute import worker
+
+WORKER = Path(worker.__file__)
+# Debian's python3-minimal (what language images carry) lacks shutil, queue, ...
+MINIMAL_OK = {"json", "os", "selectors", "signal", "subprocess", "sys", "threading", "time", "collections"}
+
+
+def run_worker(tmp_path: Path, steps: list[dict], sources: list[str], limit: int = 2048, lanes: int = 2):
+    config = {"file": "main.py", "steps": steps, "env": {"GREETING": "hi {file}"}, "output_limit": limit,
+              "lanes": lanes, "uids": None, "gid": None, "root": str(tmp_path / "work"), "oom_adj": False}
+    lines = [json.dumps({"config": config})] + [json.dumps({"id": str(i), "source": s})
+                                                for i, s in enumerate(sources)]
+    proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    proc.stdin.write("\n".join(lines) + "\n")
+    proc.stdin.flush()
+    answers = [json.loads(proc.stdout.readline())]
+    while len(answers) < len(sources) + 1:
+        answers.append(json.loads(proc.stdout.readline()))
+    proc.stdin.close()
+    proc.wait(timeout=10)
+    assert answers[0]["ready"]
+    return {a["id"]: a["steps"] for a in answers[1:]}
+
+
+def py_step(timeout: float = 2.0) -> dict:
+    return {"argv": [sys.executable, "{file}"], "timeout_s": timeout, "ok_exit": [0]}
+
+
+def test_worker_imports_only_python3_minimal_modules():
+    tree = ast.parse(WORKER.read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert names <= MINIMAL_OK, names - MINIMAL_OK
+
+
+def test_runs_programs_with_status_inputs_and_env(tmp_path):
+    got = run_worker(tmp_path, [py_step()], [
+        "print('ok')",
+        "import sys; print('bad', file=sys.stderr); sys.exit(3)",
+        "import os; print(os.environ['GREETING'], os.getcwd() == os.environ['HOME'])",
+        "def f(:\n",
+    ])
+    assert got["0"][0]["exit_code"] == 0 and got["0"][0]["stdout"] == "ok\n"
+    assert got["1"][0]["exit_code"] == 3 and got["1"][0]["stderr"] == "bad\n"
+    assert got["2"][0]["stdout"] == "hi main.py True\n"
+    assert "SyntaxError" in got["3"][0]["stderr"]
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir()), "work dirs removed"
+
+
+def test_timeout_kills_the_process_group_and_caps_output(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    got = run_worker(tmp_path, [py_step(1.5)], [
+        "while True: print('x' * 1000)",
+        f"import subprocess, time\np = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\ntime.sleep(60)",
+    ], limit=100)
+    flood, sleeper = got["0"][0], got["1"][0]
+    assert flood["timed_out"] and len(flood["stdout"]) == 100
+    assert sleeper["timed_out"] and sleeper["seconds"] < 5
+    child = int(pidfile.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def test_failed_compile_step_stops_the_program(tmp_path):
+    compile_step = {"argv": [sys.executable, "-m", "py_compile", "{file}"], "timeout_s": 5, "ok_exit": [0]}
+    got = run_worker(tmp_path, [compile_step, py_step()], ["print('ran')", "def f(:\n"])
+    assert [s["exit_code"] for s in got["0"]] == [0, 0] and got["0"][1]["stdout"] == "ran\n"
+    assert len(got["1"]) == 1 and got["1"][0]["exit_code"] != 0
+
+
+def test_missing_toolchain_is_an_outcome_not_a_crash(tmp_path):
+    got = run_worker(tmp_path, [{"argv": ["no-such-compiler-xyz", "{file}"], "timeout_s": 2, "ok_exit": [0]}],
+                     ["x"])
+    assert got["0"][0]["exit_code"] == 127 and "cannot start" in got["0"][0]["stderr"]
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX only")
+def test_end_of_input_ends_the_worker(tmp_path):
+    config = {"file": "main.py", "steps": [py_step(30)], "env": {}, "output_limit": 10, "lanes": 1,
+              "uids": None, "gid": None, "root": str(tmp_path / "w"), "oom_adj": False}
+    proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    proc.stdin.write(json.dumps({"config": config}) + "\n")
+    proc.stdin.write(json.dumps({"id": "0", "source": "import time; time.sleep(30)"}) + "\n")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["ready"]
+    proc.stdin.close()  # the harness died
+    assert proc.wait(timeout=5) == 0
