@@ -36,7 +36,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from harness.execute import execute_run
     from harness.generate import generate_run
     from harness.models import load_model
-    from harness.report import print_summary, write_reports
+    from harness.report import write_reports
     from harness.runs import RunDir, environment, new_run_id
 
     langs = validate_langs(args.lang or DEFAULT_LANGS)
@@ -60,8 +60,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     execution = execute_run(run, jobs=args.jobs)  # 3. execute
     run.update_manifest(images=execution.images, telemetry={"execute": execution.telemetry})
     paths = write_reports(run)  # 4. score + 5. report
-    print_summary(run)
-    print(f"run: {run.root}  report: {paths.get('html', paths['table'])}")
+    print(paths["table"].read_text(encoding="utf-8"))
+    print(f"run: {run.root}  report: {paths['html']}")
     return 0
 
 
@@ -157,14 +157,17 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import print_summary, write_reports
+    from harness.report import print_summary, write_combined_report, write_reports
     from harness.runs import RunDir
 
-    for run_path in args.runs:
-        run = RunDir.existing(run_path)
-        paths = write_reports(run)
-        print_summary(run)
-        print(f"report: {paths.get('html', paths['table'])}")
+    runs = [RunDir.existing(path) for path in args.runs]
+    if len(runs) == 1:
+        paths = write_reports(runs[0])
+        print_summary(runs[0])
+    else:
+        paths = write_combined_report(runs, Path(args.out or RESULTS_ROOT / "combined"))
+        print(paths["table"].read_text(encoding="utf-8"))
+    print(f"report: {paths['html']}")
     return 0
 
 
@@ -226,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="tables and the HTML report of one or more runs")
     rep.add_argument("runs", nargs="+")
+    rep.add_argument("--out", help="folder for a combined report of several runs "
+                                   "(default results/combined)")
     rep.set_defaults(handler=cmd_report)
 
     for name, (module_name, help_text) in TOOL_COMMANDS.items():

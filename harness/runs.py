@@ -4,7 +4,8 @@
       manifest.json
       <model>/<adapter|base>/<lang>/<problem>.json.gz          completions
       <model>/<adapter|base>/<lang>/<problem>.results.json.gz  execution results
-      scores.csv · table.md · report.html
+      scores.csv · cells.csv · comparisons.csv · statuses.csv   tables (CSV)
+      table.md · table1.csv · table1.tex · report.html           reports
 
 Resuming is derived from what is on disk: a stage skips every file that already exists
 (files are written atomically, so an existing file is a finished one).
