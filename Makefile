@@ -7,7 +7,7 @@ DATASET     ?= $(firstword $(wildcard ../shared/multipl-e/humaneval))
 TEST_IMAGES ?= py
 DEMO_LANGS  ?= py pl
 
-.PHONY: setup docker images test test-fast demo lint clean-containers
+.PHONY: setup docker chromium images test test-fast demo lint
 
 setup: $(VENV)/.installed
 
@@ -21,10 +21,13 @@ $(VENV)/.installed: pyproject.toml
 docker:
 	scripts/ensure-docker.sh
 
+chromium:
+	scripts/ensure-chromium.sh
+
 images: setup docker
 	$(BIN)/flora-eval images build $(TEST_IMAGES)
 
-test: setup docker images
+test: setup docker chromium images
 	$(BIN)/ruff check harness tests
 	$(BIN)/pytest -q
 
