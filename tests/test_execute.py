@@ -11,16 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_execute_support import engine_containers
+from test_execute_support import engine_containers, small_run
 
 from harness.cli import main
 from harness.errors import UserError
 from harness.execute import execute_paths, execute_run
 from harness.execute.engine import Executor
 from harness.execute.languages import load_language
-from harness.files import read_results, write_completions
-from harness.records import Completions
-from harness.runs import RunDir
+from harness.files import read_results
 
 pytest_plugins = ("test_execute_support",)
 HUMANEVAL53 = "py-davinci-0.2-keep-HumanEval53.json"
@@ -31,23 +29,6 @@ KNOWN_CANONICAL_FAILURES = {
     "HumanEval_151_double_the_difference": "MultiPL-E's translated test expects 25 for [5.0, 4.0]; "
                                            "HumanEval's canonical solution skips floats (AssertionError)",
 }
-
-
-def small_run(root: Path, humaneval_dir: Path, problems: int = 4, extra: tuple[str, ...] = ()) -> RunDir:
-    """A run directory with canonical-solution completions (plus `extra`) for a few py problems."""
-    from harness.bench.execute import canonical_solutions
-    from harness.problems import load_problems
-
-    solutions = canonical_solutions()
-    run = RunDir.open(root)
-    for problem in load_problems("py", humaneval_dir, limit=problems).problems:
-        number = int(problem.name.split("_")[1])
-        completions = (solutions[number], solutions[number], "    return None\n", *extra)
-        write_completions(run.completions_path("tiny", "base", "py", problem.name), Completions(
-            name=problem.name, language="py", temperature=0.1, top_p=0.95, max_tokens=64,
-            prompt=problem.prompt, tests=problem.tests, stop_tokens=problem.stop_tokens,
-            completions=completions))
-    return run
 
 
 # -- no Docker needed -------------------------------------------------------------------

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from harness.errors import UserError
 from harness.execute.languages import Language, load_language
+from harness.files import write_completions
+from harness.records import Completions
+from harness.runs import RunDir
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +50,23 @@ def engine_containers(client) -> list:
     from harness.execute.sandbox import LABEL
 
     return client.api.containers(all=True, filters={"label": LABEL})
+
+
+def small_run(root: Path, humaneval_dir: Path, problems: int = 4, slow_variants: int = 0) -> RunDir:
+    """A run directory for a few py problems: the canonical solution twice, a wrong one, and
+    `slow_variants` distinct correct ones that sleep 50 ms per call."""
+    from harness.bench.execute import canonical_solutions
+    from harness.problems import load_problems
+
+    solutions = canonical_solutions()
+    run = RunDir.open(root)
+    for problem in load_problems("py", humaneval_dir, limit=problems).problems:
+        number = int(problem.name.split("_")[1])
+        slow = tuple(f"    import time; time.sleep(0.05)\n{solutions[number]}\n# variant {k}\n"
+                     for k in range(slow_variants))
+        completions = (solutions[number], solutions[number], "    return None\n", *slow)
+        write_completions(run.completions_path("tiny", "base", "py", problem.name), Completions(
+            name=problem.name, language="py", temperature=0.1, top_p=0.95, max_tokens=64,
+            prompt=problem.prompt, tests=problem.tests, stop_tokens=problem.stop_tokens,
+            completions=completions))
+    return run

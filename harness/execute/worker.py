@@ -193,11 +193,13 @@ def remove_leftovers(uid):
                 pass
 
 
-def run_program(config, lane, counter, source, running):
+def run_program(config, lane, source, running):
     uids = config.get("uids")
     uid = uids[lane] if uids else None
     gid = config.get("gid") if uids else None
-    work = os.path.join(config["root"], f"p{lane}-{counter}")
+    # the same path for every program of a lane, so outputs (tracebacks) are reproducible
+    work = os.path.join(config["root"], f"lane{lane}")
+    remove_tree(work)
     os.mkdir(work, 0o700)
     tmp = os.path.join(work, ".tmp")
     os.mkdir(tmp, 0o700)
@@ -230,14 +232,12 @@ def run_program(config, lane, counter, source, running):
 
 
 def lane_loop(config, lane, jobs, emit, running):
-    counter = 0
     while True:
         job = jobs.get()
         if job is None:
             return
-        counter += 1
         try:
-            steps = run_program(config, lane, counter, job["source"], running)
+            steps = run_program(config, lane, job["source"], running)
             emit({"id": job["id"], "steps": steps})
         except Exception as exc:  # the worker's own fault: the harness retries, never scores it
             emit({"id": job["id"], "error": f"{type(exc).__name__}: {exc}"})

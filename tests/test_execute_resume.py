@@ -1,0 +1,69 @@
+"""kill -9 of the harness in the middle of `flora-eval execute`, then the same command
+again: the results equal an uninterrupted run's, and no container is left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+from test_execute_support import engine_containers, small_run
+
+from harness.execute import execute_run
+from harness.execute.sandbox import OWNER_LABEL
+from harness.files import read_results
+
+pytest_plugins = ("test_execute_support",)
+PROBLEMS, SLOW = 6, 5
+
+
+def comparable(run) -> dict:
+    """Every results file, timestamps aside (they record when a program ran)."""
+    return {p.relative_to(run.root).as_posix(): [replace(r, timestamp=0) for r in read_results(p).results]
+            for p in run.result_files()}
+
+
+def execute_cli(run_root, cache, **kw) -> subprocess.Popen:
+    env = {**os.environ, "FLORA_EVAL_CACHE": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "execute", str(run_root), "--jobs", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, humaneval_dir, py_image, docker_client,
+                                                 monkeypatch):
+    monkeypatch.setenv("FLORA_EVAL_CACHE", str(tmp_path / "reference.sqlite"))
+    reference = small_run(tmp_path / "reference", humaneval_dir, PROBLEMS, SLOW)
+    execute_run(reference, jobs=2)
+    expected = comparable(reference)
+    assert len(expected) == PROBLEMS
+
+    run = small_run(tmp_path / "killed", humaneval_dir, PROBLEMS, SLOW)
+    cache = tmp_path / "killed.sqlite"
+    proc = execute_cli(run.root, cache)
+    deadline = time.monotonic() + 120
+    while not run.result_files() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    done_before_kill = len(run.result_files())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= done_before_kill < PROBLEMS, "killed in the middle of the run"
+
+    owner = f"{socket.gethostname()}:{proc.pid}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        mine = [c for c in engine_containers(docker_client) if c["Labels"].get(OWNER_LABEL) == owner]
+        if not mine:
+            break
+        time.sleep(0.2)
+    assert not mine, "the killed harness's containers went away on their own"
+
+    assert execute_cli(run.root, cache).wait(timeout=300) == 0
+    assert comparable(run) == expected
+    assert engine_containers(docker_client) == []
