@@ -1,0 +1,68 @@
+"""Images: the CLI, labels, and (Docker) every built language image's canaries — a contract
+test, so a language's image is checked the moment it is built."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.cli import main
+from harness.execute import images
+from harness.execute.languages import all_languages, load_language
+
+pytest_plugins = ("test_execute_support",)
+
+
+def built_languages() -> list[str]:
+    """Languages whose image exists on this engine (none without Docker)."""
+    try:
+        from harness.execute.sandbox import docker_client
+
+        client = docker_client()
+    except Exception:
+        return []
+    return [lang.key for lang in all_languages() if images.language_image(client, lang) is not None]
+
+
+def test_build_contexts_exist_for_base_and_every_language():
+    assert (images.context_dir("base") / "Dockerfile").is_file()
+    for lang in all_languages():
+        text = (images.context_dir(lang.key) / "Dockerfile").read_text()
+        assert "FROM ${BASE}" in text, f"containers/{lang.key}/Dockerfile must build on the base image"
+
+
+def test_images_cli_without_docker_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    assert main(["images", "check", "py"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "make docker" in err and "\n" not in err
+
+
+@pytest.mark.docker
+def test_py_image_is_labelled_with_its_toolchain(docker_client, py_image):
+    image = images.language_image(docker_client, load_language("py"))
+    labels = images.image_labels(image)
+    assert image.id == py_image
+    assert labels["org.flora-eval.toolchain"].startswith("Python 3.")
+    assert labels["org.flora-eval.dockerfile"] == images.dockerfile_hash("py")
+    base = images.find_image(docker_client, images.BASE_TAG)
+    assert base is not None and images.image_labels(base)["org.flora-eval.image"] == "base"
+
+
+@pytest.mark.docker
+def test_build_is_a_no_op_when_built_and_list_shows_it(py_image, capsys):
+    assert main(["images", "build", "py"]) == 0
+    assert py_image[:19] in capsys.readouterr().out
+    assert main(["images", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("py\t"))
+    assert "Python 3." in line and "stale" not in line
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("key", built_languages() or ["py"])
+def test_built_image_canaries(key, docker_client, py_image, capsys):
+    """`flora-eval images check LANG` passes: known-good OK, known-bad not OK."""
+    code = main(["images", "check", key])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith(f"{key}\tok")
