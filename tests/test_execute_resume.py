@@ -67,3 +67,21 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, humaneval_dir, py_ima
     assert execute_cli(run.root, cache).wait(timeout=300) == 0
     assert comparable(run) == expected
     assert engine_containers(docker_client) == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_ctrl_c_removes_containers_and_keeps_finished_results(tmp_path, humaneval_dir, py_image,
+                                                               docker_client):
+    run = small_run(tmp_path / "run", humaneval_dir, PROBLEMS, SLOW)
+    proc = execute_cli(run.root, tmp_path / "cache.sqlite")
+    owner = f"{socket.gethostname()}:{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not run.result_files() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert [c for c in engine_containers(docker_client) if c["Labels"].get(OWNER_LABEL) == owner]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130  # "interrupted; run the same command again to resume"
+    assert [c for c in engine_containers(docker_client) if c["Labels"].get(OWNER_LABEL) == owner] == []
+    finished = run.result_files()
+    assert finished and all(len(read_results(p).results) == 3 + SLOW for p in finished)
