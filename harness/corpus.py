@@ -8,9 +8,10 @@ Three sources give the same thing, a deterministic stream of documents per epoch
 
 Documents are split once into train and held-out by a hash of their key (relative path or
 content), so the split does not depend on order or seed. Training tokens are packed: each
-document's tokens followed by EOS, cut into blocks of `seq_len`; the stream runs over
-epochs (a new shuffle each) for ever, so a training step only asks for the next block and
-resuming is skipping the blocks already used (`block_stream(..., skip=n)`).
+document's tokens followed by EOS, cut into blocks of `seq_len`, shuffled through a seeded
+buffer; the stream runs over epochs (a new document order each) for ever, so a training
+step only asks for the next block and resuming is skipping the blocks already used
+(`train_blocks(..., skip=n)`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ STACK_DATASET = "bigcode/the-stack"
 STACK_SHUFFLE_BUFFER = 10_000
 MAX_FILE_BYTES = 1_000_000  # larger files are generated or data, not code to learn from
 HELDOUT_FRACTION = 0.05
+BLOCK_SHUFFLE_BUFFER = 256  # packed blocks shuffled together (deterministically, by seed)
 
 
 @dataclass(frozen=True)
@@ -260,10 +262,26 @@ def _tokens(docs: Iterable[Document], encode: Callable[[str], list[int]]) -> Ite
     return (encode(doc.text) for doc in docs)
 
 
+def shuffle_buffer(items: Iterable[list[int]], size: int, rng: random.Random) -> Iterator[list[int]]:
+    """A seeded shuffle through a buffer of `size` items (as `datasets` does for streams):
+    consecutive blocks of one long file are spread over many steps instead of filling a few."""
+    buffer: list[list[int]] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buffer[i]
+        buffer[i] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
 def train_blocks(corpus: Corpus, encode: Callable[[str], list[int]], eos_id: int, seq_len: int,
-                 seed: int, skip: int = 0) -> Iterator[list[int]]:
-    """The endless training stream: epoch after epoch of the train split, packed. `skip`
-    drops the first blocks, so resuming after n blocks yields exactly what came next."""
+                 seed: int, skip: int = 0, buffer: int = BLOCK_SHUFFLE_BUFFER) -> Iterator[list[int]]:
+    """The endless training stream: epoch after epoch of the train split, packed, shuffled
+    through a buffer. A pure function of (corpus, seed): `skip` drops the first blocks, so
+    resuming after n blocks yields exactly what came next."""
 
     def all_epochs() -> Iterator[Document]:
         for epoch in count():
@@ -275,14 +293,17 @@ def train_blocks(corpus: Corpus, encode: Callable[[str], list[int]], eos_id: int
                 raise UserError(f"{corpus.describe()}: no {corpus.lang} training documents "
                                 "(all empty, unreadable or held out); pass --data with more sources")
 
-    return islice(pack(_tokens(all_epochs(), encode), seq_len, eos_id), skip, None)
+    blocks = pack(_tokens(all_epochs(), encode), seq_len, eos_id)
+    return islice(shuffle_buffer(blocks, buffer, random.Random(f"blocks:{seed}")), skip, None)
 
 
 def heldout_blocks(corpus: Corpus, encode: Callable[[str], list[int]], eos_id: int, seq_len: int,
-                   n_blocks: int) -> list[list[int]]:
-    """Up to `n_blocks` packed blocks of held-out documents (fixed order: epoch 0, seed 0)."""
+                   n_blocks: int, per_document: int = 2) -> list[list[int]]:
+    """Up to `n_blocks` packed blocks of held-out documents (fixed order: epoch 0, seed 0),
+    at most `per_document` blocks' worth of tokens from each, so they span many files."""
     docs = split_documents(corpus, seed=0, epoch=0, heldout=True)
-    return list(islice(pack(_tokens(docs, encode), seq_len, eos_id), n_blocks))
+    tokens = (ids[: per_document * seq_len] for ids in _tokens(docs, encode))
+    return list(islice(pack(tokens, seq_len, eos_id), n_blocks))
 
 
 def tokenizer_encoder(tokenizer) -> Callable[[str], list[int]]:

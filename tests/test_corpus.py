@@ -1,4 +1,5 @@
 import json
+import re
 from itertools import islice
 
 import pytest
@@ -122,3 +123,24 @@ def test_offline_stack_says_pass_data(monkeypatch):
 def test_every_multipl_e_language_has_a_rule(humaneval_dir):
     keys = {p.name.removeprefix("humaneval-").removesuffix(".jsonl") for p in humaneval_dir.glob("*.jsonl")}
     assert keys <= set(LANGUAGES)
+
+
+def test_shuffle_buffer_is_a_seeded_permutation():
+    import random
+
+    from harness.corpus import shuffle_buffer
+
+    items = [[i] for i in range(100)]
+    a = list(shuffle_buffer(items, 10, random.Random(1)))
+    assert sorted(a) == items and a != items
+    assert a == list(shuffle_buffer(items, 10, random.Random(1)))
+    assert list(shuffle_buffer(items, 1000, random.Random(2))) != a  # short input: all in the buffer
+
+
+def test_heldout_blocks_span_documents(tmp_path):
+    for i in range(30):
+        (tmp_path / f"big{i}.rb").write_text(f"# file {i}\n" + "x = 1\n" * 200)
+    corpus = open_corpus("rb", tmp_path, heldout_fraction=0.5)
+    blocks = heldout_blocks(corpus, encode, 0, 16, n_blocks=10, per_document=1)
+    files = set(re.findall(rb"# file \d+", b"".join(bytes(b) for b in blocks)))
+    assert len(blocks) == 10 and len(files) >= 9  # each file gives at most one block's worth
