@@ -215,3 +215,19 @@ def test_set_rows_checks_its_input():
     handle.set_rows(torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="set_rows gave 2"):
         model(torch.randint(1, 250, (3, 4)))
+
+
+def test_gather_lora_grouped_gemm_equals_per_adapter_loop():
+    """Inference takes one grouped GEMM over all adapters; training the per-adapter loop."""
+    model = OneLayer()
+    adapters = [a for a in layer_adapters(model) if a.method == "lora"]
+    handle = attach(model, adapters)
+    handle.set_rows(torch.tensor([1, 0, -1, 1, 0]))
+    x = torch.randn(5, 3, 24)
+    bank = handle.wrappers["attn"].banks[0]
+    with torch.no_grad():
+        grouped = model.attn(x)
+        assert bank._grouped_ok  # the grouped kernel ran (it switches itself off on failure)
+        bank._grouped_ok = False
+        looped = model.attn(x)
+    torch.testing.assert_close(grouped, looped, rtol=1e-5, atol=1e-6)

@@ -32,6 +32,7 @@ class AdapterBank(nn.Module):
     config_cls: ClassVar[type]
     rank_axes: ClassVar[dict[str, int | None]]  # bank part -> its rank axis in one adapter's tensor
     identity_rank: ClassVar[int] = 0  # rank of the identity entry (FLoRA needs one slot of ones)
+    rank_multiple: ClassVar[int] = 1  # pad the stacked rank axis to a multiple (kernel alignment)
 
     def __init__(
         self,
@@ -47,7 +48,7 @@ class AdapterBank(nn.Module):
         self.configs = [config for config, _ in entries]
         self.trainable = trainable
         ranks = [self.rank_of(config) for config in self.configs]
-        self.max_rank = max([self.identity_rank, *ranks])
+        self.max_rank = -(-max([self.identity_rank, *ranks]) // self.rank_multiple) * self.rank_multiple
         # python lists for host-side use (no device sync), a buffer for per-row gathers
         self.rank_list = [*ranks, self.identity_rank]
         self.scale_list = [self.scale_of(config) for config in self.configs] + [1.0]

@@ -1,8 +1,11 @@
 """LoRA: y_i = x_i W0ᵀ + s · (x_i A_iᵀ) B_iᵀ, with A_i [r, in], B_i [out, r], s = alpha / r.
 
 Two forms of the mixed-batch adapter term, chosen at `attach(..., lora_impl=...)`:
-- `gather` (default): rows grouped by adapter once per `set_rows`; per adapter two small
-  GEMMs at its own rank on its rows, scattered back with `index_add_`; base rows cost nothing.
+- `gather` (default): rows grouped by adapter once per `set_rows`; with one adapter, two
+  GEMMs on the whole batch; with several, two grouped GEMMs (`torch._grouped_mm`: one kernel
+  call runs every adapter's GEMM on its own rows, the SGMV idea) scattered back with
+  `index_add_`, or, when gradients are needed, a loop of two GEMMs per adapter. Base rows
+  cost nothing.
 - `bmm`: the paper's baseline (appendix A.2): gather every row's A and B (padded to the
   largest rank in the batch) and run two `torch.bmm`.
 """
@@ -18,6 +21,19 @@ from torch.nn import functional as F
 
 from harness.adapters.bank import AdapterBank, Tensor, as_rows, kaiming_uniform
 from harness.adapters.config import Targets, as_targets, split_fields, targets_json
+
+
+@dataclass(frozen=True)
+class GatherPlan:
+    groups: tuple[tuple[int, Tensor | None], ...]  # (adapter, its rows or None for all) per adapter
+    rows: Tensor | None = None  # several adapters: adapted rows sorted by adapter
+    adapters: Tensor | None = None  # the distinct adapters, in that order
+    row_ends: Tensor | None = None  # int32 cumulative row counts per adapter
+
+
+def _needs_grad(x: Tensor, bank: AdapterBank) -> bool:
+    """Grouped GEMM has no CPU backward here: training takes the per-adapter loop."""
+    return torch.is_grad_enabled() and (x.requires_grad or bank.trainable)
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ class LoRABank(AdapterBank):
     method = "lora"
     config_cls = LoRAConfig
     rank_axes = {"A": 0, "B": 1}
+    rank_multiple = 8  # 16-byte aligned rank for grouped GEMM kernels; the padding is zeros
     variant = "gather"
 
     @staticmethod
@@ -96,24 +113,48 @@ class LoRABank(AdapterBank):
         }
 
     @staticmethod
-    def plan(local_idx: Tensor, ranks: Tensor, device: torch.device) -> list[tuple[int, Tensor | None]]:
-        """(adapter, its rows on the device or None for all rows) per distinct adapter; base rows skipped."""
+    def plan(local_idx: Tensor, ranks: Tensor, device: torch.device) -> GatherPlan:
         present = [int(i) for i in torch.unique(local_idx) if i >= 0]
         if len(present) == 1 and bool((local_idx == present[0]).all()):
-            return [(present[0], None)]
-        return [(i, torch.nonzero(local_idx == i).flatten().to(device)) for i in present]
+            return GatherPlan(groups=((present[0], None),))
+        groups = tuple((i, torch.nonzero(local_idx == i).flatten().to(device)) for i in present)
+        if len(present) < 2:
+            return GatherPlan(groups=groups)
+        order = torch.argsort(local_idx, stable=True)
+        order = order[local_idx[order] >= 0]  # adapted rows, grouped by adapter
+        ends = torch.cumsum(torch.bincount(local_idx[order])[present], 0).to(torch.int32)
+        return GatherPlan(groups, order.to(device), torch.tensor(present, device=device), ends.to(device))
 
-    def forward(self, base, x, plan):
-        y = base(x)
+    def forward(self, base, x, plan: GatherPlan):
+        y = base(x)  # added to in place: a Linear's backward does not need its output
         x3, y3 = as_rows(x), as_rows(y)
-        for i, rows in plan:
+        if plan.rows is not None and self._grouped_ok and not _needs_grad(x, self):
+            try:
+                return self._grouped(x3, y3, plan).view(y.shape)
+            except RuntimeError:  # a dtype or layout this build's grouped GEMM refuses: loop instead
+                self._grouped_ok = False
+        for i, rows in plan.groups:
             a, b = self.adapter_part(i, "A"), self.adapter_part(i, "B")
             scale = self.scale_list[i]
             if rows is None:
-                y3 = y3 + F.linear(F.linear(x3, a) * scale, b)
+                y3.add_(F.linear(F.linear(x3, a) * scale, b))
             else:
-                y3 = y3.index_add(0, rows, F.linear(F.linear(x3.index_select(0, rows), a) * scale, b))
-        return y3.view(y.shape)
+                y3.index_add_(0, rows, F.linear(F.linear(x3.index_select(0, rows), a) * scale, b))
+        return y
+
+    _grouped_ok = hasattr(torch, "_grouped_mm")
+
+    def _grouped(self, x3: Tensor, y3: Tensor, plan: GatherPlan) -> Tensor:
+        """Many adapters: rows sorted by adapter, two grouped GEMMs (one per adapter each,
+        run by one kernel call, the SGMV idea) at the bank's padded rank."""
+        tokens = x3.shape[1]
+        xs = x3.index_select(0, plan.rows).reshape(-1, x3.shape[-1])
+        offsets = plan.row_ends * tokens
+        a = self.stacked("A")[plan.adapters]  # [groups, R, in]
+        b = self.stacked("B")[plan.adapters] * self.scales[plan.adapters].to(x3.dtype)[:, None, None]
+        hidden = torch._grouped_mm(xs, a.transpose(1, 2), offs=offsets)
+        delta = torch._grouped_mm(hidden, b.transpose(1, 2), offs=offsets)
+        return y3.index_add_(0, plan.rows, delta.view(len(plan.rows), tokens, -1))
 
     def merged(self, weight, bias, i):
         a, b = self.adapter_part(i, "A"), self.adapter_part(i, "B")
