@@ -2,7 +2,9 @@
 
 Three sources give the same thing, a deterministic stream of documents per epoch:
 
-    the hub      bigcode/the-stack, data_dir=data/<stack dir>, streamed (gated: needs a token)
+    the hub      bigcode/the-stack, data_dir=data/<stack dir>, streamed (gated: needs a token);
+                 `--data hf:ID` streams another dataset laid out the same way (the-stack-dedup,
+                 the-stack-smol, or a local folder with data/<stack dir>/*.jsonl|parquet)
     a directory  every file with the language's extensions, recursively
     a .jsonl     one JSON object per line with a `content` field
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from harness.errors import UserError
 
 STACK_DATASET = "bigcode/the-stack"
+HUB_PREFIX = "hf:"
 STACK_SHUFFLE_BUFFER = 10_000
 MAX_FILE_BYTES = 1_000_000  # larger files are generated or data, not code to learn from
 HELDOUT_FRACTION = 0.05
@@ -83,12 +86,14 @@ class Corpus:
     """Where one language's documents come from; `describe()` is what metadata records."""
 
     lang: str
-    kind: str  # "stack" | "dir" | "jsonl"
-    location: str  # the dataset id + data_dir, or a resolved path
+    kind: str  # "hub" | "dir" | "jsonl"
+    location: str  # a hub dataset id (or a local dataset folder), or a resolved path
     heldout_fraction: float = HELDOUT_FRACTION
+    data_dir: str = ""  # hub: the language's folder, e.g. data/ruby
 
     def describe(self) -> str:
-        return f"{self.kind}:{self.location}"
+        where = f"{self.location}/{self.data_dir}" if self.data_dir else self.location
+        return f"{self.kind}:{where}"
 
 
 def code_language(lang: str) -> CodeLanguage:
@@ -102,11 +107,14 @@ def code_language(lang: str) -> CodeLanguage:
 
 def open_corpus(lang: str, data: str | Path | None = None,
                 heldout_fraction: float = HELDOUT_FRACTION) -> Corpus:
-    """The corpus of `lang`: `data` (a directory or a .jsonl) when given, else The Stack."""
+    """The corpus of `lang`: `data` (a directory, a .jsonl or `hf:<dataset>`) when given,
+    else The Stack."""
     language = code_language(lang)
-    if data is None:
-        _probe_stack(language.stack_dir)
-        return Corpus(lang, "stack", f"{STACK_DATASET}/data/{language.stack_dir}", heldout_fraction)
+    if data is None or str(data).startswith(HUB_PREFIX):
+        dataset = str(data)[len(HUB_PREFIX):] if data is not None else STACK_DATASET
+        corpus = Corpus(lang, "hub", dataset, heldout_fraction, data_dir=f"data/{language.stack_dir}")
+        _probe_hub(corpus)
+        return corpus
     path = Path(data).expanduser()
     if path.is_dir():
         corpus = Corpus(lang, "dir", str(path.resolve()), heldout_fraction)
@@ -206,8 +214,8 @@ def _content_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _read_stack(corpus: Corpus, seed: int, epoch: int) -> Iterator[Document]:
-    dataset = _stack_dataset(code_language(corpus.lang).stack_dir)
+def _read_hub(corpus: Corpus, seed: int, epoch: int) -> Iterator[Document]:
+    dataset = _hub_dataset(corpus)
     dataset = dataset.shuffle(seed=seed, buffer_size=STACK_SHUFFLE_BUFFER)
     dataset.set_epoch(epoch)
     for row in dataset:
@@ -216,22 +224,22 @@ def _read_stack(corpus: Corpus, seed: int, epoch: int) -> Iterator[Document]:
             yield Document(row.get("hexsha") or _content_key(text), text)
 
 
-def _stack_dataset(stack_dir: str):
+def _hub_dataset(corpus: Corpus):
     import datasets
 
-    return datasets.load_dataset(STACK_DATASET, data_dir=f"data/{stack_dir}", split="train",
-                                 streaming=True)
+    return datasets.load_dataset(corpus.location, data_dir=corpus.data_dir, split="train", streaming=True)
 
 
-def _probe_stack(stack_dir: str) -> None:
-    """Fail now, in one line, when The Stack cannot be streamed (offline, no token, gated)."""
-    hint = (f"cannot stream {STACK_DATASET} data/{stack_dir}: it needs network access and a "
-            "Hugging Face token with the dataset's terms accepted (`hf auth login`); "
+def _probe_hub(corpus: Corpus) -> None:
+    """Fail now, in one line, when the dataset cannot be streamed (offline, no token, gated)."""
+    hint = (f"cannot stream {corpus.location} {corpus.data_dir}: it needs network access and, for "
+            "gated data like The Stack, a Hugging Face token with its terms accepted (`hf auth login`); "
             "offline, pass --data DIR (source files) or --data FILE.jsonl")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE"):
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE")
+    if offline and not Path(corpus.location).is_dir():
         raise UserError(hint + " (HF_HUB_OFFLINE is set)")
     try:
-        _stack_dataset(stack_dir)
+        _hub_dataset(corpus)
     except Exception as exc:  # the hub raises many types: DNS, 401 gated, 404, ...
         raise UserError(f"{hint} ({type(exc).__name__})") from None
 
@@ -239,7 +247,7 @@ def _probe_stack(stack_dir: str) -> None:
 _READERS: dict[str, Callable[[Corpus, int, int], Iterator[Document]]] = {
     "dir": _read_dir,
     "jsonl": _read_jsonl,
-    "stack": _read_stack,
+    "hub": _read_hub,
 }
 
 

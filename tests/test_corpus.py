@@ -144,3 +144,22 @@ def test_heldout_blocks_span_documents(tmp_path):
     blocks = heldout_blocks(corpus, encode, 0, 16, n_blocks=10, per_document=1)
     files = set(re.findall(rb"# file \d+", b"".join(bytes(b) for b in blocks)))
     assert len(blocks) == 10 and len(files) >= 9  # each file gives at most one block's worth
+
+
+def test_hub_layout_streams_from_a_local_dataset_folder(tmp_path, monkeypatch):
+    """`--data hf:ID` goes through `datasets` streaming exactly as The Stack does; a local
+    folder with The Stack's layout (data/<lang dir>/*.jsonl) exercises it offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "stack" / "data" / "ruby"
+    folder.mkdir(parents=True)
+    rows = [{"content": f"puts {i}\n", "hexsha": f"{i:040x}", "lang": "Ruby"} for i in range(50)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "stack" / "data" / "perl").mkdir()
+    (tmp_path / "stack" / "data" / "perl" / "train.jsonl").write_text('{"content": "print 1;"}\n')
+    corpus = open_corpus("rb", f"hf:{tmp_path / 'stack'}")
+    assert corpus.describe() == f"hub:{tmp_path / 'stack'}/data/ruby"
+    epoch0 = [d.key for d in documents(corpus, seed=0, epoch=0)]
+    assert sorted(epoch0) == sorted(r["hexsha"] for r in rows)  # only data/ruby, keyed by hexsha
+    assert epoch0 == [d.key for d in documents(corpus, seed=0, epoch=0)]
+    assert epoch0 != [d.key for d in documents(corpus, seed=0, epoch=1)]
+    assert len(list(islice(train_blocks(corpus, encode, 0, 8, seed=0), 100))) == 100

@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lang", action="append", required=True, metavar="LANG",
                         help="MultiPL-E language key, e.g. rb, pl, rs (repeatable)")
     parser.add_argument("--data", action="append", metavar="[LANG=]PATH",
-                        help="local training data: a directory of source files or a .jsonl with a `content` "
-                             "field; LANG=PATH for one language (default: bigcode/the-stack, streamed)")
+                        help="training data: a directory of source files, a .jsonl with a `content` field, "
+                             "or hf:DATASET laid out like The Stack; LANG=... for one language "
+                             "(default: bigcode/the-stack, streamed; gated)")
     parser.add_argument("--name", help="adapter name (one adapter only; default <lang>-r<rank>-<method>)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="adapters directory (default: adapters/)")
     group = parser.add_argument_group("optimisation (the paper's defaults)")
