@@ -62,6 +62,7 @@ class EngineConfig:
     max_new_tokens: int
     slots: int  # rows decoded together
     max_positions: int = 1 << 30  # the model's context length: prompt + completion stop there
+    ignore_eos: bool = False  # benchmarks: every row decodes exactly max_new_tokens
 
 
 @dataclass
@@ -160,7 +161,9 @@ class Engine:
     # -- per-row finish rules -----------------------------------------------------------------
     def finished(self, row: _Row) -> bool:
         """End of text, max tokens, or a stop token in the completion so far."""
-        if row.tokens[-1] == self.eos or len(row.tokens) >= self.config.max_new_tokens:
+        if len(row.tokens) >= self.config.max_new_tokens:
+            return True
+        if row.tokens[-1] == self.eos and not self.config.ignore_eos:
             return True
         if len(row.request.prompt_ids) + len(row.tokens) >= self.config.max_positions:
             return True
