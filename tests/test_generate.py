@@ -143,3 +143,14 @@ def test_seeds_and_uniforms_are_fixed_by_the_sample_identity():
              for i in range(3)}
     assert len(seeds) == 24
     assert torch.equal(sample_uniforms(5, 10), sample_uniforms(5, 20)[:10])
+
+
+def test_rows_stop_at_the_context_length_and_idle_slots_stay_in_range(tiny, problems):
+    model, tokenizer = tiny
+    reqs = requests(tokenizer, problems[:2], samples=2, stops=False)
+    longest = max(len(r.prompt_ids) for r in reqs)
+    config = EngineConfig(0.8, 0.95, 200, slots=3, max_positions=longest + 12, ignore_eos=True)
+    out = {(r.key, s.index): s for r, s in Engine(model, tokenizer, config).generate(reqs)}
+    for req in reqs:
+        for index in range(2):
+            assert len(req.prompt_ids) + len(out[(req.key, index)].tokens) == longest + 12

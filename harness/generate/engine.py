@@ -214,6 +214,7 @@ class _Batch:
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
         self.adapters = torch.full((n,), BASE_ROW, dtype=torch.long)  # CPU: only set_rows reads it
         self.uniforms = torch.zeros(n, self.engine.config.max_new_tokens, dtype=torch.float64)
+        self.max_position = min(self.engine.config.max_positions, 1 << 62) - 1
 
     def place(self, prompt: _Prompt) -> Iterator[tuple[Request, Sample]]:
         """Give free slots to the prompt's waiting samples; sample their first tokens."""
@@ -250,6 +251,7 @@ class _Batch:
         live_t = torch.tensor(live, device=engine.device)
         self.next_tokens[live_t] = torch.tensor(tokens, device=engine.device)
         self.positions += 1
+        self.positions.clamp_(max=self.max_position)  # idle slots keep stepping; stay in range
         for slot, token in zip(live, tokens, strict=True):
             self.rows[slot].tokens.append(token)
         start = time.perf_counter()
