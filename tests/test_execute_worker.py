@@ -17,7 +17,8 @@ from harness.execute import worker
 
 WORKER = Path(worker.__file__)
 # Debian's python3-minimal (what language images carry) lacks shutil, queue, ...
-MINIMAL_OK = {"json", "os", "selectors", "signal", "subprocess", "sys", "threading", "time", "collections"}
+MINIMAL_OK = {"json", "os", "select", "selectors", "signal", "subprocess", "sys", "threading", "time",
+              "collections"}
 
 
 def run_worker(tmp_path: Path, steps: list[dict], sources: list[str], limit: int = 2048, lanes: int = 2):

@@ -127,8 +127,13 @@ def time_bare(lang, programs: list[str], jobs: int) -> float | None:
 
 
 def host_tool(name: str) -> str | None:
-    """The host's executable for `name`, past version-manager shims (pyenv's are shell
-    scripts that add ~200 ms to every start, which would flatter the executor)."""
+    """The host's executable for `name`: Debian's own (/usr/bin, the toolchain family the
+    images use) when present, else the PATH's, past version-manager shims (pyenv's shims are
+    shell scripts, and its Python imports site hooks: ~100 ms per start that would flatter
+    the executor)."""
+    debian = Path("/usr/bin") / name
+    if debian.is_file() and os.access(debian, os.X_OK):
+        return str(debian)
     path = shutil.which(name)
     if path and "/shims/" in path and shutil.which("pyenv"):
         done = subprocess.run(["pyenv", "which", name], capture_output=True, text=True)
@@ -171,40 +176,50 @@ def _fill(text: str, names: dict) -> str:
 # ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> int:
+def measure(lang, programs: list[str], docker_count: int, jobs: int, repeats: int) -> list[dict]:
+    """Rows for one language: each mode's median programs/s and its ratio to bare."""
     from harness.execute.engine import Executor
+
+    with Executor(jobs=jobs, cache=None) as executor:
+        image = executor.image_id(lang)
+    few = programs[:docker_count]
+    timers = {"bare": lambda: time_bare(lang, programs, jobs),
+              "executor": lambda: time_executor(lang, programs, jobs),
+              "docker-run": lambda: time_docker_run(lang, few, jobs, image)}
+    measured: dict[str, list] = {mode: [] for mode in timers}
+    for _ in range(repeats):  # round-robin, so drifting machine load hits every mode alike
+        for mode, timer in timers.items():
+            measured[mode].append(timer())
+    sizes = {"bare": len(programs), "executor": len(programs), "docker-run": len(few)}
+    rates = {mode: [sizes[mode] / s for s in secs if s] for mode, secs in measured.items()}
+    bare = statistics.median(rates["bare"]) if rates["bare"] else None
+    rows = []
+    for mode in ("executor", "bare", "docker-run"):
+        if not rates[mode]:
+            rows.append({"lang": lang.key, "mode": mode, "programs": sizes[mode], "programs_per_s": None,
+                         "spread": None, "ratio_to_bare": None, "note": "toolchain not on the host"})
+            continue
+        rate = statistics.median(rates[mode])
+        rows.append({"lang": lang.key, "mode": mode, "programs": sizes[mode],
+                     "programs_per_s": round(rate, 2),
+                     "spread": [round(min(rates[mode]), 2), round(max(rates[mode]), 2)],
+                     "ratio_to_bare": round(rate / bare, 3) if bare else None})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
     from harness.execute.languages import load_language
 
     jobs = args.jobs or os.cpu_count() or 1
     count = args.programs or (161 if args.full else 60)
     docker_count = args.docker_run_programs or (40 if args.full else 12)
     repeats = args.repeats or (3 if args.full else 1)
-    rows = []
-    for key in args.lang or ["py"]:
-        lang = load_language(key)
-        with Executor(jobs=jobs, cache=None) as executor:
-            image = executor.image_id(lang)
-        programs = bench_programs(lang, Path(args.dataset), count)
-        few = programs[:docker_count]
-        measured = {
-            "bare": [time_bare(lang, programs, jobs) for _ in range(repeats)],
-            "executor": [time_executor(lang, programs, jobs) for _ in range(repeats)],
-            "docker-run": [time_docker_run(lang, few, jobs, image) for _ in range(repeats)],
-        }
-        sizes = {"bare": len(programs), "executor": len(programs), "docker-run": len(few)}
-        rates = {mode: [sizes[mode] / s for s in secs if s] for mode, secs in measured.items()}
-        bare = statistics.median(rates["bare"]) if rates["bare"] else None
-        for mode in ("executor", "bare", "docker-run"):
-            if not rates[mode]:
-                rows.append({"lang": lang.key, "mode": mode, "programs": sizes[mode], "programs_per_s": None,
-                             "spread": None, "ratio_to_bare": None, "note": "toolchain not on the host"})
-                continue
-            rate = statistics.median(rates[mode])
-            rows.append({"lang": lang.key, "mode": mode, "programs": sizes[mode],
-                         "programs_per_s": round(rate, 2),
-                         "spread": [round(min(rates[mode]), 2), round(max(rates[mode]), 2)],
-                         "ratio_to_bare": round(rate / bare, 3) if bare else None})
-    config = {"jobs": jobs, "programs": count, "docker_run_programs": docker_count, "repeats": repeats,
+    langs = [load_language(key) for key in args.lang or ["py"]]
+    rows = [row for lang in langs
+            for row in measure(lang, bench_programs(lang, Path(args.dataset), count), docker_count, jobs,
+                               repeats)]
+    config = {"bare_tools": sorted({host_tool(s.argv[0]) or s.argv[0] for lang in langs for s in lang.steps}),
+              "jobs": jobs, "programs": count, "docker_run_programs": docker_count, "repeats": repeats,
               "cores": os.cpu_count(), "full": bool(args.full)}
     if args.json:
         print(json.dumps({"bench": "execute", "device": platform.processor() or "cpu", "config": config,
