@@ -80,12 +80,22 @@ def test_cli_plans_every_combination(monkeypatch, tmp_path):
 
     args = build_parser().parse_args(
         ["train", "--model", "tiny", "--lang", "rb", "--lang", "pl", "--method", "flora", "--method", "ia3",
-         "--rank", "1", "--rank", "4", "--data", f"rb={tmp_path}", "--data", "/x"])
+         "--rank", "1", "--rank", "4", "--data", f"rb={tmp_path}", "--data", "/x", "--lr", "ia3=0.2"])
     plans = plan_adapters(args)
     assert [p["name"] for p in plans] == ["rb-r1-flora", "rb-r4-flora", "rb-ia3",
                                           "pl-r1-flora", "pl-r4-flora", "pl-ia3"]
     assert {p["lang"]: p["data"] for p in plans} == {"rb": str(tmp_path), "pl": "/x"}
-    assert plans[2]["lr"] == 5e-3 and plans[0]["lr"] == 8e-3
+    assert plans[2]["lr"] == 0.2 and plans[0]["lr"] == 8e-3
+
+
+def test_learning_rates_per_method():
+    from harness.errors import UserError
+    from harness.training.cli import learning_rates
+
+    assert learning_rates([]) == DEFAULT_LR
+    assert learning_rates(["0.5", "lora=1e-3"]) == {"flora": 0.5, "lora": 1e-3, "ia3": 0.5}
+    with pytest.raises(UserError, match="not a method"):
+        learning_rates(["dora=1"])
 
 
 def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path):

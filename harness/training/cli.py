@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grad-accum", type=int, default=TrainConfig.grad_accum,
                        help="split each batch into this many micro-batches")
     lrs = ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items())
-    group.add_argument("--lr", type=float, help=f"learning rate of every adapter (default per method: {lrs})")
+    group.add_argument("--lr", action="append", metavar="[METHOD=]LR",
+                       help=f"learning rate, of every adapter or of one method (default: {lrs})")
     group.add_argument("--alpha", type=float, help="LoRA alpha (default: the adapters package's, PEFT's 8)")
     group.add_argument("--targets", help="comma-separated module names to adapt (default: PEFT's for the "
                                          "method: c_attn; IA3 also mlp.c_proj)")
@@ -108,11 +109,12 @@ def plan_adapters(args: argparse.Namespace) -> list[dict]:
     if any(r < 1 for r in ranks):
         raise UserError(f"--rank must be a positive integer, not {min(ranks)}")
     data = data_by_lang(args.data or [], langs)
+    lrs = learning_rates(args.lr or [])
     combos = dict.fromkeys((lang, method, None if method in RANKLESS else rank)
                            for lang in langs for method in methods for rank in ranks)
     plans = [
         {"name": adapter_name(lang, rank, method), "method": method, "rank": rank, "lang": lang,
-         "lr": args.lr if args.lr is not None else DEFAULT_LR[method], "alpha": args.alpha,
+         "lr": lrs[method], "alpha": args.alpha,
          "data": data.get(lang)}
         for lang, method, rank in combos
     ]
@@ -135,6 +137,21 @@ def data_by_lang(values: list[str], langs: list[str]) -> dict[str, str]:
             raise UserError(f"--data {value}: {lang!r} is not one of the --lang values ({', '.join(langs)})")
         else:
             out.update({lang: value for lang in langs if lang not in out})
+    return out
+
+
+def learning_rates(values: list[str]) -> dict[str, float]:
+    """`--lr 0.01` (every method) and `--lr flora=0.1` (one) over the paper's defaults."""
+    out = dict(DEFAULT_LR)
+    for value in values:
+        method, sep, number = value.rpartition("=")
+        if sep and method not in METHODS:
+            raise UserError(f"--lr {value}: {method!r} is not a method ({', '.join(METHODS)})")
+        try:
+            rate = float(number)
+        except ValueError:
+            raise UserError(f"--lr {value}: not a number; use --lr 1e-4 or --lr lora=1e-4") from None
+        out.update({m: rate for m in ([method] if sep else METHODS)})
     return out
 
 
