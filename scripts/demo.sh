@@ -23,16 +23,15 @@ echo "demo: the tiny model has RANDOM weights, so it scores about zero; the poin
 
 adapter_args=()
 if [ "${DEMO_TRAIN:-1}" = 1 ]; then
-  # Perl is a paper language whose sources every Debian machine has (perl-base's modules).
-  corpus=${DEMO_CORPUS:-/usr/share/perl}
-  for method in flora lora ia3; do
-    name="pl-r1-$method"
-    if [ ! -f "adapters/$name/adapter_config.json" ]; then
-      "$BIN/flora-eval" train --model tiny --method "$method" --rank 1 --lang pl \
-        --data "$corpus" --steps "${DEMO_TRAIN_STEPS:-150}" --out adapters --name "$name"
-    fi
-    adapter_args+=(--adapter "$name")
-  done
+  # One process trains all three adapters with mixed batches (each example routed to its
+  # own adapter). Perl is a paper language whose sources every Debian machine has.
+  names=(pl-r1-flora pl-r1-lora pl-ia3)
+  if [ ! -f "adapters/pl-ia3/adapter_config.json" ]; then
+    "$BIN/flora-eval" train --model tiny --method flora --method lora --method ia3 --rank 1 \
+      --lang pl --data "${DEMO_CORPUS:-/usr/share/perl}" --steps "${DEMO_TRAIN_STEPS:-150}" \
+      --out adapters
+  fi
+  for name in "${names[@]}"; do adapter_args+=(--adapter "$name"); done
 fi
 
 "$BIN/flora-eval" --model tiny "${adapter_args[@]}" "${lang_args[@]}" "${dataset_args[@]}" \
