@@ -155,3 +155,16 @@ def test_canonical_humaneval_solutions_pass(humaneval_dir, py_image, exec_cache,
                   f"  [{KNOWN_CANONICAL_FAILURES.get(name, 'UNEXPECTED')}]")
     assert set(failing) <= set(KNOWN_CANONICAL_FAILURES)
     assert 161 - len(failing) >= 158
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_bench_execute_json_shape(py_image, capsys):
+    assert main(["bench", "execute", "--json", "--programs", "6", "--docker-run-programs", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bench"] == "execute" and report["config"]["programs"] == 6
+    rows = {row["mode"]: row for row in report["rows"]}
+    assert set(rows) == {"executor", "bare", "docker-run"}
+    assert rows["bare"]["ratio_to_bare"] == 1.0
+    assert all(row["programs_per_s"] > 0 for row in rows.values())
+    assert rows["executor"]["programs_per_s"] > rows["docker-run"]["programs_per_s"]
