@@ -9,10 +9,11 @@ its samples takes, and its last-position logits give each sample's first token. 
 on their own (end of text, a stop token, max tokens) and leave the batch at once; waiting
 samples take their slots, so one batch mixes problems, languages and adapters.
 
-Speed tricks, each named where it lives: prefill once per prompt (here), preallocated KV
-slots with trimming (kvcache.py), top-p over a top-k prefix (sampling.py), incremental stop
-detection on a short tail of tokens (`_stopped`), dropping idle slots at the end of the
-work (`_compact`), logits for the last position only (`logits_to_keep=1`).
+Speed tricks, each named where it lives: prefill once per prompt, the adapters of one
+problem in one batch (`prefill`, `same_prompt_groups`), preallocated KV slots with trimming
+(kvcache.py), top-p over a top-k prefix (sampling.py), incremental stop detection on a short
+tail of tokens (`_stopped`), dropping idle slots at the end of the work (`_compact`), logits
+for the last position only (`logits_to_keep=1`), adapter routing set only when it changes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from harness.generate.stops import stop_index, truncate_at_stop
 from harness.generate.telemetry import GenerationTelemetry
 
 TRIM_EVERY = 16  # decode steps between checks for unused leading cache columns
+PREFILL_GROUP = 16  # requests sharing one prompt (adapters of one problem) prefilled together
 BASE_ROW = -1  # adapter index of a base-model row
 
 SetRows = Callable[[torch.Tensor], None]
@@ -94,15 +96,20 @@ class Engine:
 
     # -- the three model-facing functions ----------------------------------------------
     @torch.inference_mode()
-    def prefill(self, request: Request) -> _Prompt:
-        """Run the prompt once; keep its keys/values and last logits for all its samples."""
+    def prefill(self, requests: list[Request]) -> list[_Prompt]:
+        """Run a prompt once for requests that share it (one problem under several adapters:
+        one batch, one row per adapter); keep each row's keys/values and last logits."""
         start = time.perf_counter()
-        ids = torch.tensor([request.prompt_ids], device=self.device)
-        self._set_rows([request.adapter_index])
+        ids = torch.tensor([r.prompt_ids for r in requests], device=self.device)
+        self._set_rows([r.adapter_index for r in requests])
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        kv = [(layer.keys, layer.values) for layer in out.cache.layers]
-        self.telemetry.add("prefill", time.perf_counter() - start, tokens=len(request.prompt_ids))
-        return _Prompt(request, kv, out.logits[0, -1].float(), deque(request.samples))
+        prompts = [
+            _Prompt(request, [(layer.keys[i:i + 1], layer.values[i:i + 1]) for layer in out.cache.layers],
+                    out.logits[i, -1].float(), deque(request.samples))
+            for i, request in enumerate(requests)
+        ]
+        self.telemetry.add("prefill", time.perf_counter() - start, tokens=ids.numel(), count=len(requests))
+        return prompts
 
     @torch.inference_mode()
     def decode_step(self, cache: SlotCache, tokens: torch.Tensor, positions: torch.Tensor,
@@ -126,22 +133,23 @@ class Engine:
     def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Sample]]:
         """Yield (request, sample) as each sample finishes; order depends on the batch,
         content does not."""
-        waiting: Iterator[Request] = iter(requests)
+        waiting = same_prompt_groups(requests, PREFILL_GROUP)
         batch = _Batch(self)
-        open_prompt: _Prompt | None = None
+        prompts: deque[_Prompt] = deque()  # prefilled, with samples still to place
         exhausted = False
         while True:
             # refill free slots with waiting samples (continuous batching)
             while not exhausted and batch.free_slots():
-                if open_prompt is None or not open_prompt.todo:
-                    request = next(waiting, None)
-                    if request is None:
-                        exhausted = True
-                        break
-                    open_prompt = self.prefill(request)
-                    if not open_prompt.todo:
-                        continue
-                yield from batch.place(open_prompt)
+                while prompts and not prompts[0].todo:
+                    prompts.popleft()
+                if prompts:
+                    yield from batch.place(prompts[0])
+                    continue
+                group = next(waiting, None)
+                if group is None:
+                    exhausted = True
+                else:
+                    prompts.extend(self.prefill(group))
             if not batch.active():
                 return
             if exhausted:
@@ -187,6 +195,19 @@ class Engine:
         tokens = row.tokens[:-1] if row.tokens and row.tokens[-1] == self.eos else row.tokens
         text = truncate_at_stop(self.text(tokens), row.request.stop_tokens)
         return Sample(row.index, text, tuple(tokens))
+
+
+def same_prompt_groups(requests: Iterable[Request], limit: int) -> Iterator[list[Request]]:
+    """Consecutive requests with the same prompt, at most `limit` together (speed trick: the
+    adapters of one problem share a prefill batch with no padding)."""
+    group: list[Request] = []
+    for request in requests:
+        if group and (request.prompt_ids != group[0].prompt_ids or len(group) == limit):
+            yield group
+            group = []
+        group.append(request)
+    if group:
+        yield group
 
 
 class _Batch:

@@ -20,14 +20,14 @@ class GenerationTelemetry:
     stages: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     extra: dict = field(default_factory=dict)
 
-    def add(self, stage: str, seconds: float, tokens: int = 0, slots: int = 0) -> None:
-        """Account one piece of work: `prefill` (a prompt), `decode` (a step), or other stages."""
+    def add(self, stage: str, seconds: float, tokens: int = 0, slots: int = 0, count: int = 1) -> None:
+        """Account work: `prefill` (`count` prompts), `decode` (a step), or another stage."""
         self.stages[stage] += seconds
         if stage == "prefill":
-            self.prompts += 1
+            self.prompts += count
             self.prefill_tokens += tokens
         elif stage == "decode":
-            self.decode_steps += 1
+            self.decode_steps += count
             self.decode_tokens += tokens
             self.slot_steps += slots
 
