@@ -47,6 +47,8 @@ MODELS: dict[str, dict] = {
            "activation_function": "gelu_pytorch_tanh"},
     "1b": {**STARCODER, "n_embd": 2048, "n_layer": 24, "n_head": 16, "n_inner": 8192,
            "activation_function": "gelu_pytorch_tanh"},
+    "cpu-tiny": {"n_positions": 512, "vocab_size": 512, "multi_query": True, "n_embd": 64, "n_layer": 2,
+                 "n_head": 4, "n_inner": 256, "activation_function": "gelu_pytorch_tanh"},  # tests
     "cpu-small": {"n_positions": 2048, "vocab_size": 8192, "multi_query": True, "n_embd": 256,
                   "n_layer": 4, "n_head": 4, "n_inner": 1024, "activation_function": "gelu_pytorch_tanh"},
     "cpu-medium": {"n_positions": 2048, "vocab_size": 8192, "multi_query": True, "n_embd": 512,

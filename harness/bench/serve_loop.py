@@ -31,6 +31,7 @@ class Served:
 
     seconds: float
     finished: tuple[tuple[int, float, float, int], ...]
+    tokens: dict[int, tuple[int, ...]]  # request index -> its output tokens (greedy)
     decode_steps: int
     mean_rows: float  # rows per decode step
 
@@ -81,10 +82,11 @@ class _Slots:
 
         self.engine, self.device = engine, engine.device
         self.cache = SlotCache(prompt_kv, size)
-        self.rows: list[list | None] = [None] * size  # [request, tokens produced]
+        self.rows: list[list | None] = [None] * size  # [request, its tokens so far]
         self.tokens = torch.zeros(size, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(size, dtype=torch.long, device=self.device)
-        self.adapters = torch.full((size,), -1, dtype=torch.long, device=self.device)
+        self.adapters = torch.full((size,), -1, dtype=torch.long)  # CPU: only set_rows reads it
+        self.max_position = engine.config.max_positions - 1
         self.steps = 0
 
     def live(self) -> list[int]:
@@ -100,7 +102,7 @@ class _Slots:
         self.cache.valid[len(keep):] = False
         self.rows = [self.rows[i] for i in keep] + [None] * pad
         self.tokens, self.positions = self.tokens[index], self.positions[index]
-        self.adapters = self.adapters[index]
+        self.adapters = self.adapters[index.cpu()]
         self.positions[len(keep):], self.adapters[len(keep):] = 0, -1
 
     def place(self, request, prompt, first_token: int, adapter: int, max_rows: int) -> None:
@@ -115,10 +117,10 @@ class _Slots:
         self.cache.place(torch.tensor([slot], device=self.device), prompt.kv)
         self.tokens[slot], self.positions[slot] = first_token, request.prompt_len
         self.adapters[slot] = adapter
-        self.rows[slot] = [request, 1]
+        self.rows[slot] = [request, [first_token]]
 
     def step(self) -> list:
-        """One decode step for every slot; returns the requests that got their last token."""
+        """One decode step for every slot; returns (request, tokens) of rows that finished."""
         import torch
 
         from harness.generate.engine import TRIM_EVERY
@@ -127,12 +129,14 @@ class _Slots:
         greedy = torch.zeros(len(logits), dtype=torch.float64)  # temperature 0: uniforms unused
         self.tokens = self.engine.sample(logits, greedy).to(self.tokens.dtype)
         self.positions += 1
+        self.positions.clamp_(max=self.max_position)  # idle slots keep stepping; stay in range
+        live = self.live()
         done = []
-        for slot in self.live():
+        for slot, token in zip(live, self.tokens[live].tolist(), strict=True):
             row = self.rows[slot]
-            row[1] += 1
-            if row[1] >= row[0].output_len:
-                done.append(row[0])
+            row[1].append(token)
+            if len(row[1]) >= row[0].output_len:
+                done.append((row[0], tuple(row[1])))
                 self.rows[slot] = None
                 self.cache.valid[slot] = False
                 self.positions[slot] = 0
@@ -163,7 +167,7 @@ def _serve(engine, pending: deque, prompts, adapter_of, max_batched_tokens: int,
     from harness.generate.engine import Request
 
     slots: _Slots | None = None
-    finished, steps, rows_sum = [], 0, 0
+    finished, tokens, steps, rows_sum = [], {}, 0, 0
     clock = clock_class(engine.device)
     now = clock.now
 
@@ -175,10 +179,11 @@ def _serve(engine, pending: deque, prompts, adapter_of, max_batched_tokens: int,
             request = pending.popleft()
             budget -= request.prompt_len
             adapter = adapter_of[request.index]
-            prompt = engine.prefill(Request(request.index, prompts[request.index], adapter, ((0, 0),)))
+            prompt = engine.prefill([Request(request.index, prompts[request.index], adapter, ((0, 0),))])[0]
             first = int(engine.sample(prompt.logits[None], torch.zeros(1, dtype=torch.float64))[0])
             if request.output_len <= 1:
                 finished.append((request.index, request.arrival_s, now(), request.output_len))
+                tokens[request.index] = (first,)
                 continue
             if slots is None:
                 slots = _Slots(engine, prompt.kv, min(max_rows, total))
@@ -193,12 +198,14 @@ def _serve(engine, pending: deque, prompts, adapter_of, max_batched_tokens: int,
         steps += 1
         done = slots.step()
         stamp = now()
-        finished.extend((r.index, r.arrival_s, stamp, r.output_len) for r in done)
+        for request, output in done:
+            finished.append((request.index, request.arrival_s, stamp, request.output_len))
+            tokens[request.index] = output
         remaining = slots.live()
         waiting = bool(pending) and pending[0].arrival_s <= stamp
         if len(slots.rows) > 1 and len(remaining) <= len(slots.rows) // 2 and not waiting:
             slots.resize(remaining, max(len(remaining), 1))  # speed trick: drop idle slots
-    return Served(now(), tuple(sorted(finished)), steps, rows_sum / steps if steps else 0.0)
+    return Served(now(), tuple(sorted(finished)), tokens, steps, rows_sum / steps if steps else 0.0)
 
 
 def figures(served: Served) -> dict:
