@@ -33,6 +33,7 @@ HOSTILE = {
                        "os.kill(1, signal.SIGKILL)\n",
     "kill_everything": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
     "write_outside_work_dir": "open('/usr/evil', 'w').write('x')\n",
+    "lone_surrogate": 'print("\ud800")\n',  # broken unicode from a model must not break the engine
     "privileges": "import os\nstatus = open('/proc/self/status').read()\n"
                   "caps = [line for line in status.splitlines() if line.startswith('Cap')]\n"
                   "print(os.getuid(), os.geteuid(), caps)\n"
@@ -56,6 +57,7 @@ EXPECTED = {
     "kill_the_worker": {"Exception"},  # not permitted: programs run under another uid
     "kill_everything": {"OK"},  # kill(-1) reaches only its own uid, and Linux spares the caller
     "write_outside_work_dir": {"Exception"},
+    "lone_surrogate": {"OK"},
     "privileges": {"Exception"},  # setuid(0) is not permitted
     "escape_with_setsid": {"OK"},  # it exits 0; its escaped child is killed afterwards
 }

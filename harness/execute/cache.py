@@ -22,7 +22,8 @@ def default_path() -> Path:
 
 
 def cache_key(program: str, image_id: str, limits: str) -> str:
-    return f"{hashlib.sha256(program.encode('utf-8')).hexdigest()}|{image_id}|{limits}"
+    digest = hashlib.sha256(program.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return f"{digest}|{image_id}|{limits}"
 
 
 class ExecCache:

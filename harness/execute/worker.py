@@ -224,7 +224,7 @@ def run_program(config, lane, source, running):
     tmp = os.path.join(work, ".tmp")
     os.mkdir(tmp, 0o700)
     path = os.path.join(work, config["file"])
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8", errors="replace") as f:  # lone surrogates from a model
         f.write(source)
     if uid is not None:
         for p in (work, tmp, path):
