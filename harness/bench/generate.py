@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +157,8 @@ def peft_model(model, count: int):
 
 
 # -- the three engines -------------------------------------------------------------------------
-def time_ours(model, tokenizer, prompt_ids, samples: int, new_tokens: int, specs) -> float:
+def time_ours(model, tokenizer, prompt_ids, samples: int, new_tokens: int, specs) -> tuple[float, float]:
+    """Seconds for the whole generation, and for its decode steps alone (engine telemetry)."""
     from harness.adapters import attach
     from harness.generate.engine import BASE_ROW, Engine, EngineConfig, Request
     from harness.generate.sampling import sample_seed
@@ -178,10 +180,10 @@ def time_ours(model, tokenizer, prompt_ids, samples: int, new_tokens: int, specs
         if handle:
             handle.detach()
     assert done == samples * new_tokens, (done, samples * new_tokens)
-    return seconds
+    return seconds, engine.telemetry.stages["decode"]
 
 
-def time_hf(model, prompt_ids, samples: int, new_tokens: int, adapter_names=None) -> float:
+def time_hf(model, prompt_ids, samples: int, new_tokens: int, adapter_names=None) -> tuple[float, None]:
     import torch
 
     ids = torch.tensor([prompt_ids], device=next(model.parameters()).device)
@@ -196,14 +198,14 @@ def time_hf(model, prompt_ids, samples: int, new_tokens: int, adapter_names=None
                              min_new_tokens=new_tokens, pad_token_id=0, **kwargs)
     seconds = time.perf_counter() - start
     assert out.shape == (samples, len(prompt_ids) + new_tokens), out.shape
-    return seconds
+    return seconds, None
 
 
 def bench_case(case: Case, problem, device: str) -> list[dict]:
     model, tokenizer = build(case.arch, device)
     prompt_ids = tokenizer(problem.prompt.strip())["input_ids"]
     samples, new = case.samples, case.new_tokens
-    runs: dict[tuple, callable] = {("ours", "base", 0): lambda: time_ours(model, tokenizer, prompt_ids,
+    runs: dict[tuple, Callable] = {("ours", "base", 0): lambda: time_ours(model, tokenizer, prompt_ids,
                                                                          samples, new, [])}
     for method in METHODS:
         for count in case.adapters:
@@ -217,17 +219,26 @@ def bench_case(case: Case, problem, device: str) -> list[dict]:
         runs[("peft-mixed", "lora", count)] = (
             lambda peft=peft, names=names: time_hf(peft, prompt_ids, samples, new, names))
     times: dict[tuple, list[float]] = {key: [] for key in runs}
+    decode: dict[tuple, list[float]] = {key: [] for key in runs if key[0] == "ours"}
     runs[("ours", "base", 0)]()  # warm-up
     for repeat in range(case.repeats):
         for key, fn in runs.items():  # in turn, so machine noise spreads over all of them
-            times[key].append(fn())
+            seconds, decode_seconds = fn()
+            times[key].append(seconds)
+            if key in decode:
+                decode[key].append(decode_seconds)
             log(f"  {case.arch} #{repeat} {key}: {times[key][-1]:.2f}s")
-    return rows_of(case, len(prompt_ids), times)
+    return rows_of(case, len(prompt_ids), times, decode)
 
 
-def rows_of(case: Case, prompt_tokens: int, times: dict[tuple, list[float]]) -> list[dict]:
+def rows_of(case: Case, prompt_tokens: int, times: dict[tuple, list[float]],
+            decode: dict[tuple, list[float]]) -> list[dict]:
+    """Rates from medians; `decode_*` (ours only): the decode steps alone, without prefills,
+    i.e. the throughput of a batch that mixes the adapters."""
     tokens = case.samples * case.new_tokens
     rate = {key: tokens / statistics.median(ts) for key, ts in times.items()}
+    decode_rate = {key: case.samples * (case.new_tokens - 1) / statistics.median(ts)
+                   for key, ts in decode.items()}
     hf = rate[("hf-generate", "base", 0)]
     rows = []
     for (engine, method, count), ts in times.items():
@@ -241,6 +252,11 @@ def rows_of(case: Case, prompt_tokens: int, times: dict[tuple, list[float]]) -> 
             "ratio_to_base": round(rate[(engine, method, count)] / base, 3),
             "ratio_to_hf_generate": round(rate[(engine, method, count)] / hf, 3),
         })
+    for row in rows:
+        key = (row["engine"], row["method"], row["n_adapters"])
+        if key in decode_rate:
+            row["decode_tokens_per_s"] = round(decode_rate[key], 1)
+            row["decode_ratio_to_base"] = round(decode_rate[key] / decode_rate[("ours", "base", 0)], 3)
     for row in rows:  # PEFT's mixed batch against ours with the same adapters
         if row["engine"] == "ours" and row["method"] == "lora":
             peft = rate.get(("peft-mixed", "lora", row["n_adapters"]))
@@ -250,7 +266,8 @@ def rows_of(case: Case, prompt_tokens: int, times: dict[tuple, list[float]]) -> 
 
 def table(result: dict) -> str:
     head = ["arch", "engine", "method", "n_adapters", "samples", "tokens_per_s", "spread",
-            "ratio_to_base", "ratio_to_hf_generate", "ratio_to_peft_mixed"]
+            "ratio_to_base", "ratio_to_hf_generate", "ratio_to_peft_mixed", "decode_tokens_per_s",
+            "decode_ratio_to_base"]
     lines = [f"bench generate on {result['device']} (prompt {result['config']['problem']}, "
              f"T={TEMPERATURE}, top_p={TOP_P})",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -91,6 +91,7 @@ class Engine:
         self.set_rows = set_rows
         self.telemetry = telemetry or GenerationTelemetry()
         self.device = next(model.parameters()).device
+        self.dtype = model.get_input_embeddings().weight.dtype  # activations (not 8-bit weights)
         self.eos = tokenizer.eos_token_id
         self._routed: torch.Tensor | None = None  # the adapter rows last given to set_rows
 
@@ -116,9 +117,8 @@ class Engine:
                     adapters: torch.Tensor) -> torch.Tensor:
         """One new token for every slot: logits [slots, vocab]."""
         valid = cache.next_mask()
-        dtype = next(self.model.parameters()).dtype
-        mask = torch.zeros(valid.shape, dtype=dtype, device=self.device)
-        mask.masked_fill_(~valid, torch.finfo(dtype).min)
+        mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~valid, torch.finfo(self.dtype).min)
         self._set_rows(adapters)
         out = self.model(input_ids=tokens[:, None], position_ids=positions[:, None],
                          attention_mask=mask[:, None, None, :], cache=cache, use_cache=True,
