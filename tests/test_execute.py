@@ -168,3 +168,21 @@ def test_bench_execute_json_shape(py_image, capsys):
     assert rows["bare"]["ratio_to_bare"] == 1.0
     assert all(row["programs_per_s"] > 0 for row in rows.values())
     assert rows["executor"]["programs_per_s"] > rows["docker-run"]["programs_per_s"]
+
+
+@pytest.mark.docker
+def test_image_without_a_worker_fails_in_one_line(docker_client, py_image):
+    """An image that cannot run the worker (no python3) stops the run with a clear error."""
+    from harness.execute import images
+    from harness.execute.pool import Pool
+    from harness.execute.sandbox import Limits
+
+    root = images.ROOTFS_TAG if images.find_image(docker_client, images.ROOTFS_TAG) else images.REGISTRY_ROOT
+    lang = load_language("py")
+    pool = Pool(docker_client, lang, root, slots=1, limits=Limits.of(lang))
+    try:
+        with pytest.raises(UserError, match="python3") as err:
+            list(pool.run(["print(1)"]))
+        assert "\n" not in str(err.value)
+    finally:
+        pool.close()

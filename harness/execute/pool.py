@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from harness.errors import UserError
 from harness.execute.languages import Language
@@ -31,8 +31,7 @@ class Item:
     index: int  # position in the caller's list
     source: str
     out: queue.Queue
-    attempts: int = 0
-    errors: list[str] = field(default_factory=list)
+    attempts: int = 0  # infrastructure failures so far
 
 
 class Pool:
@@ -47,7 +46,6 @@ class Pool:
         self.max_program_s = sum(s.timeout_s for s in lang.steps) + WATCHDOG_GRACE_S
         self.restarts = 0
         self.submitted = 0
-        self.broken: list[str] = []  # why the last containers failed to start, in a row
 
     # -- public -------------------------------------------------------------------------
     def run(self, sources: list[str]) -> Iterator[tuple[int, list[dict]]]:
@@ -64,8 +62,9 @@ class Pool:
         for _ in range(len(sources)):
             kind, index, payload = out.get()
             if kind == "failed":
+                last = " | ".join(line.strip() for line in str(payload).splitlines() if line.strip())
                 raise UserError(f"the {self.lang.key} sandbox failed {MAX_ATTEMPTS} times on one program "
-                                f"(last: {payload}); check `docker info` and `flora-eval images check "
+                                f"(last: {last[:500]}); check `docker info` and `flora-eval images check "
                                 f"{self.lang.key}`")
             yield index, payload
 
@@ -93,9 +92,8 @@ class Pool:
             self.conns.add(conn)
         if not conn.ready.wait(READY_TIMEOUT_S) or not conn.started:
             self._drop(conn)
-            self.broken.append(conn.stderr_tail() or "no answer")
-            raise SandboxError(f"the worker did not start in {self.image}: {self.broken[-1]}")
-        self.broken.clear()
+            why = conn.stderr_tail() or "no answer"
+            raise SandboxError(f"the worker did not start in {self.image}: {why}")
         return conn
 
     def _drop(self, conn: WorkerConnection) -> None:
@@ -116,7 +114,6 @@ class Pool:
         with self.cond:
             for item in items:
                 item.attempts += 1
-                item.errors.append(reason)
                 if item.attempts >= MAX_ATTEMPTS:
                     item.out.put(("failed", item.index, reason))
                 else:
