@@ -211,6 +211,9 @@ def test_rows_cover_every_method_rank_and_rate(tmp_path, capsys):
         table = list(csv.DictReader(handle))
     assert tuple(table[0]) == serve.CSV_FIELDS and len(table) == len(expected)
     assert json.loads((tmp_path / "serve.json").read_text())["rows"] == result["rows"]
+    tables = (tmp_path / "serve.md").read_text()
+    assert "**cpu-tiny: throughput, output tokens/s**" in tables and "latency at 40 requests/s" in tables
+    assert tables.count("| 1 |") == 2 and tables.count("| 2 |") == 2  # one line per rank and experiment
     if serve_plot_available():
         assert (tmp_path / "serve.svg").read_text().lstrip().startswith("<?xml")
         assert (tmp_path / "serve.png").read_bytes()[:4] == b"\x89PNG"

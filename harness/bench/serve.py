@@ -384,14 +384,15 @@ def csv_rows(rows: list[dict]) -> list[dict]:
 
 
 def write_outputs(result: dict, out: Path, log=print) -> list[Path]:
-    """serve.json, serve.csv and (with matplotlib) serve.svg / serve.png in `out`."""
+    """serve.json, serve.csv, serve.md and (with matplotlib) serve.svg / serve.png in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve.json").write_text(json.dumps(result, indent=1) + "\n")
     with open(out / "serve.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(csv_rows(result["rows"]))
-    written = [out / "serve.json", out / "serve.csv"]
+    (out / "serve.md").write_text(markdown(result))
+    written = [out / "serve.json", out / "serve.csv", out / "serve.md"]
     try:
         from harness.bench.serve_plot import plot
     except ModuleNotFoundError as exc:
@@ -400,3 +401,30 @@ def write_outputs(result: dict, out: Path, log=print) -> list[Path]:
     written += plot(result, out)
     log("wrote " + ", ".join(str(p) for p in written))
     return written
+
+
+def markdown(result: dict) -> str:
+    """Per model and experiment, a rank × method table: figure (× bmm-LoRA at that rank)."""
+    rows = result["rows"]
+    parts = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for rate in dict.fromkeys(r["rate"] for r in rows):
+            mine = [r for r in rows if r["model"] == model and r["rate"] == rate]
+            figure = "tokens_per_s" if rate is None else "s_per_output_token"
+            title = ("throughput, output tokens/s" if rate is None
+                     else f"latency at {rate:g} requests/s, s per output token")
+            ranked = [m for m in dict.fromkeys(r["method"] for r in mine) if has_rank(m)]
+            parts.append(f"**{model}: {title}** (× bmm-LoRA at the same rank; > 1 = better)\n")
+            parts.append("| rank | " + " | ".join(ranked) + " |")
+            parts.append("|---:|" + "---:|" * len(ranked))
+            for rank in sorted({r["rank"] for r in mine if r["rank"] is not None}):
+                cells = []
+                for method in ranked:
+                    row = next((r for r in mine if r["method"] == method and r["rank"] == rank), None)
+                    ratio = row and row["ratio_to_bmm_lora"]
+                    cells.append("-" if row is None else f"{row[figure]:.4g} ({ratio:.2f}×)")
+                parts.append(f"| {rank} | " + " | ".join(cells) + " |")
+            flat = [f"{r['method']} {r[figure]:.4g} ({r['ratio_to_base']:.2f}× base)"
+                    for r in mine if r["rank"] is None]
+            parts.append("\nRank-less: " + "; ".join(flat) + "\n" if flat else "")
+    return "\n".join(parts) + "\n"
