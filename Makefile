@@ -7,7 +7,7 @@ DATASET     ?= $(firstword $(wildcard ../shared/multipl-e/humaneval))
 TEST_IMAGES ?= py
 DEMO_LANGS  ?= py pl
 
-.PHONY: setup docker chromium images test test-fast demo lint
+.PHONY: setup docker chromium images images-check test test-fast demo lint
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ chromium:
 
 images: setup docker
 	$(BIN)/flora-eval images build $(TEST_IMAGES)
+
+images-check: setup docker
+	$(BIN)/flora-eval images check
 
 test: setup docker chromium images
 	$(BIN)/ruff check harness tests

@@ -141,7 +141,8 @@ def cmd_execute(args: argparse.Namespace) -> int:
     from harness.execute import execute_paths
 
     written = execute_paths([Path(p) for p in args.inputs], jobs=args.jobs,
-                            out_dir=Path(args.out) if args.out else None)
+                            out_dir=Path(args.out) if args.out else None,
+                            lang=args.exec_lang, dataset=args.exec_dataset)
     for path in written:
         print(path)
     return 0
@@ -221,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "(MultiPL-E .json/.json.gz) or bigcode generations.json")
     exe.add_argument("--jobs", type=int, default=None)
     exe.add_argument("--out", help="where to write results (default: beside each input)")
+    exe.add_argument("--lang", dest="exec_lang",
+                     help="language of a bigcode generations.json (e.g. py)")
+    exe.add_argument("--dataset", dest="exec_dataset",
+                     help="MultiPL-E data for a generations.json's tests (a file or a directory "
+                          "of humaneval-<lang>.jsonl; default: the hub)")
     exe.set_defaults(handler=cmd_execute)
 
     sco = sub.add_parser("score", help="pass@k of a run's results into scores.csv")

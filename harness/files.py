@@ -17,7 +17,8 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON (gzipped when the name ends in .gz) via a temp file and rename, so a
     killed process never leaves a half-written file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = json.dumps(data, ensure_ascii=False).encode("utf-8")
+    # ASCII escapes (as MultiPL-E's own json.dump) keep lone surrogates from model output valid.
+    raw = json.dumps(data).encode("ascii")
     if path.suffix == ".gz":
         raw = gzip.compress(raw, mtime=0)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
