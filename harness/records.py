@@ -52,9 +52,9 @@ class SamplingConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Completions:
-    """All completions of one problem by one (model, adapter): a MultiPL-E completions file."""
+@dataclass(frozen=True, kw_only=True)
+class ProblemFile:
+    """The fields every MultiPL-E per-problem file carries, plus our provenance."""
 
     name: str
     language: str
@@ -64,28 +64,43 @@ class Completions:
     prompt: str
     tests: str
     stop_tokens: tuple[str, ...]
-    completions: tuple[str, ...]
     model: str = ""
     adapter: str = BASE
     adapter_hash: str = ""
     seed: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stop_tokens"] = list(self.stop_tokens)
-        d["completions"] = list(self.completions)
-        return d
-
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Completions:
+    def _header_from_json(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments from a file written by us or by another tool (MultiPL-E,
+        bigcode): unknown keys are dropped, missing sampling fields get neutral values."""
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw["stop_tokens"] = tuple(kw.get("stop_tokens") or ())
-        kw["completions"] = tuple(kw["completions"])
         kw.setdefault("tests", "")
         for key, default in (("temperature", 0.0), ("top_p", 1.0), ("max_tokens", 0)):
             if kw.get(key) is None:
                 kw[key] = default
+        return kw
+
+    def _header_json(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(ProblemFile)}
+        d["stop_tokens"] = list(self.stop_tokens)
+        return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class Completions(ProblemFile):
+    """All completions of one problem by one (model, adapter): a MultiPL-E completions file."""
+
+    completions: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self._header_json(), "completions": list(self.completions)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Completions:
+        kw = cls._header_from_json(d)
+        kw["completions"] = tuple(d["completions"])
         return cls(**kw)
 
 
@@ -106,23 +121,11 @@ class ExecResult:
         return self.status == "OK" and self.exit_code == 0
 
 
-@dataclass(frozen=True)
-class ProblemResults:
+@dataclass(frozen=True, kw_only=True)
+class ProblemResults(ProblemFile):
     """Execution results of one problem's completions: a MultiPL-E results file."""
 
-    name: str
-    language: str
-    temperature: float
-    top_p: float
-    max_tokens: int
-    prompt: str
-    tests: str
-    stop_tokens: tuple[str, ...]
     results: tuple[ExecResult, ...]
-    model: str = ""
-    adapter: str = BASE
-    adapter_hash: str = ""
-    seed: int = 0
     image_id: str = ""
 
     @property
@@ -134,29 +137,19 @@ class ProblemResults:
         return sum(r.passed for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stop_tokens"] = list(self.stop_tokens)
-        d["results"] = [asdict(r) for r in self.results]
-        return d
+        return {**self._header_json(), "results": [asdict(r) for r in self.results],
+                "image_id": self.image_id}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ProblemResults:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["stop_tokens"] = tuple(kw.get("stop_tokens") or ())
+        kw = cls._header_from_json(d)
         kw["results"] = tuple(ExecResult(**_result_fields(r)) for r in d["results"])
-        kw.setdefault("tests", "")
-        for key, default in (("temperature", 0.0), ("top_p", 1.0), ("max_tokens", 0)):
-            if kw.get(key) is None:
-                kw[key] = default
         return cls(**kw)
 
     @classmethod
     def of(cls, completions: Completions, results: list[ExecResult], image_id: str = ""):
-        meta = completions.to_json()
-        meta.pop("completions")
-        meta["stop_tokens"] = completions.stop_tokens
-        return cls(**meta, results=tuple(results), image_id=image_id)
+        header = {f.name: getattr(completions, f.name) for f in fields(ProblemFile)}
+        return cls(**header, results=tuple(results), image_id=image_id)
 
 
 def _result_fields(r: dict[str, Any]) -> dict[str, Any]:
