@@ -108,6 +108,8 @@ class FLoRABank(AdapterBank):
     @staticmethod
     def plan(local_idx: Tensor, ranks: Tensor, device: torch.device) -> FLoRAPlan:
         row_ranks = ranks[local_idx]
+        if bool((local_idx == local_idx[0]).all()):  # one adapter: broadcast it, no per-row gather
+            return FLoRAPlan(idx=local_idx[:1].to(device), rank=int(row_ranks[0]))
         if bool((row_ranks == row_ranks[0]).all()):
             return FLoRAPlan(idx=local_idx.to(device), rank=int(row_ranks[0]))
         rows = torch.arange(len(local_idx))
@@ -125,7 +127,10 @@ class FLoRABank(AdapterBank):
         if plan.rank:  # every row at rank r: [b, r, tokens, in] -> one GEMM -> [b, r, tokens, out]
             a = a_all[plan.idx, : plan.rank]  # [b, r, in]
             b = b_all[plan.idx, :, : plan.rank].transpose(1, 2) * scales[:, None, None]  # [b, r, out]
-            h = F.linear(x3.unsqueeze(1) * a.unsqueeze(2), base.weight)
+            stacked = x3.unsqueeze(1) * a.unsqueeze(2)  # [b, r, tokens, in]: eq. 6's B ∘ X
+            h = F.linear(stacked.view(-1, x3.shape[-1]), base.weight).view(*stacked.shape[:-1], -1)
+            if plan.rank == 1 and base.bias is not None:  # scale, reduce and add the bias in one pass
+                return torch.addcmul(base.bias, h[:, 0], b[:, 0, None, :]).view(*x.shape[:-1], -1)
             y = (h * b.unsqueeze(2)).sum(dim=1)
         else:  # mixed ranks: one GEMM over the Σ r_i (row, slot) pairs, reduced per row
             a = a_all[plan.idx, plan.slot_of]  # [pairs, in]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import operator
+import os
 import statistics
 import sys
 import time
@@ -28,6 +29,7 @@ SHAPES = {
     "starcoder-15b": (6144, 40, 48, 24576, 49152),
     "test-tiny": (128, 2, 1, 256, 512),
 }
+LAYER_REPS = 4  # one layer is ~1 ms: more repetitions for the same wall time, steadier medians
 METHODS = ("flora", "bmm-lora", "gather-lora", "ia3", "peft-mixed")
 
 
@@ -39,23 +41,27 @@ class BenchConfig:
     scopes: tuple[str, ...] = ("layer", "model")
     phases: tuple[str, ...] = ("prefill", "decode")
     methods: tuple[str, ...] = METHODS
-    ranks: tuple[int, ...] = (1, 8, 64)
+    ranks: tuple[int, ...] = (1, 8)
     n_adapters: tuple[int, ...] = (1, 64)
-    model_ranks: tuple[int, ...] = (1, 8)  # the model scope is ~50x dearer: a smaller grid
+    model_ranks: tuple[int, ...] = (1,)  # the model scope is ~50x dearer: a smaller grid
     model_n_adapters: tuple[int, ...] = (1, 64)
     batch: int = 64
-    seq: int = 16  # prefill tokens per row
+    seq: int = 8  # prefill tokens per row
     reps: int = 3
+    # torch threads; 1 by default on CPU: on a machine shared with other jobs, OpenMP barriers
+    # with 2+ threads make every small op wait for a free core (100x slower elementwise ops
+    # measured here at load 10 on 2 cores), which times the scheduler, not the methods
+    threads: int | None = 1
 
 
 QUICK = BenchConfig()
 FULL = replace(
     QUICK,
     ranks=(1, 2, 4, 8, 16, 32, 64),
-    n_adapters=(1, 2, 4, 8, 16, 32, 64),
+    n_adapters=(1, 4, 16, 64),
     model_ranks=(1, 2, 4, 8, 16, 32, 64),
-    model_n_adapters=(1, 8, 64),
-    seq=32,
+    model_n_adapters=(1, 64),
+    seq=16,
     reps=5,
 )
 
@@ -76,17 +82,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="rows per batch (>= the largest number of adapters)")
     parser.add_argument("--seq", type=int, help="prefill tokens per row")
     parser.add_argument("--reps", type=int, help="timed repetitions per cell (median reported)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads on CPU (default 1: steady on a shared machine)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     config = FULL if getattr(args, "full", False) else QUICK
     if args.device.startswith("cuda"):
-        config = replace(config, shape="starcoderbase-1b", dtype="bfloat16", batch=64, seq=128)
+        config = replace(config, shape="starcoderbase-1b", dtype="bfloat16", batch=64, seq=128, threads=None)
     overrides = {
         "device": args.device, "shape": args.shape, "dtype": args.dtype, "ranks": args.ranks,
         "n_adapters": args.adapters, "model_ranks": args.model_ranks, "model_n_adapters": args.model_adapters,
         "scopes": args.scopes, "phases": args.phases, "methods": args.methods, "batch": args.batch,
-        "seq": args.seq, "reps": args.reps,
+        "seq": args.seq, "reps": args.reps, "threads": args.threads,
     }  # fmt: skip
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -126,6 +135,8 @@ def measure(config: BenchConfig, log=lambda msg: None) -> dict:
     import torch
 
     device, dtype = torch.device(config.device), getattr(torch, config.dtype)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     n_embd, n_layer, n_head, n_inner, vocab = SHAPES[config.shape]
     rows: list[dict] = []
     torch.manual_seed(0)
@@ -136,20 +147,30 @@ def measure(config: BenchConfig, log=lambda msg: None) -> dict:
             if "layer" in config.scopes:
                 block = Block(n_embd, n_embd + 2 * 128).to(device, dtype)  # c_attn: q + one k, v head
                 x = torch.randn(config.batch, seq, n_embd, device=device, dtype=dtype)
-                target = Target("layer", block, lambda b=block, x=x: b.c_attn(x),
-                                lambda p, names, x=x: p.base_model.model.c_attn(x, **_names(names)), tokens)
+                target = Target(
+                    "layer",
+                    block,
+                    lambda b=block, x=x: b.c_attn(x),
+                    lambda p, names, x=x: p.base_model.model.c_attn(x, **_names(names)),
+                    tokens,
+                )
                 rows += sweep(config, target, phase, config.ranks, config.n_adapters, log)
             if "model" in config.scopes:
                 model = bigcode(n_embd, n_layer, n_head, n_inner, vocab).to(device, dtype).eval()
                 ids = torch.randint(1, vocab, (config.batch, seq), device=device)
-                target = Target("model", model, lambda m=model, ids=ids: m(ids, use_cache=False),
-                                lambda p, names, ids=ids: p(input_ids=ids, use_cache=False, **_names(names)),
-                                tokens)
+                target = Target(
+                    "model",
+                    model,
+                    lambda m=model, ids=ids: m(ids, use_cache=False),
+                    lambda p, names, ids=ids: p(input_ids=ids, use_cache=False, **_names(names)),
+                    tokens,
+                )
                 rows += sweep(config, target, phase, config.model_ranks, config.model_n_adapters, log)
                 del model
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     dims = dict(zip(["n_embd", "n_layer", "n_head", "n_inner", "vocab"], SHAPES[config.shape], strict=True))
-    extra = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dims": dims}
+    extra = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dims": dims,
+             "load_average": [round(v, 1) for v in os.getloadavg()]}  # fmt: skip
     return {"bench": "adapters", "device": device_name, "config": asdict(config) | extra, "rows": rows}
 
 
@@ -161,6 +182,7 @@ def sweep(config: BenchConfig, target: Target, phase: str, ranks, counts, log) -
     """Every (n adapters, rank, method) cell: base and method timed alternately, so both see the
     same machine load; ratio_to_base is the median of the per-pair ratios."""
     out, all_base = [], []
+    reps = config.reps * (LAYER_REPS if target.scope == "layer" else 1)
     for n in counts:
         for rank in ranks:
             cells = {}
@@ -169,7 +191,7 @@ def sweep(config: BenchConfig, target: Target, phase: str, ranks, counts, log) -
                     continue  # IA3 has no rank: once per number of adapters
                 log(f"{target.scope} {phase} {method} r={rank} n={n}")
                 cell = peft_cell if method == "peft-mixed" else ours_cell
-                cells[method] = cell(config, target, method, rank, n)
+                cells[method] = cell(config, target, method, rank, n, reps)
             for method, (base_t, times) in cells.items():
                 all_base += base_t
                 median = statistics.median(times)
@@ -177,10 +199,11 @@ def sweep(config: BenchConfig, target: Target, phase: str, ranks, counts, log) -
                        "rank": None if method == "ia3" else rank, "n_adapters": n,
                        "tokens_per_s": round(target.tokens / median, 1),
                        "spread": round((max(times) - min(times)) / median, 3),
-                       "ratio_to_base": round(statistics.median(map(operator.truediv, base_t, times)), 3)}  # fmt: skip
+                       "ratio_to_base": round(statistics.median(map(operator.truediv, base_t, times)), 3),
+                       }  # fmt: skip
                 out.append(row)
-            peft = next((r for r in out[-len(cells):] if r["method"] == "peft-mixed"), None)
-            for row in out[-len(cells):]:
+            peft = next((r for r in out[-len(cells) :] if r["method"] == "peft-mixed"), None)
+            for row in out[-len(cells) :]:
                 if peft is not None and row is not peft:
                     row["ratio_to_peft_mixed"] = round(row["ratio_to_base"] / peft["ratio_to_base"], 3)
     median = statistics.median(all_base)
@@ -211,7 +234,7 @@ def paired(base, method, reps: int, device) -> tuple[list[float], list[float]]:
     return [b for b, _ in pairs], [t for _, t in pairs]
 
 
-def ours_cell(config: BenchConfig, target: Target, method: str, rank: int, n: int):
+def ours_cell(config: BenchConfig, target: Target, method: str, rank: int, n: int, reps: int):
     """Our wrappers; the base is the same wrapped model with every row on -1 (no adapter)."""
     import torch
 
@@ -228,13 +251,13 @@ def ours_cell(config: BenchConfig, target: Target, method: str, rank: int, n: in
     rows, base_rows = torch.arange(config.batch) % n, torch.full((config.batch,), -1)
 
     try:
-        return paired((lambda: handle.set_rows(base_rows), target.forward),
-                      (lambda: handle.set_rows(rows), target.forward), config.reps, config.device)  # fmt: skip
+        base = (lambda: handle.set_rows(base_rows), target.forward)
+        return paired(base, (lambda: handle.set_rows(rows), target.forward), reps, config.device)
     finally:
         handle.detach()
 
 
-def peft_cell(config: BenchConfig, target: Target, method: str, rank: int, n: int):
+def peft_cell(config: BenchConfig, target: Target, method: str, rank: int, n: int, reps: int):
     """PEFT's LoRA with n adapters and `adapter_names`; the base is PEFT's `disable_adapter()`."""
     from peft import LoraConfig, get_peft_model
 
@@ -250,7 +273,7 @@ def peft_cell(config: BenchConfig, target: Target, method: str, rank: int, n: in
 
     method = (lambda: None, lambda: target.peft_forward(peft_model, names))
     try:
-        return paired((lambda: None, base_fn), method, config.reps, config.device)
+        return paired((lambda: None, base_fn), method, reps, config.device)
     finally:
         peft_model.unload().eval()
 
