@@ -263,3 +263,12 @@ def test_cli_end_to_end(perl_dir, tmp_path, capsys):
     assert config["peft_type"] == "LORA" and config["r"] == 1 and config["target_modules"] == ["c_attn"]
     spec = load_adapter("pl-r1-lora", base_model="tiny", adapters_dir=out)
     assert spec.metadata["steps"] == 3 and spec.metadata["language"] == "pl"
+
+
+def test_resume_extends_a_finished_run_under_a_constant_schedule(perl_dir, tmp_path):
+    plans = [plan("pl", "lora", 1, perl_dir)]
+    [straight] = train_adapters(small(steps=6, checkpoint_every=100), plans, tmp_path / "a", progress=False)
+    train_adapters(small(steps=4, checkpoint_every=100), plans, tmp_path / "b", progress=False)
+    [extended] = train_adapters(small(steps=6, checkpoint_every=100), plans, tmp_path / "b", resume=True,
+                                progress=False)
+    assert extended.content_hash == straight.content_hash

@@ -62,8 +62,9 @@ class TrainConfig:
         return self.batch_size // self.grad_accum
 
     def fingerprint(self, jobs: list[AdapterJob]) -> str:
-        """What a checkpoint must match to be resumed: everything that changes the math."""
-        skip = {"checkpoint_every", "eval_blocks"}
+        """What a checkpoint must match to be resumed: everything that changes the math. Under a
+        constant schedule the step count does not, so `--resume --steps N` extends a run."""
+        skip = {"checkpoint_every", "eval_blocks"} | ({"steps"} if self.schedule == "constant" else set())
         values = {k: v for k, v in asdict(self).items() if k not in skip}
         text = repr((sorted(values.items()), [asdict(j) for j in jobs]))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
