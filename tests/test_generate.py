@@ -129,11 +129,14 @@ def test_top_k_prefix_gives_the_same_tokens_as_a_full_sort():
     uniforms = torch.rand(64, generator=gen, dtype=torch.float64)
     fast = sample_tokens(logits, 0.3, 0.95, uniforms)  # peaked: the top-k prefix covers top_p
     flat = sample_tokens(logits, 50.0, 0.95, uniforms)  # flat: falls back to a full sort
-    probs = torch.softmax(logits / 0.3, -1)
-    sorted_probs, order = probs.sort(-1, descending=True)
-    cdf = torch.where(sorted_probs.cumsum(-1) - sorted_probs < 0.95, sorted_probs, 0).cumsum(-1)
-    pick = torch.searchsorted(cdf, (uniforms.float() * cdf[:, -1])[:, None], right=True)
-    assert fast.tolist() == order.gather(-1, pick).squeeze(-1).tolist()
+    for temperature, got in ((0.3, fast), (50.0, flat)):  # reference: sort everything, row by row
+        for row in range(64):
+            probs, order = torch.softmax(logits[row] / temperature, -1).sort(descending=True)
+            cdf = probs.cumsum(-1)
+            end = int((cdf < 0.95).sum())  # first index reaching top_p
+            target = uniforms[row].item() * cdf[end].item()
+            pick = min(int((cdf <= target).sum()), end)
+            assert got[row].item() == order[pick].item()
     assert flat.unique().numel() > 10
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from harness.errors import UserError
 from harness.files import write_completions
 from harness.generate import distributed
@@ -86,8 +88,11 @@ def generate_run(
     by_key = {(i.lang, i.problem.name, i.adapter.name): i for i in todo}
     done: dict[tuple, dict[int, str]] = {}
     requests = _requests(loaded, todo, sampling, index_of, done)
+    progress = tqdm(total=len(todo) * sampling.n, desc="generate", unit="sample",
+                    disable=not todo or world.rank != 0)
     try:
         for request, sample in engine.generate(requests):
+            progress.update(1)
             item = by_key[request.key]
             written = time.perf_counter()
             _append_partial(item, sampling, loaded.name, sample.index, sample.text)
@@ -97,6 +102,7 @@ def generate_run(
                 _finish(item, sampling, loaded.name, done.pop(request.key))
             telemetry.add("write", time.perf_counter() - written)
     finally:
+        progress.close()
         detach()
     telemetry.seconds = time.perf_counter() - start
     telemetry.extra.update(world_size=world.size, slots=slots)

@@ -38,13 +38,19 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, unifor
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    k = min(TOP_K_PREFIX, probs.shape[-1])
-    top_probs, top_ids = probs.topk(k, dim=-1)
-    if bool((top_probs.sum(dim=-1) < top_p).any()):
+    vocab = probs.shape[-1]
+    if vocab > 4 * TOP_K_PREFIX:
+        top_probs, top_ids = probs.topk(TOP_K_PREFIX, dim=-1)
+        cdf = top_probs.cumsum(dim=-1)
+        if bool((cdf[:, -1] < top_p).any()):  # the prefix misses part of the nucleus
+            top_probs, top_ids = probs.sort(dim=-1, descending=True)
+            cdf = top_probs.cumsum(dim=-1)
+    else:  # a small vocabulary: one sort is as cheap as a top-k
         top_probs, top_ids = probs.sort(dim=-1, descending=True)
-    mass_before = top_probs.cumsum(dim=-1) - top_probs
-    nucleus = torch.where(mass_before < top_p, top_probs, torch.zeros_like(top_probs))
-    cdf = nucleus.cumsum(dim=-1)
-    target = uniforms.to(cdf.device, cdf.dtype) * cdf[:, -1]
-    choice = torch.searchsorted(cdf, target.unsqueeze(-1), right=True).clamp(max=cdf.shape[-1] - 1)
+        cdf = top_probs.cumsum(dim=-1)
+    last = cdf.shape[-1] - 1
+    # the nucleus is the prefix up to the first token whose cumulative mass reaches top_p
+    end = torch.searchsorted(cdf, torch.full_like(cdf[:, :1], top_p)).clamp(max=last)
+    target = uniforms.to(cdf.device, cdf.dtype).unsqueeze(-1) * cdf.gather(-1, end)
+    choice = torch.minimum(torch.searchsorted(cdf, target, right=True), end)
     return top_ids.gather(-1, choice).squeeze(-1)
