@@ -231,3 +231,40 @@ def test_gather_lora_grouped_gemm_equals_per_adapter_loop():
         bank._grouped_ok = False
         looped = model.attn(x)
     torch.testing.assert_close(grouped, looped, rtol=1e-5, atol=1e-6)
+
+
+class Int8Linear(nn.Linear):
+    """A weight-only int8 Linear (per-row scales), like bitsandbytes' 8-bit layers: its weight
+    is not a float tensor, so FLoRA must reach W0 through the module itself."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear.in_features, linear.out_features)
+        scale = linear.weight.detach().abs().amax(dim=1, keepdim=True) / 127
+        self.weight = nn.Parameter(
+            torch.round(linear.weight.detach() / scale).to(torch.int8), requires_grad=False
+        )
+        self.register_buffer("scale", scale)
+        self.bias = nn.Parameter(linear.bias.detach().clone())
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float() * self.scale
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.dequantized(), self.bias)
+
+
+def test_flora_lora_ia3_over_a_quantized_base():
+    model = OneLayer()
+    adapters = layer_adapters(model)
+    model.attn, model.ffn = Int8Linear(model.attn), Int8Linear(model.ffn)
+    handle = attach(model, adapters)
+    rows = list(range(len(adapters)))
+    handle.set_rows(torch.tensor(rows))
+    x = torch.randn(len(rows), 4, 24)
+    reference = nn.Linear(24, 40)
+    with torch.no_grad():
+        reference.weight.copy_(handle.wrappers["attn"].base.dequantized())
+        reference.bias.copy_(handle.wrappers["attn"].base.bias)
+        h = model.attn(x)
+        for i, a in enumerate(rows):
+            assert rel_err(h[i], explicit(adapters[a], "attn", reference, x[i])) <= 1e-5, (i, a)

@@ -108,3 +108,19 @@ def test_trained_adapter_exports_saves_and_reloads(tmp_path):
     served.set_rows(torch.tensor(ROWS))
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, trained, rtol=1e-5, atol=1e-5)
+
+
+def test_trainable_banks_stay_float32_under_a_bf16_base():
+    model = build_tiny()[0].to(torch.bfloat16)
+    model.requires_grad_(False)
+    adapters = [
+        init_adapter(model, c, seed=i) for i, c in enumerate([LoRAConfig(r=2), FLoRAConfig(r=2), IA3Config()])
+    ]
+    handle = attach(model, adapters, trainable=True)
+    handle.set_rows(torch.tensor([0, 1, 2, -1]))
+    ids = torch.randint(1, 250, (4, 6))
+    logits = model(ids).logits
+    assert logits.dtype == torch.bfloat16
+    logits.float().square().mean().backward()
+    for i in range(3):
+        assert all(p.dtype == torch.float32 and p.grad is not None for p in handle.parameters(i))

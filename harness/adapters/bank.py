@@ -91,19 +91,24 @@ class AdapterBank(nn.Module):
         padded = [self._pad(part, t) for t in tensors]
         return torch.stack([*padded, self._identity(part, padded[0])])
 
-    def stacked(self, part: str) -> Tensor:
-        """[N + 1, ...] padded tensors of `part`, entry -1 = identity (rebuilt when trainable)."""
+    def stacked(self, part: str, dtype: torch.dtype | None = None) -> Tensor:
+        """[N + 1, ...] padded tensors of `part`, entry -1 = identity (rebuilt when trainable),
+        in `dtype` (the input's: trainable banks keep float32 under a bf16 or 8-bit base)."""
         if not self.trainable:
-            return getattr(self, part)
-        return self._stack(part, list(getattr(self, f"{part}_params")))
+            tensor = getattr(self, part)
+        else:
+            tensor = self._stack(part, list(getattr(self, f"{part}_params")))
+        return tensor if dtype is None else tensor.to(dtype)
 
-    def adapter_part(self, i: int, part: str) -> Tensor:
+    def adapter_part(self, i: int, part: str, dtype: torch.dtype | None = None) -> Tensor:
         """Adapter i's own (unpadded) tensor of `part`: a leaf parameter when trainable."""
         if self.trainable:
-            return getattr(self, f"{part}_params")[i]
-        axis = self.rank_axes[part]
-        tensor = getattr(self, part)[i]
-        return tensor if axis is None else tensor.narrow(axis, 0, self.rank_list[i])
+            tensor = getattr(self, f"{part}_params")[i]
+        else:
+            axis = self.rank_axes[part]
+            tensor = getattr(self, part)[i]
+            tensor = tensor if axis is None else tensor.narrow(axis, 0, self.rank_list[i])
+        return tensor if dtype is None else tensor.to(dtype)
 
     def adapter_parameters(self, i: int) -> list[nn.Parameter]:
         """Adapter i's trainable parameters (empty unless the bank was built trainable)."""
@@ -163,6 +168,15 @@ class AdapterBank(nn.Module):
     def merged(self, weight: Tensor, bias: Tensor | None, i: int) -> tuple[Tensor, Tensor | None]:
         """The weight and bias of `base` with adapter i folded in."""
         raise NotImplementedError
+
+
+def base_matmul(base: nn.Linear, x: Tensor) -> Tensor:
+    """x W0ᵀ without the bias. A quantized base (e.g. bitsandbytes' 8-bit Linear, whose weight
+    is not a float tensor) is called as a module and its bias taken off again."""
+    if base.weight.is_floating_point():
+        return F.linear(x, base.weight.to(x.dtype))
+    y = base(x)
+    return y if base.bias is None else y - base.bias.to(y.dtype)
 
 
 def as_rows(x: Tensor) -> Tensor:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
-from harness.adapters.bank import AdapterBank, Tensor, as_rows
+from harness.adapters.bank import AdapterBank, Tensor, as_rows, base_matmul
 from harness.adapters.config import Targets, as_targets, split_fields, targets_json
 
 REDUCTIONS = ("mean", "sum")
@@ -122,27 +121,27 @@ class FLoRABank(AdapterBank):
 
     def forward(self, base, x, plan: FLoRAPlan):
         x3 = as_rows(x)
-        a_all, b_all = self.stacked("A"), self.stacked("B")
+        a_all, b_all = self.stacked("A", x.dtype), self.stacked("B", x.dtype)
         scales = self.scales[plan.idx].to(x.dtype)
         if plan.rank:  # every row at rank r: [b, r, tokens, in] -> one GEMM -> [b, r, tokens, out]
             a = a_all[plan.idx, : plan.rank]  # [b, r, in]
             b = b_all[plan.idx, :, : plan.rank].transpose(1, 2) * scales[:, None, None]  # [b, r, out]
             stacked = x3.unsqueeze(1) * a.unsqueeze(2)  # [b, r, tokens, in]: eq. 6's B ∘ X
-            h = F.linear(stacked.view(-1, x3.shape[-1]), base.weight).view(*stacked.shape[:-1], -1)
+            h = base_matmul(base, stacked.view(-1, x3.shape[-1])).view(*stacked.shape[:-1], -1)
             if plan.rank == 1 and base.bias is not None:  # scale, reduce and add the bias in one pass
-                return torch.addcmul(base.bias, h[:, 0], b[:, 0, None, :]).view(*x.shape[:-1], -1)
+                return torch.addcmul(base.bias.to(h.dtype), h[:, 0], b[:, 0, None, :]).view(*x.shape[:-1], -1)
             y = (h * b.unsqueeze(2)).sum(dim=1)
         else:  # mixed ranks: one GEMM over the Σ r_i (row, slot) pairs, reduced per row
             a = a_all[plan.idx, plan.slot_of]  # [pairs, in]
             b = b_all[plan.idx, :, plan.slot_of] * scales[:, None]  # [pairs, out]
-            h = F.linear(x3.index_select(0, plan.row_of) * a.unsqueeze(1), base.weight)
+            h = base_matmul(base, x3.index_select(0, plan.row_of) * a.unsqueeze(1))
             y = h.new_zeros(x3.shape[0], x3.shape[1], h.shape[-1]).index_add(
                 0, plan.row_of, h * b.unsqueeze(1)
             )
         if base.bias is not None:
-            y = y + base.bias
+            y = y + base.bias.to(y.dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     def merged(self, weight, bias, i):
-        a, b = self.adapter_part(i, "A"), self.adapter_part(i, "B")
+        a, b = self.adapter_part(i, "A", torch.float32), self.adapter_part(i, "B", torch.float32)
         return weight * (self.scale_list[i] * (b @ a)).to(weight.dtype), bias

@@ -130,7 +130,7 @@ def attach(
             for local, (j, _) in enumerate(mine):
                 slots[j] = (pos, local)
             cast = [
-                (adapters[j].config, {k: t.to(base.weight.dtype) for k, t in tensors.items()})
+                (adapters[j].config, {k: t.to(_bank_dtype(base, trainable)) for k, t in tensors.items()})
                 for j, tensors in mine
             ]
             bank = kind(base.in_features, base.out_features, name, cast, trainable=trainable)
@@ -144,6 +144,14 @@ def attach(
     for name, wrapper in wrappers.items():
         model.set_submodule(name, wrapper)
     return AdapterHandle(model, adapters, wrappers, list(routings.values()))
+
+
+def _bank_dtype(base: nn.Linear, trainable: bool) -> torch.dtype:
+    """Inference banks take a float base's dtype (no cast per forward); trainable banks and
+    banks of a quantized base keep float32 and are cast to the input's dtype in the forward."""
+    if trainable or not base.weight.is_floating_point():
+        return torch.float32
+    return base.weight.dtype
 
 
 def init_adapter(

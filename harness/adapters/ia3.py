@@ -92,10 +92,10 @@ class IA3Bank(AdapterBank):
     def forward(self, base, x, plan: Tensor):
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
         if self.scales_input:
-            x = x * self.stacked("inp")[plan].view(shape)
+            x = x * self.stacked("inp", x.dtype)[plan].view(shape)
         y = base(x)
         if self.scales_output:
-            y = y * self.stacked("out")[plan].view(shape)
+            y = y * self.stacked("out", y.dtype)[plan].view(shape)
         return y
 
     def merged(self, weight, bias, i):

@@ -134,7 +134,7 @@ class LoRABank(AdapterBank):
             except RuntimeError:  # a dtype or layout this build's grouped GEMM refuses: loop instead
                 self._grouped_ok = False
         for i, rows in plan.groups:
-            a, b = self.adapter_part(i, "A"), self.adapter_part(i, "B")
+            a, b = self.adapter_part(i, "A", x.dtype), self.adapter_part(i, "B", x.dtype)
             scale = self.scale_list[i]
             if rows is None:
                 y3.add_(F.linear(F.linear(x3, a) * scale, b))
@@ -150,14 +150,17 @@ class LoRABank(AdapterBank):
         tokens = x3.shape[1]
         xs = x3.index_select(0, plan.rows).reshape(-1, x3.shape[-1])
         offsets = plan.row_ends * tokens
-        a = self.stacked("A")[plan.adapters]  # [groups, R, in]
-        b = self.stacked("B")[plan.adapters] * self.scales[plan.adapters].to(x3.dtype)[:, None, None]
+        a = self.stacked("A", x3.dtype)[plan.adapters]  # [groups, R, in]
+        b = (
+            self.stacked("B", x3.dtype)[plan.adapters]
+            * self.scales[plan.adapters].to(x3.dtype)[:, None, None]
+        )
         hidden = torch._grouped_mm(xs, a.transpose(1, 2), offs=offsets)
         delta = torch._grouped_mm(hidden, b.transpose(1, 2), offs=offsets)
         return y3.index_add_(0, plan.rows, delta.view(len(plan.rows), tokens, -1))
 
     def merged(self, weight, bias, i):
-        a, b = self.adapter_part(i, "A"), self.adapter_part(i, "B")
+        a, b = self.adapter_part(i, "A", torch.float32), self.adapter_part(i, "B", torch.float32)
         return weight + self.scale_list[i] * (b @ a).to(weight.dtype), bias
 
 
@@ -181,8 +184,8 @@ class BmmLoRABank(LoRABank):
         if plan.rank == 0:
             return y
         x3 = as_rows(x)
-        adapter_a = self.stacked("A")[plan.idx, : plan.rank].transpose(1, 2)  # [b, in, r]
-        adapter_b = self.stacked("B")[plan.idx, :, : plan.rank].transpose(1, 2)  # [b, r, out]
+        adapter_a = self.stacked("A", x.dtype)[plan.idx, : plan.rank].transpose(1, 2)  # [b, in, r]
+        adapter_b = self.stacked("B", x.dtype)[plan.idx, :, : plan.rank].transpose(1, 2)  # [b, r, out]
         hidden = torch.bmm(x3, adapter_a) * self.scales[plan.idx].to(x.dtype)[:, None, None]
         return y + torch.bmm(hidden, adapter_b).view(y.shape)
 
