@@ -204,7 +204,7 @@ def measure_model(name: str, plan: Plan, log=print) -> list[dict]:
     config = EngineConfig(temperature=0.0, top_p=1.0, max_new_tokens=max(r.output_len for r in requests),
                           slots=max_rows, max_positions=model.config.n_positions)
     tokenizer = byte_tokenizer()  # only its end-of-text id is read: outputs ignore it, as in vLLM
-    specs: dict[tuple, list] = {}
+    specs: dict = {}  # adapter config -> its adapters
     raw = []
     warm = Engine(model, tokenizer, config)
     serve_requests(warm, requests[:WARMUP_REQUESTS], prompts, {i: -1 for i in adapter_of},
@@ -214,9 +214,10 @@ def measure_model(name: str, plan: Plan, log=print) -> list[dict]:
             chosen = adapter_config(method, rank)
             handle = None
             if chosen is not None:
-                if (method, rank) not in specs:
-                    specs[(method, rank)] = make_adapters(model, chosen[0], plan.adapters, plan.seed)
-                handle = attach(model, specs[(method, rank)], lora_impl=chosen[1])
+                adapters = specs.get(chosen[0]) or make_adapters(model, chosen[0], plan.adapters, plan.seed)
+                if plan.repeats > 1:  # kept for the next repeat (bmm- and gather-LoRA share them)
+                    specs[chosen[0]] = adapters
+                handle = attach(model, adapters, lora_impl=chosen[1])
             rows_of = adapter_of if handle else {i: -1 for i in adapter_of}
             engine = Engine(model, tokenizer, config, set_rows=handle.set_rows if handle else None)
             try:
@@ -319,7 +320,18 @@ def device_name(device: str) -> str:
 
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run(args: argparse.Namespace) -> int:
