@@ -4,7 +4,7 @@ PYTHON      ?= python3
 TORCH_SPEC  ?= torch==2.13.0
 BIN         := $(VENV)/bin
 DATASET     ?= $(firstword $(wildcard ../shared/multipl-e/humaneval))
-TEST_IMAGES ?= py
+TEST_IMAGES ?= py rb pl lua rkt rs swift d
 DEMO_LANGS  ?= py pl
 
 .PHONY: setup docker chromium images images-check test test-fast demo lint
