@@ -32,11 +32,15 @@ class Routing:
     groups: list[Group] = field(default_factory=list)  # empty: every row uses the base layer
     batch: int | None = None
 
+    def __post_init__(self) -> None:
+        # per adapter index (and -1 last): its bank and its index there, -1 = not at these layers
+        self._bank_of = torch.tensor([s[0] if s else -1 for s in self.slots] + [-1])
+        self._local = torch.tensor([s[1] if s else -1 for s in self.slots] + [-1])
+
     def set_rows(self, rows: torch.Tensor, device: torch.device) -> None:
         """Group the batch by bank; rows without an adapter here ride along with the first
         group as identity rows (index -1), so a uniform batch is one call with no gathers."""
-        bank_of = torch.tensor([s[0] if s else -1 for s in self.slots] + [-1])[rows]
-        local = torch.tensor([s[1] if s else -1 for s in self.slots] + [-1])[rows]
+        bank_of, local = self._bank_of[rows], self._local[rows]
         present = [int(k) for k in torch.unique(bank_of) if k >= 0]
         self.batch = len(rows)
         if len(present) == 1:

@@ -114,19 +114,22 @@ class LoRABank(AdapterBank):
 
     @staticmethod
     def plan(local_idx: Tensor, ranks: Tensor, device: torch.device) -> GatherPlan:
-        present = [int(i) for i in torch.unique(local_idx) if i >= 0]
-        if len(present) == 1 and bool((local_idx == present[0]).all()):
-            return GatherPlan(groups=((present[0], None),))
-        groups = tuple((i, torch.nonzero(local_idx == i).flatten().to(device)) for i in present)
-        if len(present) < 2:
-            return GatherPlan(groups=groups)
+        if bool((local_idx == local_idx[0]).all()):
+            return GatherPlan(groups=() if local_idx[0] < 0 else ((int(local_idx[0]), None),))
         order = torch.argsort(local_idx, stable=True)
         order = order[local_idx[order] >= 0]  # adapted rows, grouped by adapter
-        ends = torch.cumsum(torch.bincount(local_idx[order])[present], 0).to(torch.int32)
-        return GatherPlan(groups, order.to(device), torch.tensor(present, device=device), ends.to(device))
+        present, counts = torch.unique_consecutive(local_idx[order], return_counts=True)
+        rows = order.to(device)
+        groups = tuple(zip(present.tolist(), rows.split(counts.tolist()), strict=True))
+        if len(groups) < 2:
+            return GatherPlan(groups=groups)
+        ends = torch.cumsum(counts, 0).to(torch.int32)
+        return GatherPlan(groups, rows, present.to(device), ends.to(device))
 
     def forward(self, base, x, plan: GatherPlan):
         y = base(x)  # added to in place: a Linear's backward does not need its output
+        if not plan.groups:
+            return y
         x3, y3 = as_rows(x), as_rows(y)
         if plan.rows is not None and self._grouped_ok and not _needs_grad(x, self):
             try:
