@@ -66,12 +66,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="auto: bf16 autocast and bf16 base weights on GPU, float32 on CPU")
     run_group.add_argument("--load-8bit", action="store_true",
                            help="8-bit base weights (GPU + bitsandbytes), as in the paper")
+    run_group.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is often "
+                                                         "fastest for the tiny model on a busy machine)")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from harness.training.run import train_adapters
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, not {args.threads}")
+        torch.set_num_threads(args.threads)
     plans = plan_adapters(args)
     results = train_adapters(config_from(args), plans, Path(args.out), resume=args.resume,
                              device=args.device, load_8bit=args.load_8bit, progress=not args.no_progress)
