@@ -24,12 +24,14 @@ echo "demo: the tiny model has RANDOM weights, so it scores about zero; the poin
 adapter_args=()
 if [ "${DEMO_TRAIN:-1}" = 1 ]; then
   # One process trains all three adapters with mixed batches (each example routed to its
-  # own adapter). Perl is a paper language whose sources every Debian machine has.
+  # own adapter). Perl is a paper language whose sources every Debian machine has. The
+  # learning rates are higher than the paper's because tiny's random logits are flat
+  # (docs/training.md).
   names=(pl-r1-flora pl-r1-lora pl-ia3)
   if [ ! -f "adapters/pl-ia3/adapter_config.json" ]; then
     "$BIN/flora-eval" train --model tiny --method flora --method lora --method ia3 --rank 1 \
       --lang pl --data "${DEMO_CORPUS:-/usr/share/perl}" --steps "${DEMO_TRAIN_STEPS:-150}" \
-      --out adapters
+      --seq-len 128 --lr flora=0.1 --lr lora=0.005 --lr ia3=0.2 --threads 1 --out adapters
   fi
   for name in "${names[@]}"; do adapter_args+=(--adapter "$name"); done
 fi
