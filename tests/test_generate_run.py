@@ -97,7 +97,7 @@ def cli(run_dir: Path, humaneval_dir: Path, *extra: str, limit: int = 2, n: int 
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_completions(loaded, humaneval_dir, tmp_path):
-    args = dict(limit=4, n=12, max_tokens=96)
+    args = dict(limit=3, n=8, max_tokens=64)
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, *cli(killed, humaneval_dir, "--batch-size", "4", **args)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -110,12 +110,12 @@ def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_completions(loaded
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(RunDir(killed).completion_files()) < 4  # it really stopped mid-run
-    done = subprocess.run([sys.executable, *cli(killed, humaneval_dir, "--batch-size", "7", **args)],
+    assert len(RunDir(killed).completion_files()) < 3  # it really stopped mid-run
+    done = subprocess.run([sys.executable, *cli(killed, humaneval_dir, "--batch-size", "6", **args)],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    problems = [load_problems("py", humaneval_dir, limit=4)]
-    sampling = SamplingConfig(n=12, temperature=0.8, top_p=0.95, max_tokens=96, seed=7)
+    problems = [load_problems("py", humaneval_dir, limit=3)]
+    sampling = SamplingConfig(n=8, temperature=0.8, top_p=0.95, max_tokens=64, seed=7)
     whole = RunDir.open(tmp_path / "whole")
     generate_run(loaded, problems, [AdapterChoice()], sampling, whole, batch_size=32)
     assert completions(killed) == completions(tmp_path / "whole")
