@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.errors import UserError
 
     config = config_from_args(args)
-    if max(config.n_adapters + config.model_n_adapters) > config.batch:
+    counts = (config.n_adapters if "layer" in config.scopes else ()) + (
+        config.model_n_adapters if "model" in config.scopes else ()
+    )
+    if max(counts, default=1) > config.batch:
         raise UserError(f"--batch {config.batch} is smaller than the number of distinct adapters asked for")
     if config.device.startswith("cuda"):
         import torch
@@ -258,7 +261,7 @@ def ours_cell(config: BenchConfig, target: Target, method: str, rank: int, n: in
 
 
 def peft_cell(config: BenchConfig, target: Target, method: str, rank: int, n: int, reps: int):
-    """PEFT's LoRA with n adapters and `adapter_names`; the base is PEFT's `disable_adapter()`."""
+    """PEFT's LoRA with n adapters and `adapter_names`; the base: its adapter layers disabled."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn"])
@@ -267,13 +270,11 @@ def peft_cell(config: BenchConfig, target: Target, method: str, rank: int, n: in
         peft_model.add_adapter(f"a{i}", lora)
     names = [f"a{i % n}" for i in range(config.batch)]
 
-    def base_fn():
-        with peft_model.disable_adapter():
-            target.peft_forward(peft_model, None)
-
-    method = (lambda: None, lambda: target.peft_forward(peft_model, names))
+    lora_model = peft_model.base_model  # switching adapters off is the untimed "prepare" step
+    base = (lora_model.disable_adapter_layers, lambda: target.peft_forward(peft_model, None))
+    method = (lora_model.enable_adapter_layers, lambda: target.peft_forward(peft_model, names))
     try:
-        return paired((lambda: None, base_fn), method, reps, config.device)
+        return paired(base, method, reps, config.device)
     finally:
         peft_model.unload().eval()
 
@@ -301,24 +302,33 @@ def bigcode(n_embd: int, n_layer: int, n_head: int, n_inner: int, vocab: int):
 
 # --- output ---------------------------------------------------------------------------------
 def format_table(result: dict) -> str:
-    """One block per (scope, phase): methods down, (rank, adapters) across, ratio_to_base."""
-    config = result["config"]
-    lines = [f"bench adapters on {result['device']} ({config['shape']}, batch {config['batch']}, "
-             f"prefill {config['seq']} tokens/row); figures: tokens/s ratio to base"]  # fmt: skip
-    rows = result["rows"]
+    """Per (scope, phase, adapters per batch): methods down, ranks across, ratio to the base
+    model; then the two comparisons the paper and issue ask about."""
+    config, rows = result["config"], result["rows"]
+    setup = f"{config['shape']}, batch {config['batch']}, prefill {config['seq']} tokens/row"
+    lines = [f"bench adapters on {result['device']} ({setup}, {config['threads']} thread(s)): "
+             "tokens/s, ratio to the base model"]  # fmt: skip
     for scope, phase in dict.fromkeys((r["scope"], r["phase"]) for r in rows):
         mine = [r for r in rows if r["scope"] == scope and r["phase"] == phase]
         base = next(r for r in mine if r["method"] == "base")
-        cols = sorted({(r["n_adapters"], r["rank"]) for r in mine if r["rank"] is not None})
-        head = f"## {scope} / {phase}: base {base['tokens_per_s']:.0f} tokens/s (spread {base['spread']})"
-        lines += ["", head,
-                  "| method | " + " | ".join(f"n={n} r={r}" for n, r in cols) + " |",
-                  "|---|" + "---|" * len(cols)]  # fmt: skip
-        for method in [m for m in METHODS if any(r["method"] == m for r in mine)]:
-            cells = []
-            for n, rank in cols:
-                hit = [r for r in mine if r["method"] == method and r["n_adapters"] == n
-                       and r["rank"] in (rank, None)]  # fmt: skip
-                cells.append(f"{hit[0]['ratio_to_base']:.2f}" if hit else "")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"### {scope} / {phase}: base {base['tokens_per_s']:.0f} tokens/s (spread {base['spread']})",
+        ]
+        for n in sorted({r["n_adapters"] for r in mine if r["method"] != "base"}):
+            cell = {(r["method"], r["rank"]): r for r in mine if r["n_adapters"] == n}
+            ranks = sorted({rank for _, rank in cell if rank is not None})
+            lines += ["", f"| n={n} adapters | " + " | ".join(f"r={r}" for r in ranks) + " |",
+                      "|---|" + "---|" * len(ranks)]  # fmt: skip
+            for method in [m for m in METHODS if any(k[0] == m for k in cell)]:
+                values = [cell.get((method, None if method == "ia3" else r)) for r in ranks]
+                shown = [f"{v['ratio_to_base']:.2f}" if v and (method != "ia3" or i == 0) else ""
+                         for i, v in enumerate(values)]  # fmt: skip
+                lines.append(f"| {method} | " + " | ".join(shown) + " |")
+            for name, top, bottom in (("flora ÷ bmm-lora", "flora", "bmm-lora"),
+                                      ("gather-lora ÷ peft-mixed", "gather-lora", "peft-mixed")):  # fmt: skip
+                pairs = [(cell.get((top, r)), cell.get((bottom, r))) for r in ranks]
+                if all(a and b for a, b in pairs):
+                    ratios = [a["ratio_to_base"] / b["ratio_to_base"] for a, b in pairs]
+                    lines.append(f"| *{name}* | " + " | ".join(f"*{v:.2f}*" for v in ratios) + " |")
     return "\n".join(lines)
