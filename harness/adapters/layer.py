@@ -49,7 +49,9 @@ class Routing:
             return
         self.groups = []
         for n, k in enumerate(present):
-            mask = (bank_of == k) | ((bank_of < 0) if n == 0 else torch.zeros_like(bank_of, dtype=torch.bool))
+            mask = bank_of == k
+            if n == 0:
+                mask |= bank_of < 0
             picked = torch.nonzero(mask).flatten()
             plan = self.banks[k].plan(local[picked], self.ranks[k], device)
             self.groups.append(Group(k, picked.to(device), plan))
