@@ -93,8 +93,10 @@ def plot(result: dict, out: Path) -> list[Path]:
     fig.suptitle(f"flora-eval bench serve on {result['device']}: {config.get('requests')} requests, "
                  f"{config.get('adapters')} adapters, clock {config.get('clock')}", fontsize=11)
     fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "serve.svg", out / "serve.png"]
-    fig.savefig(paths[0])
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text: smaller, searchable
+        fig.savefig(paths[0])
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)
     return paths
