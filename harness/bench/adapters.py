@@ -159,7 +159,7 @@ def measure(config: BenchConfig, log=lambda msg: None) -> dict:
                 )
                 rows += sweep(config, target, phase, config.ranks, config.n_adapters, log)
             if "model" in config.scopes:
-                model = bigcode(n_embd, n_layer, n_head, n_inner, vocab).to(device, dtype).eval()
+                model = bigcode(n_embd, n_layer, n_head, n_inner, vocab, device, dtype)
                 ids = torch.randint(1, vocab, (config.batch, seq), device=device)
                 target = Target(
                     "model",
@@ -288,16 +288,18 @@ def Block(in_features: int, out_features: int):  # noqa: N802 (a tiny nn.Module 
     return block
 
 
-def bigcode(n_embd: int, n_layer: int, n_head: int, n_inner: int, vocab: int):
-    """A random-weight GPTBigCode (StarCoder's architecture, multi-query attention)."""
+def bigcode(n_embd: int, n_layer: int, n_head: int, n_inner: int, vocab: int, device, dtype):
+    """A random-weight GPTBigCode (StarCoder's architecture, multi-query attention), built
+    directly on the device in its dtype (15B in fp32 on the host would not fit)."""
+    import torch
     from transformers import AutoModelForCausalLM, GPTBigCodeConfig
 
     config = GPTBigCodeConfig(vocab_size=vocab, n_positions=2048, n_embd=n_embd, n_layer=n_layer,
                               n_head=n_head, n_inner=n_inner, multi_query=True, bos_token_id=0,
-                              eos_token_id=0,
-                              activation_function="gelu_pytorch_tanh", attn_pdrop=0.0, embd_pdrop=0.0,
-                              resid_pdrop=0.0)  # fmt: skip
-    return AutoModelForCausalLM.from_config(config)
+                              eos_token_id=0, activation_function="gelu_pytorch_tanh", attn_pdrop=0.0,
+                              embd_pdrop=0.0, resid_pdrop=0.0)  # fmt: skip
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
 # --- output ---------------------------------------------------------------------------------
