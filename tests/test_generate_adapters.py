@@ -100,3 +100,16 @@ def test_generate_run_evaluates_all_adapters_in_one_pass(loaded, specs, humaneva
         assert records["base"].completions == alone.completions
     # the wrappers are gone afterwards: the model is the base model again
     assert type(loaded.model.transformer.h[0].attn.c_attn) is torch.nn.Linear
+
+
+def test_an_adapter_given_by_path_is_loaded_and_its_hash_recorded(loaded, specs, humaneval_dir, tmp_path):
+    from harness.adapters import save_adapter
+
+    saved = save_adapter(specs[0], tmp_path / "flora-r1")
+    problem_sets = [load_problems("py", humaneval_dir, limit=1)]
+    sampling = SamplingConfig(n=2, temperature=0.8, max_tokens=8, seed=1)
+    run = RunDir.open(tmp_path / "run")
+    name = str(tmp_path / "flora-r1")
+    generate_run(loaded, problem_sets, [AdapterChoice(), AdapterChoice(name)], sampling, run, batch_size=4)
+    record = read_completions(run.completions_path("tiny", name, "py", problem_sets[0].problems[0].name))
+    assert record.adapter_hash == saved.content_hash == specs[0].content_hash

@@ -23,7 +23,7 @@ def test_bench_rows_carry_every_engine_and_ratio(humaneval_dir):
     assert all(r["tokens_per_s"] > 0 and r["samples"] == 4 for r in rows)
     assert by_key[("ours", "flora", 2)]["decode_ratio_to_base"] > 0
     text = bench.table({"device": "cpu", "config": {"problem": problem.name}, "rows": rows})
-    assert text.count("\n") == len(rows) + 2
+    assert text.count("\n") == len(rows) + 2 and "new_tokens" in text
     json.dumps(rows)
 
 

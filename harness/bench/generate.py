@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", action="append", choices=sorted(ARCHS),
                         help="only these architectures (repeatable; default: tiny and small)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 is steadier on a busy machine)")
     parser.add_argument("--dataset", default=None,
                         help="MultiPL-E data for the prompt (default: ../shared/multipl-e/humaneval, "
                              "else the hub)")
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = FULL if args.full else QUICK
     if device.startswith("cuda") and not args.arch:
         cases = cases + GPU
@@ -265,7 +269,7 @@ def rows_of(case: Case, prompt_tokens: int, times: dict[tuple, list[float]],
 
 
 def table(result: dict) -> str:
-    head = ["arch", "engine", "method", "n_adapters", "samples", "tokens_per_s", "spread",
+    head = ["arch", "engine", "method", "n_adapters", "samples", "new_tokens", "tokens_per_s", "spread",
             "ratio_to_base", "ratio_to_hf_generate", "ratio_to_peft_mixed", "decode_tokens_per_s",
             "decode_ratio_to_base"]
     lines = [f"bench generate on {result['device']} (prompt {result['config']['problem']}, "

@@ -1,9 +1,9 @@
 """Data-parallel generation under torchrun: which work is this rank's, and the final gather.
 
-Ranks split the (language, problem, adapter) list round-robin by position in the full,
-deterministic list (not the still-missing part, which changes as ranks write files), each
-writes its own completions files, and rank 0 waits for all of them. Per-sample seeds make
-the files identical to a one-process run.
+Ranks split the (language, problem) list round-robin by position in the full, deterministic
+list (not the still-missing part, which changes as ranks write files); a rank takes all the
+adapters of its problems, writes their completions files, and rank 0 waits for all of them.
+Per-sample seeds make the files identical to a one-process run.
 
     torchrun --nproc-per-node 2 -m harness.cli generate --model tiny ...   # gloo on CPU
     torchrun --nproc-per-node 8 -m harness.cli generate --device cuda ...  # nccl, one GPU each

@@ -68,15 +68,17 @@ def generate_run(
     Under torchrun each rank takes its share of the work; rank 0's telemetry sums all ranks."""
     start = time.perf_counter()
     world = distributed.join(loaded.device)
+    adapters = [_resolved(choice, loaded) for choice in adapters]
+    problems = [(ps.lang, problem) for ps in problem_sets for problem in ps.problems]
+    # a rank takes whole problems (all their adapters: one prefill batch, mixed decode batches)
     items = [
-        WorkItem(ps.lang, problem, adapter,
-                 run.completions_path(loaded.name, adapter.name, ps.lang, problem.name))
-        for ps in problem_sets for problem in ps.problems for adapter in adapters
+        (position, WorkItem(lang, problem, adapter,
+                            run.completions_path(loaded.name, adapter.name, lang, problem.name)))
+        for position, (lang, problem) in enumerate(problems) for adapter in adapters
     ]
-    mine = [item for position, item in enumerate(items) if world.mine(position)]
-    todo = [item for item in mine if not item.path.exists()]
+    todo = [item for position, item in items if world.mine(position) and not item.path.exists()]
     telemetry = GenerationTelemetry()
-    adapters, set_rows, detach = _attach(loaded, adapters, todo)
+    set_rows, detach = _attach(loaded, adapters, todo)
     index_of = {a.name: i for i, a in enumerate(a for a in adapters if a.name != BASE)}
     max_prompt = 0
     if todo:
@@ -112,7 +114,7 @@ def generate_run(
         merged = GenerationTelemetry(extra={"world_size": world.size, "slots": slots})
         for report in reports:
             merged.merge(report)
-        _check_complete(items)
+        _check_complete([item for _, item in items])
         return merged
     return telemetry
 
@@ -147,21 +149,25 @@ def _max_positions(model) -> int:
 
 
 # -- adapters -------------------------------------------------------------------------------
+def _resolved(choice: AdapterChoice, loaded: LoadedModel) -> AdapterChoice:
+    """A named adapter with its file loaded and hashed (the CLI may have done it already)."""
+    if choice.name == BASE or choice.spec is not None:
+        return choice
+    from harness.adapters import load_adapter
+
+    spec = load_adapter(choice.name, base_model=loaded.name)
+    return AdapterChoice(choice.name, choice.content_hash or spec.content_hash, spec)
+
+
 def _attach(loaded: LoadedModel, adapters: list[AdapterChoice], todo: list[WorkItem]):
     """Inject every named adapter once; rows then pick theirs by index (`set_rows`)."""
-    named = [a for a in adapters if a.name != BASE]
-    if not named or not todo:
-        return adapters, None, lambda: None
-    from harness.adapters import attach, load_adapter
+    specs = [a.spec for a in adapters if a.name != BASE]
+    if not specs or not todo:
+        return None, lambda: None
+    from harness.adapters import attach
 
-    resolved = []
-    for choice in adapters:
-        if choice.name != BASE and choice.spec is None:
-            spec = load_adapter(choice.name, base_model=loaded.name)
-            choice = AdapterChoice(choice.name, choice.content_hash or spec.content_hash, spec)
-        resolved.append(choice)
-    handle = attach(loaded.model, [a.spec for a in resolved if a.name != BASE])
-    return resolved, handle.set_rows, handle.detach
+    handle = attach(loaded.model, specs)
+    return handle.set_rows, handle.detach
 
 
 # -- files ------------------------------------------------------------------------------------
