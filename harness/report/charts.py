@@ -33,7 +33,8 @@ def bar_chart(groups: Sequence[str], series: Sequence[str],
     colors = colors_for(series)
     bar_w, gap, left, top, height = 16, 18, 44, 28, 220
     group_w = bar_w * len(series) + gap
-    width = left + group_w * len(groups) + 20
+    legend_w = sum(24 + 7 * len(name) for name in series)
+    width = max(left + group_w * len(groups) + 20, left + legend_w + 10)  # the legend must fit too
     legend_h = 22
     y_max = _nice_top(max([hi for _, _, hi in values.values()] + [1.0]) * 1.05)
 
