@@ -18,6 +18,7 @@ import torch
 # when the k most likely tokens already hold `top_p` of the mass, no later token can be in
 # the nucleus; rows where they do not fall back to a full sort.
 TOP_K_PREFIX = 64
+SMALL_VOCAB = 4096  # below this a single sort costs about what a top-k does
 
 
 def sample_seed(run_seed: int, problem: str, adapter: str, index: int = 0) -> int:
@@ -39,7 +40,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, unifor
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     vocab = probs.shape[-1]
-    if vocab > 4 * TOP_K_PREFIX:
+    if vocab > SMALL_VOCAB:
         top_probs, top_ids = probs.topk(TOP_K_PREFIX, dim=-1)
         cdf = top_probs.cumsum(dim=-1)
         if bool((cdf[:, -1] < top_p).any()):  # the prefix misses part of the nucleus
