@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -44,17 +45,20 @@ def run_pipeline(args: argparse.Namespace) -> int:
     sampling = sampling_from(args)
 
     problem_sets = [load_problems_for(lang, args) for lang in langs]  # 1. problems
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=generation_device(args), load_8bit=args.load_8bit)
     adapters = resolve_adapters(args, loaded)
-    run.update_manifest(
-        environment=environment(),
-        config=run_config(args, langs, sampling, adapters),
-        dataset={ps.lang: {"source": ps.source, "revision": ps.revision,
-                           "problems": len(ps.problems)} for ps in problem_sets},
-        model={"name": loaded.name, "source": loaded.source},
-    )
+    if is_rank0():
+        run.update_manifest(
+            environment=environment(),
+            config=run_config(args, langs, sampling, adapters),
+            dataset={ps.lang: {"source": ps.source, "revision": ps.revision,
+                               "problems": len(ps.problems)} for ps in problem_sets},
+            model={"name": loaded.name, "source": loaded.source},
+        )
     telemetry = generate_run(loaded, problem_sets, adapters, sampling, run,  # 2. generate
                              batch_size=args.batch_size)
+    if not is_rank0():  # under torchrun, rank 0 alone executes, scores and reports
+        return 0
     run.update_manifest(telemetry={"generate": telemetry.as_dict()})
     del loaded
     execution = execute_run(run, jobs=args.jobs)  # 3. execute
@@ -63,6 +67,17 @@ def run_pipeline(args: argparse.Namespace) -> int:
     print(paths["table"].read_text(encoding="utf-8"))
     print(f"run: {run.root}  report: {paths['html']}")
     return 0
+
+
+def generation_device(args: argparse.Namespace) -> str | None:
+    """--device, else under torchrun this process's own GPU (or the CPU), else automatic."""
+    from harness.generate.distributed import launched_size, local_device
+
+    return args.device or (local_device() if launched_size() > 1 else None)
+
+
+def is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def validate_langs(langs: list[str]) -> list[str]:
@@ -129,11 +144,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     langs = validate_langs(args.lang or DEFAULT_LANGS)
     run = RunDir.open(args.run_dir)
     problem_sets = [load_problems_for(lang, args) for lang in langs]
-    loaded = load_model(args.model, device=args.device)
+    loaded = load_model(args.model, device=generation_device(args), load_8bit=args.load_8bit)
     adapters = resolve_adapters(args, loaded)
     telemetry = generate_run(loaded, problem_sets, adapters, sampling_from(args), run,
                              batch_size=args.batch_size)
-    print(f"completions in {run.root} ({telemetry.prompts} prompts sampled)")
+    if is_rank0():
+        run.update_manifest(telemetry={"generate": telemetry.as_dict()})
+        print(f"completions in {run.root} ({telemetry.prompts} prompts sampled)")
     return 0
 
 
@@ -196,8 +213,11 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows decoded together (default: from the memory budget)")
     parser.add_argument("--device", help="torch device (default: cuda when available)")
+    parser.add_argument("--load-8bit", action="store_true",
+                        help="8-bit base weights (GPU with bitsandbytes only)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,26 +56,31 @@ def resolve(name: str) -> str:
     )
 
 
-def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None):
-    """Load `name` for generation (eval mode) on `device` (default: cuda when available)."""
+def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None,
+               load_8bit: bool = False) -> LoadedModel:
+    """Load `name` in eval mode on `device` (default: cuda when available): bfloat16 on GPU,
+    float32 on CPU; `load_8bit` keeps the base weights in 8 bits (bitsandbytes, GPU only)."""
     source = resolve(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if source == "builtin:tiny":
+    if load_8bit:
+        model, tokenizer = _from_pretrained_8bit(name, source, device, dtype)
+    elif source == "builtin:tiny":
         model, tokenizer = build_tiny()
+        model = model.to(device=device, dtype=dtype)
     else:
         model, tokenizer = _from_pretrained(name, source, dtype)
-    model = model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(name=name, source=source, model=model, tokenizer=tokenizer)
+        model = model.to(device=device)
+    return LoadedModel(name=name, source=source, model=model.eval(), tokenizer=tokenizer)
 
 
-def _from_pretrained(name: str, source: str, dtype: torch.dtype):
+def _from_pretrained(name: str, source: str, dtype: torch.dtype, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
@@ -83,6 +88,19 @@ def _from_pretrained(name: str, source: str, dtype: torch.dtype):
             "check the name, log in with `hf auth login` for gated models, or pass a local path"
         ) from None
     return model, tokenizer
+
+
+def _from_pretrained_8bit(name: str, source: str, device: str, dtype: torch.dtype):
+    """8-bit base weights, as the paper trained: GPU and bitsandbytes only."""
+    if not device.startswith("cuda") or source == "builtin:tiny":
+        raise UserError("--load-8bit needs a GPU and a hub or local model (not tiny); drop --load-8bit")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise UserError("--load-8bit needs bitsandbytes: pip install bitsandbytes, or drop it") from None
+    return _from_pretrained(name, source, dtype, quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+                            device_map={"": device})
 
 
 def tiny_config(vocab_size: int):

@@ -95,12 +95,9 @@ def train_adapters(config: TrainConfig, plans: list[dict], out: Path, resume: bo
 def load_base(model: str, device: str | None, precision: str, load_8bit: bool) -> LoadedModel:
     """The frozen base model: float32 on CPU; bf16 weights on GPU unless fp32 is asked."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if load_8bit:
-        loaded = load_8bit_model(model, device)
-    else:
-        bf16 = resolve_precision(precision, torch.device(device)) == "bf16"
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        loaded = load_model(model, device=device, dtype=dtype)
+    bf16 = load_8bit or resolve_precision(precision, torch.device(device)) == "bf16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    loaded = load_model(model, device=device, dtype=dtype, load_8bit=load_8bit)
     loaded.model.requires_grad_(False)
     loaded.model.eval()  # no dropout: training is deterministic and mixing adapters changes nothing
     return loaded
@@ -112,25 +109,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and torch.device(device).type != "cuda":
         raise UserError("--precision bf16 needs a GPU; on CPU train in fp32 (the default)")
     return precision
-
-
-def load_8bit_model(model: str, device: str) -> LoadedModel:
-    """8-bit base weights through bitsandbytes, as the paper trained (GPU only)."""
-    from harness.models import resolve
-
-    source = resolve(model)
-    if not device.startswith("cuda") or source == "builtin:tiny":
-        raise UserError("--load-8bit needs a GPU and a hub or local model (not tiny); drop --load-8bit")
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-    except ImportError:
-        raise UserError("--load-8bit needs bitsandbytes: pip install bitsandbytes, or drop it") from None
-    quant = BitsAndBytesConfig(load_in_8bit=True)
-    weights = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, device_map={"": device},
-                                                   dtype=torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    return LoadedModel(name=model, source=source, model=weights, tokenizer=tokenizer)
 
 
 def run_key(jobs: list[AdapterJob]) -> str:
