@@ -78,13 +78,14 @@ def layer_adapters(model: nn.Module) -> list[AdapterFile]:
     ]
 
 
+@pytest.mark.parametrize("tokens", [7, 1])
 @pytest.mark.parametrize("lora_impl", ["gather", "bmm"])
 @pytest.mark.parametrize("method", ["lora", "flora", "ia3", "all"])
-def test_each_method_equals_its_per_example_formula(method, lora_impl):
+def test_each_method_equals_its_per_example_formula(method, lora_impl, tokens):
     model = OneLayer()
     adapters = [a for a in layer_adapters(model) if method in (a.method, "all")]
     rows = [*range(len(adapters)), -1, *reversed(range(len(adapters))), -1]  # mixed ranks, base rows
-    x = torch.randn(len(rows), 7, 24)
+    x = torch.randn(len(rows), tokens, 24)
     handle = attach(model, adapters, lora_impl=lora_impl)
     handle.set_rows(torch.tensor(rows))
     with torch.no_grad():
@@ -268,3 +269,18 @@ def test_flora_lora_ia3_over_a_quantized_base():
         h = model.attn(x)
         for i, a in enumerate(rows):
             assert rel_err(h[i], explicit(adapters[a], "attn", reference, x[i])) <= 1e-5, (i, a)
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_gather_lora_decode_and_prefill_forms_agree_with_bmm(tokens):
+    model = OneLayer()
+    adapters = [a for a in layer_adapters(model) if a.method == "lora"]
+    x = torch.randn(6, tokens, 24)
+    outputs = []
+    for impl in ("gather", "bmm"):
+        handle = attach(model, adapters, lora_impl=impl)
+        handle.set_rows(torch.tensor([1, 0, -1, 1, 0, 0]))
+        with torch.no_grad():
+            outputs.append(model.attn(x))
+        handle.detach()
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
