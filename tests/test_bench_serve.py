@@ -179,16 +179,19 @@ def test_prefill_budget_limits_admission(tiny):
 def _args(tmp_path, **over) -> argparse.Namespace:
     values = {"model": ["cpu-tiny"], "device": "cpu", "rate": 40.0, "requests": 3, "workload": None,
               "tokenizer": None, "scale": 1 / 32, "max_batched_tokens": 8192, "max_seqs": 4, "methods": None,
-              "ranks": "1,2", "adapters": None, "repeats": 1, "no_latency": False, "clock": "process",
+              "ranks": "1,2", "adapters": None, "repeats": 1, "no_latency": False, "clock": None,
               "threads": None, "seed": 0, "out": tmp_path, "json": True, "full": False}
     return argparse.Namespace(**{**values, **over})
 
 
 @pytest.mark.slow
 def test_rows_cover_every_method_rank_and_rate(tmp_path, capsys):
+    threads_before = torch.get_num_threads()
     assert serve.run(_args(tmp_path)) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"bench", "device", "config", "rows"} and result["bench"] == "serve"
+    assert result["config"]["clock"] == "process" and result["config"]["threads"] == 1  # CPU defaults
+    assert torch.get_num_threads() == threads_before  # run() gives the caller's setting back
     cells = {(r["model"], r["method"], r["rank"], r["rate"]) for r in result["rows"]}
     expected = {("cpu-tiny", m, k, rate) for rate in (None, 40.0)
                 for m, ranks in (("base", [None]), ("ia3", [None]), ("flora", [1, 2]), ("bmm-lora", [1, 2]),
@@ -259,7 +262,7 @@ def test_cli_prints_the_ratio_table():
     """The CI-sized form through the real CLI: `flora-eval bench serve` prints the ratios."""
     done = subprocess.run(
         [sys.executable, "-m", "harness.cli", "bench", "serve", "--model", "cpu-tiny", "--requests", "4",
-         "--scale", "0.03", "--ranks", "1,8", "--rate", "40", "--clock", "process"],
+         "--scale", "0.03", "--ranks", "1,8", "--rate", "40"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()

@@ -56,7 +56,11 @@ MODELS: dict[str, dict] = {
 }
 # per device: (quick, full) defaults. scale shrinks every workload length; max_seqs caps the
 # rows decoded together (vLLM's max_num_seqs is 256; on CPU fewer rows with more requests
-# keep the batch full for most of the run, as 1,000 requests over 256 rows do on a GPU)
+# keep the batch full for most of the run, as 1,000 requests over 256 rows do on a GPU).
+# CPU: one torch thread and the process clock, because a second intra-op thread on a shared
+# 2-core machine made the quick run 5-10x slower and its timings meaningless (measured).
+CLOCK = {"cpu": "process", "cuda": "wall"}
+THREADS = {"cpu": 1, "cuda": None}
 DEFAULTS = {
     "cpu": ({"models": ["cpu-small"], "ranks": QUICK_RANKS, "requests": 32, "scale": 1 / 16, "max_seqs": 8,
              "repeats": 1},
@@ -95,9 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--adapters", type=int, help=f"distinct adapters (min(requests, {MAX_ADAPTERS})); request i: i mod N")
     add("--repeats", type=int, help="repetitions, median reported (1; --full on cpu 3)")
     add("--no-latency", action="store_true", help="skip the Poisson-arrival latency runs")
-    add("--clock", choices=["wall", "process"], default="wall",
-        help="wall seconds, or this process's CPU seconds (cpu only: a busy shared machine; use --threads 1)")
-    add("--threads", type=int, help="torch CPU threads (torch's default)")
+    add("--clock", choices=["wall", "process"],
+        help="wall seconds (cuda default) or this process's CPU seconds, idle waits skipped (cpu default)")
+    add("--threads", type=int, help="torch CPU threads (cpu: 1; cuda: torch's default)")
     add("--seed", type=int, default=0, help="workload, prompt and adapter seed (0)")
     add("--out", type=Path, help="write serve.json, serve.csv, serve.svg and serve.png here")
 
@@ -301,14 +305,15 @@ def make_plan(args: argparse.Namespace) -> Plan:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda but torch sees no CUDA device: run on a GPU or use --device cpu")
-        if args.clock == "process":
+        if (args.clock or CLOCK[args.device]) == "process":
             raise UserError("--clock process counts CPU seconds only; use the wall clock with --device cuda")
     max_seqs = args.max_seqs or defaults["max_seqs"]
     return Plan(device=args.device, models=tuple(args.model or defaults["models"]), methods=methods,
                 ranks=ranks, requests=tuple(requests), rate=None if args.no_latency else args.rate,
                 adapters=args.adapters or min(len(requests), MAX_ADAPTERS),
                 max_batched_tokens=args.max_batched_tokens, max_rows=min(max_seqs, args.max_batched_tokens),
-                repeats=args.repeats or defaults["repeats"], seed=args.seed, clock=args.clock)
+                repeats=args.repeats or defaults["repeats"], seed=args.seed,
+                clock=args.clock or CLOCK[args.device])
 
 
 def _split(text: str | None, kind) -> list:
@@ -337,8 +342,17 @@ def cpu_model() -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads or THREADS[args.device] or before)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(before)  # the caller's setting is back (tests share one process)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
     plan = make_plan(args)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     scale = args.scale or DEFAULTS[plan.device][bool(args.full)]["scale"]
