@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from harness.bench import serve
+from harness.bench import serve, serve_report
 from harness.bench import workload as wl
 from harness.bench.serve_loop import figures, serve_requests
 from harness.errors import UserError
@@ -212,7 +212,7 @@ def test_rows_cover_every_method_rank_and_rate(tmp_path, capsys):
             assert row["ratio_to_bmm_lora"] == pytest.approx(measured, abs=2e-3)
     with open(tmp_path / "serve.csv") as handle:
         table = list(csv.DictReader(handle))
-    assert tuple(table[0]) == serve.CSV_FIELDS and len(table) == len(expected)
+    assert tuple(table[0]) == serve_report.CSV_FIELDS and len(table) == len(expected)
     assert json.loads((tmp_path / "serve.json").read_text())["rows"] == result["rows"]
     tables = (tmp_path / "serve.md").read_text()
     assert "**cpu-tiny: throughput, output tokens/s**" in tables and "latency at 40 requests/s" in tables
