@@ -4,9 +4,10 @@ Two forms of the mixed-batch adapter term, chosen at `attach(..., lora_impl=...)
 - `gather` (default): rows grouped by adapter once per `set_rows`; with one adapter, two
   GEMMs on the whole batch; with several, two grouped GEMMs (`torch._grouped_mm`: one kernel
   call runs every adapter's GEMM on its own rows, the SGMV idea) scattered back with
-  `index_add_`, or, when gradients are needed, a loop of two GEMMs per adapter. With several
-  adapters and one token per row (decode), the per-row gathered product, which measured
-  faster there. Base rows cost nothing.
+  `index_add_`, or, when gradients are needed, a loop of two GEMMs per adapter. When the
+  adapters have at most two tokens each in the batch (decode with many adapters), the
+  per-row gathered product instead: there the grouped GEMM's per-group dispatch dominates
+  (measured on CPU, docs/adapters.md). Base rows cost nothing.
 - `bmm`: the paper's baseline (appendix A.2): gather every row's A and B (padded to the
   largest rank in the batch) and run two `torch.bmm`.
 """
@@ -32,6 +33,9 @@ class GatherPlan:
     row_ends: Tensor | None = None  # int32 cumulative row counts per adapter
     idx: Tensor | None = None  # several adapters: local adapter per row (-1: none), for one-token rows
     rank: int = 0  # the largest rank among the rows
+
+
+FEW_TOKENS = 2  # tokens per adapter at or below which the per-row product beats grouped GEMMs
 
 
 def _needs_grad(x: Tensor, bank: AdapterBank) -> bool:
@@ -135,8 +139,8 @@ class LoRABank(AdapterBank):
         if not plan.groups:
             return y
         x3, y3 = as_rows(x), as_rows(y)
-        if plan.rows is not None and x3.shape[1] == 1:  # decode: one token per row, many adapters
-            return self._per_row(x3, y, plan.idx, plan.rank)
+        if plan.rows is not None and x3.shape[1] * len(plan.rows) <= FEW_TOKENS * len(plan.groups):
+            return self._per_row(x3, y, plan.idx, plan.rank)  # adapters with a token or two each
         if plan.rows is not None and self._grouped_ok and not _needs_grad(x, self):
             try:
                 return self._grouped(x3, y3, plan).view(y.shape)
@@ -170,8 +174,7 @@ class LoRABank(AdapterBank):
 
     def _per_row(self, x3: Tensor, y: Tensor, idx: Tensor, rank: int) -> Tensor:
         """Each row's own A and B gathered (padded to `rank`), two batched products: the
-        paper's bmm form. Measured here (CPU), it beats grouped GEMMs when every adapter has
-        only a token or two (decode), where per-group dispatch dominates."""
+        paper's bmm form."""
         adapter_a = self.stacked("A", x3.dtype)[idx, :rank].transpose(1, 2)  # [b, in, r]
         adapter_b = self.stacked("B", x3.dtype)[idx, :, :rank].transpose(1, 2)  # [b, r, out]
         hidden = torch.bmm(x3, adapter_a) * self.scales[idx].to(x3.dtype)[:, None, None]
