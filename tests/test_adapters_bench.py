@@ -21,7 +21,6 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-@pytest.mark.slow
 def test_quick_bench_json_shape(capsys):
     assert cli.run(parse(ARGS)) == 0
     result = json.loads(capsys.readouterr().out)
