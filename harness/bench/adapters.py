@@ -262,8 +262,14 @@ def ours_cell(config: BenchConfig, target: Target, method: str, rank: int, n: in
 
 def peft_cell(config: BenchConfig, target: Target, method: str, rank: int, n: int, reps: int):
     """PEFT's LoRA with n adapters and `adapter_names`; the base: its adapter layers disabled."""
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        from harness.errors import UserError
 
+        raise UserError(
+            "the peft-mixed rows need PEFT: pip install peft, or pass --methods without it"
+        ) from None
     lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn"])
     peft_model = get_peft_model(target.module, lora, adapter_name="a0").eval()  # mixed batches need eval
     for i in range(1, n):
