@@ -117,6 +117,18 @@ def test_names_resolve_through_dir_env_and_path(tmp_path, monkeypatch):
         load_adapter("nope")
 
 
+def test_short_name_finds_the_one_trained_method(tmp_path):
+    """`--adapter rb-r1` finds `rb-r1-flora` (the trainer's `<lang>-r<R>-<method>` naming)."""
+    model, lib = tiny(), tmp_path / "lib"
+    save_adapter(init_adapter(model, FLoRAConfig(r=1), name="rb-r1-flora"), lib / "rb-r1-flora")
+    assert resolve_adapter("rb-r1", lib) == ((lib / "rb-r1-flora").resolve(), "rb-r1-flora")
+    save_adapter(init_adapter(model, LoRAConfig(r=1), name="rb-r1-lora"), lib / "rb-r1-lora")
+    with pytest.raises(UserError, match="ambiguous.*rb-r1-flora, rb-r1-lora"):
+        resolve_adapter("rb-r1", lib)
+    with pytest.raises(UserError, match="not found"):
+        resolve_adapter("rb-r2", lib)
+
+
 def test_hub_id_offline_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))

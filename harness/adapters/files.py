@@ -80,12 +80,27 @@ def resolve_adapter(name: str, adapters_dir: Path | None = None) -> tuple[Path, 
     root = adapters_root(adapters_dir)
     if (root / name).is_dir():
         return (root / name).resolve(), name
+    short = _by_short_name(root, name)
+    if short is not None:
+        return short.resolve(), short.name
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return _from_hub(name), name
     raise UserError(
         f"adapter {name!r} not found: not a directory and not under {root}; pass a path, a name "
         f"under the adapters directory (--adapters-dir or ${ENV_DIR}), or a hub id org/name"
     )
+
+
+def _by_short_name(root: Path, name: str) -> Path | None:
+    """`rb-r1` finds the one trained adapter `rb-r1-<method>` (the trainer's naming);
+    several methods under that name are ambiguous and must be named in full."""
+    if not root.is_dir() or "/" in name:
+        return None
+    matches = sorted(p for p in root.glob(f"{name}-*") if (p / CONFIG_FILE).is_file())
+    if len(matches) > 1:
+        full = ", ".join(p.name for p in matches)
+        raise UserError(f"adapter {name!r} is ambiguous under {root}: name one of {full}")
+    return matches[0] if matches else None
 
 
 def _from_hub(repo_id: str) -> Path:
