@@ -150,7 +150,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size)
     if is_rank0():
         run.update_manifest(telemetry={"generate": telemetry.as_dict()})
-        print(f"completions in {run.root} ({telemetry.prompts} prompts sampled)")
+    print(f"completions in {run.root} ({telemetry.prompts} prompts sampled)")
     return 0
 
 
