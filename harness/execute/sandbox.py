@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,8 +216,20 @@ class WorkerConnection:
             pass
         try:
             self.client.api.remove_container(self.id, force=True)
-        except Exception:  # already gone (auto_remove) or the engine is down
+        except Exception:  # already gone, being auto-removed, or the engine is down
             pass
+        self._wait_until_removed()
+
+    def _wait_until_removed(self, timeout_s: float = 10.0) -> None:
+        """auto_remove runs asynchronously after the worker exits: wait until the engine no
+        longer lists the container, so "closed" means nothing is left behind."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self.client.api.inspect_container(self.id)
+            except Exception:  # NotFound: gone (or the engine is down: nothing to wait for)
+                return
+            time.sleep(0.05)
 
 
 def remove_leftovers(client) -> int:
