@@ -175,16 +175,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import print_summary, write_combined_report, write_reports
+    from harness.report import write_combined_report, write_reports
     from harness.runs import RunDir
 
     runs = [RunDir.existing(path) for path in args.runs]
     if len(runs) == 1:
         paths = write_reports(runs[0])
-        print_summary(runs[0])
     else:
         paths = write_combined_report(runs, Path(args.out or RESULTS_ROOT / "combined"))
-        print(paths["table"].read_text(encoding="utf-8"))
+    print(paths["table"].read_text(encoding="utf-8"))
     print(f"report: {paths['html']}")
     return 0
 

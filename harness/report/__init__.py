@@ -12,13 +12,12 @@ the status breakdown and one self-contained report.html, for one run or several 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from harness.records import ProblemScore
 from harness.runs import RunDir
 
-if TYPE_CHECKING:  # pandas and numpy load on first use: the CLI imports this package
-    import pandas as pd  # to build its parser (harness.report.gate, harness.report.baseline)
+# pandas and numpy load on first use (inside the functions): the CLI imports this package
+# to build its parser (harness.report.gate, harness.report.baseline).
 
 
 def collect_scores(run: RunDir, ks: list[int] | None = None) -> list[ProblemScore]:
@@ -36,25 +35,6 @@ def collect_scores(run: RunDir, ks: list[int] | None = None) -> list[ProblemScor
             ProblemScore(model, adapter, lang, score.problem, score.n, score.c, score.pass_at)
         )
     return scores
-
-
-def scores_frame(scores: list[ProblemScore]) -> pd.DataFrame:
-    import pandas as pd
-
-    rows = [
-        {"model": s.model, "adapter": s.adapter, "lang": s.language, "problem": s.problem,
-         "n": s.n, "c": s.c, **{f"pass@{k}": v for k, v in s.pass_at.items()}}
-        for s in scores
-    ]
-    return pd.DataFrame(rows)
-
-
-def summary_table(frame: pd.DataFrame, k: int = 1) -> pd.DataFrame:
-    """One row per language, one column per model/adapter: mean pass@k in percent."""
-    column = f"pass@{k}"
-    frame = frame.assign(column=frame["model"] + "/" + frame["adapter"])
-    table = frame.pivot_table(index="lang", columns="column", values=column, aggfunc="mean")
-    return (table * 100).round(2)
 
 
 def write_reports(run: RunDir) -> dict[str, Path]:
@@ -83,16 +63,3 @@ def _unique_labels(runs: list[RunDir]) -> list[str]:
     names = [r.root.name for r in runs]
     return [f"{r.root.parent.name}/{n}" if names.count(n) > 1 else n
             for r, n in zip(runs, names, strict=True)]
-
-
-def print_summary(run: RunDir) -> None:
-    """Table 1 (pass@1 with relative improvement) on the terminal."""
-    from harness.report.build import assemble
-    from harness.report.load import load_run
-
-    data = load_run(run)
-    if not data.digests:
-        print("no results to score yet")
-        return
-    report = assemble([data])
-    print(report.table1.to_string())
