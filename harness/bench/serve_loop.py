@@ -99,7 +99,8 @@ class _Slots:
         pad = size - len(keep)
         index = torch.tensor(keep + [keep[0] if keep else 0] * pad, device=self.device)
         self.cache.select_rows(index)
-        self.cache.valid[len(keep):] = False
+        for slot in range(len(keep), size):
+            self.cache.free(slot)
         self.rows = [self.rows[i] for i in keep] + [None] * pad
         self.tokens, self.positions = self.tokens[index], self.positions[index]
         self.adapters = self.adapters[index.cpu()]
@@ -138,7 +139,7 @@ class _Slots:
             if len(row[1]) >= row[0].output_len:
                 done.append((row[0], tuple(row[1])))
                 self.rows[slot] = None
-                self.cache.valid[slot] = False
+                self.cache.free(slot)
                 self.positions[slot] = 0
         self.steps += 1
         if self.steps % TRIM_EVERY == 0:

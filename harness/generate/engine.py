@@ -10,21 +10,26 @@ on their own (end of text, a stop token, max tokens) and leave the batch at once
 samples take their slots, so one batch mixes problems, languages and adapters.
 
 Speed tricks, each named where it lives: prefill once per prompt, the adapters of one
-problem in one batch (`prefill`, `same_prompt_groups`), preallocated KV slots with trimming
-(kvcache.py), top-p over a top-k prefix (sampling.py), incremental stop detection on a short
-tail of tokens (`_stopped`), dropping idle slots at the end of the work (`_compact`), logits
-for the last position only (`logits_to_keep=1`), adapter routing set only when it changes.
+problem in one batch (`prefill`, `same_prompt_groups`), the prompt's keys/values kept once
+and shared by its samples' rows (`SlotCache.place(share=...)`, attention.py), preallocated
+KV slots with trimming (kvcache.py), top-p over a top-k prefix (sampling.py), incremental
+stop detection on a short tail of tokens and only after tokens that can end a stop
+(`_stopped`), dropping idle slots at the end of the work (`_compact`), logits for the last
+position only (`logits_to_keep=1`), adapter routing set only when it changes.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
+from harness.generate.attention import SHARED_PREFIX, shared_prefix_attention, supports_shared_prefix
 from harness.generate.kvcache import SlotCache
 from harness.generate.sampling import sample_tokens, sample_uniforms
 from harness.generate.stops import stop_index, truncate_at_stop
@@ -33,6 +38,7 @@ from harness.generate.telemetry import GenerationTelemetry
 TRIM_EVERY = 16  # decode steps between checks for unused leading cache columns
 PREFILL_GROUP = 16  # requests sharing one prompt (adapters of one problem) prefilled together
 BASE_ROW = -1  # adapter index of a base-model row
+SHARE_MIN_SAMPLES = 4  # a prompt with this many samples keeps one shared copy of its keys/values
 
 SetRows = Callable[[torch.Tensor], None]
 
@@ -80,6 +86,7 @@ class _Prompt:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     logits: torch.Tensor  # [vocab] at the prompt's last position
     todo: deque  # (index, seed) not yet placed
+    serial: int = 0  # this engine's number for the prompt: its key in the shared-prefix pool
 
 
 class Engine:
@@ -93,7 +100,10 @@ class Engine:
         self.device = next(model.parameters()).device
         self.dtype = model.get_input_embeddings().weight.dtype  # activations (not 8-bit weights)
         self.eos = tokenizer.eos_token_id
+        self.share_prefixes = supports_shared_prefix(model)
         self._routed: torch.Tensor | None = None  # the adapter rows last given to set_rows
+        self._serials = itertools.count()
+        self._stop_enders: dict[tuple[str, ...], list[bool]] = {}
 
     # -- the three model-facing functions ----------------------------------------------
     @torch.inference_mode()
@@ -106,7 +116,7 @@ class Engine:
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         prompts = [
             _Prompt(request, [(layer.keys[i:i + 1], layer.values[i:i + 1]) for layer in out.cache.layers],
-                    out.logits[i, -1].float(), deque(request.samples))
+                    out.logits[i, -1].float(), deque(request.samples), next(self._serials))
             for i, request in enumerate(requests)
         ]
         self.telemetry.add("prefill", time.perf_counter() - start, tokens=ids.numel(), count=len(requests))
@@ -115,14 +125,21 @@ class Engine:
     @torch.inference_mode()
     def decode_step(self, cache: SlotCache, tokens: torch.Tensor, positions: torch.Tensor,
                     adapters: torch.Tensor) -> torch.Tensor:
-        """One new token for every slot: logits [slots, vocab]."""
+        """One new token for every slot: logits [slots, vocab]. Rows that read a shared
+        prefix need the shared-prefix attention selected (`generate` does it)."""
         valid = cache.next_mask()
         mask = torch.zeros(valid.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~valid, torch.finfo(self.dtype).min)
         self._set_rows(adapters)
+        extra = {}
+        layout = cache.shared_layout()
+        if layout is not None:
+            if self.model.config._attn_implementation != SHARED_PREFIX:
+                raise RuntimeError("rows read shared prefixes: decode inside shared_prefix_attention(model)")
+            extra["shared_prefixes"] = layout
         out = self.model(input_ids=tokens[:, None], position_ids=positions[:, None],
                          attention_mask=mask[:, None, None, :], cache=cache, use_cache=True,
-                         logits_to_keep=1)
+                         logits_to_keep=1, **extra)
         return out.logits[:, -1].float()
 
     def sample(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -133,6 +150,10 @@ class Engine:
     def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Sample]]:
         """Yield (request, sample) as each sample finishes; order depends on the batch,
         content does not."""
+        with shared_prefix_attention(self.model) if self.share_prefixes else nullcontext():
+            yield from self._generate(requests)
+
+    def _generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Sample]]:
         waiting = same_prompt_groups(requests, PREFILL_GROUP)
         batch = _Batch(self)
         prompts: deque[_Prompt] = deque()  # prefilled, with samples still to place
@@ -178,15 +199,33 @@ class Engine:
         return self._stopped(row)
 
     def _stopped(self, row: _Row) -> bool:
-        """Speed trick: look for stop tokens in the decoded tail only (long enough to hold
-        any stop token), then confirm on the whole completion before retiring the row."""
+        """Speed tricks: only a token whose text holds a stop token's last character can end
+        one (`_enders`); then look in the decoded tail only (long enough to hold any stop
+        token), and confirm on the whole completion before retiring the row. A stop missed
+        here would only cost decode steps: `result` cuts the whole text at the earliest stop."""
         stops = row.request.stop_tokens
         if not stops:
+            return False
+        enders = self._enders(stops)
+        token = row.tokens[-1]
+        if token < len(enders) and not enders[token]:
             return False
         tail = max(len(s) for s in stops) + 2
         if not any(s in self.tokenizer.decode(row.tokens[-tail:]) for s in stops):
             return False
         return stop_index(self.text(row.tokens), stops) is not None
+
+    def _enders(self, stops: tuple[str, ...]) -> list[bool]:
+        """Per vocabulary id: can this token end one of `stops`? Its text holds a stop's last
+        character, or, when such a character is not ASCII, an incomplete UTF-8 sequence that
+        may become one (an ASCII byte always decodes to itself). Built once per stop set."""
+        if stops not in self._stop_enders:
+            last = {s[-1] for s in stops if s}
+            partial_may_end = any(not c.isascii() for c in last)
+            pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            self._stop_enders[stops] = [
+                any(c in piece for c in last) or (partial_may_end and "\ufffd" in piece) for piece in pieces]
+        return self._stop_enders[stops]
 
     def text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -248,7 +287,8 @@ class _Batch:
         for slot, (_, seed) in zip(slots, take, strict=True):
             self.uniforms[slot] = sample_uniforms(seed, steps)
         index_t = torch.tensor(slots, device=self.engine.device)
-        self.cache.place(index_t, prompt.kv)
+        shared = self.engine.share_prefixes and len(prompt.request.samples) >= SHARE_MIN_SAMPLES
+        self.cache.place(index_t, prompt.kv, share=prompt.serial if shared else None)
         logits = prompt.logits.expand(len(slots), -1)
         first = self.engine.sample(logits, self.uniforms[slots, 0]).tolist()
         request = prompt.request
@@ -287,7 +327,7 @@ class _Batch:
             row = self.rows[slot]
             if self.engine.finished(row):
                 self.rows[slot] = None
-                self.cache.valid[slot] = False
+                self.cache.free(slot)
                 yield row.request, self.engine.result(row)
 
     def compact(self) -> None:

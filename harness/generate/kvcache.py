@@ -10,15 +10,23 @@ Speed tricks, all here:
   of the `torch.cat` per step that DynamicLayer does (a full cache copy every token);
 - leading columns that no row uses any more are trimmed (`trim_left`), so the cache stays
   as long as the longest live row, not as long as the whole run;
-- finished rows' slots are reused by new rows (`place`) and dropped at the end (`select_rows`).
+- finished rows' slots are reused by new rows (`place`) and dropped at the end (`select_rows`);
+- a prompt with many samples is stored once, in the `PrefixPool`, and shared by all of its
+  rows (`place(..., share=key)`): its rows' slots then hold only their generated tokens and
+  decode attention reads the prompt once per step (harness.generate.attention).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from harness.generate.attention import PrefixLayout
+
 MIN_CAPACITY = 64
+PREFIX_ENTRIES = 32  # shared prompts held at once; beyond that prompts are copied into slots
 
 
 class SlotLayer(DynamicLayer):
@@ -84,10 +92,80 @@ def _moved(buf: torch.Tensor, capacity: int, length: int, shift: int) -> torch.T
     return out
 
 
+class PrefixPool:
+    """Shared prompts, one copy each: per layer keys/values [entries, kv_heads, capacity, dim],
+    prompts left-aligned, plus each entry's length, owner key and live-row count. Free
+    entries are reused lowest first, so the live ones stay at the front."""
+
+    def __init__(self, like: list[tuple[torch.Tensor, torch.Tensor]], entries: int = PREFIX_ENTRIES):
+        self.keys = [k.new_zeros(entries, k.shape[1], MIN_CAPACITY, k.shape[3]) for k, _ in like]
+        self.values = [torch.zeros_like(k) for k in self.keys]
+        self.lengths = [0] * entries
+        self.owners: list[Hashable | None] = [None] * entries
+        self.rows = [0] * entries
+
+    def find(self, owner: Hashable) -> int | None:
+        return self.owners.index(owner) if owner in self.owners else None
+
+    def add(self, owner: Hashable, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int | None:
+        """Store a prompt's keys/values [1, kv_heads, length, dim]; None when the pool is full."""
+        if None not in self.owners:
+            return None
+        entry = self.owners.index(None)
+        length = prompt_kv[0][0].shape[2]
+        capacity = self.keys[0].shape[2]
+        if length > capacity:
+            while capacity < length:
+                capacity *= 2
+            self.keys = [_moved(k, capacity, k.shape[2], 0) for k in self.keys]
+            self.values = [_moved(v, capacity, v.shape[2], 0) for v in self.values]
+        for buf_k, buf_v, (keys, values) in zip(self.keys, self.values, prompt_kv, strict=True):
+            buf_k[entry, :, :length] = keys[0].to(buf_k.dtype)
+            buf_v[entry, :, :length] = values[0].to(buf_v.dtype)
+        self.lengths[entry], self.owners[entry], self.rows[entry] = length, owner, 0
+        return entry
+
+    def release(self, entry: int) -> None:
+        self.lengths[entry], self.owners[entry], self.rows[entry] = 0, None, 0
+
+    def layout(self, row_prefix: list[int]) -> PrefixLayout:
+        """The step's grouping: rows by prefix entry, each group padded to the largest."""
+        members: dict[int, list[int]] = {}
+        for row, entry in enumerate(row_prefix):
+            if entry >= 0:
+                members.setdefault(entry, []).append(row)
+        entries = max(members) + 1
+        group = max(len(rows) for rows in members.values())
+        gather, take, rows = [], [], []
+        for entry in range(entries):
+            mine = members.get(entry, [])
+            for j in range(group):
+                if j < len(mine):
+                    take.append(len(gather))
+                    rows.append(mine[j])
+                gather.append(mine[j] if j < len(mine) else 0)
+        length = max(self.lengths[:entries])
+        device, dtype = self.keys[0].device, self.keys[0].dtype
+        columns = torch.arange(length, device=device)
+        hidden = columns[None, :] >= torch.tensor(self.lengths[:entries], device=device)[:, None]
+        mask = torch.zeros(entries, 1, 1, length, dtype=dtype, device=device)
+        mask.masked_fill_(hidden[:, None, None, :], torch.finfo(dtype).min)
+        return PrefixLayout(
+            keys=[k[:entries, :, :length] for k in self.keys],
+            values=[v[:entries, :, :length] for v in self.values],
+            mask=mask,
+            gather=torch.tensor(gather, device=device),
+            take=torch.tensor(take, device=device),
+            rows=torch.tensor(rows, device=device),
+            group=group,
+        )
+
+
 class SlotCache(Cache):
     """All layers' slots plus `valid` [slots, capacity]: which columns each row attends to."""
 
-    def __init__(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], slots: int):
+    def __init__(self, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]], slots: int,
+                 prefix_entries: int = PREFIX_ENTRIES):
         """An empty cache of `slots` rows shaped like a prefilled prompt's keys/values."""
         layers = []
         for keys, _values in prompt_kv:
@@ -96,6 +174,11 @@ class SlotCache(Cache):
             layers.append(SlotLayer(buf_k, torch.zeros_like(buf_k), 0))
         super().__init__(layers=layers)
         self.valid = torch.zeros(slots, MIN_CAPACITY, dtype=torch.bool, device=prompt_kv[0][0].device)
+        self.row_prefix = [-1] * slots  # each row's PrefixPool entry, -1: none (prompt in its slot)
+        self.pool: PrefixPool | None = None
+        self.prefix_entries = prefix_entries
+        self._layout: PrefixLayout | None = None
+        self._layout_stale = True
 
     @property
     def length(self) -> int:
@@ -105,8 +188,14 @@ class SlotCache(Cache):
     def slots(self) -> int:
         return self.valid.shape[0]
 
-    def place(self, slots: torch.Tensor, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Put one prompt into `slots` (a LongTensor), left-padding every row if it is longer."""
+    def place(self, slots: torch.Tensor, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]],
+              share: Hashable | None = None) -> None:
+        """Put one prompt into `slots` (a LongTensor). With a `share` key the prompt is kept
+        once in the prefix pool (found again by that key) and the rows start with empty slots;
+        otherwise (or when the pool is full) it is copied into every slot, left-padding every
+        row if it is longer than the cache."""
+        if share is not None and self._place_shared(slots, prompt_kv, share):
+            return
         prompt_len = prompt_kv[0][0].shape[2]
         if prompt_len > self.length:
             self._pad_left(prompt_len - self.length)
@@ -114,6 +203,40 @@ class SlotCache(Cache):
             layer.place(slots, keys, values)
         self.valid[slots] = False
         self.valid[slots, self.length - prompt_len : self.length] = True
+
+    def _place_shared(self, slots: torch.Tensor, prompt_kv, share: Hashable) -> bool:
+        if self.pool is None:
+            self.pool = PrefixPool(prompt_kv, self.prefix_entries)
+        entry = self.pool.find(share)
+        if entry is None:
+            entry = self.pool.add(share, prompt_kv)
+        if entry is None:
+            return False
+        for slot in slots.tolist():
+            self.row_prefix[slot] = entry
+        self.pool.rows[entry] += len(slots)
+        self.valid[slots] = False
+        self._layout_stale = True
+        return True
+
+    def free(self, slot: int) -> None:
+        """A row finished: its columns are no longer attended to, its prefix loses a reader."""
+        self.valid[slot] = False
+        entry = self.row_prefix[slot]
+        if entry >= 0:
+            self.row_prefix[slot] = -1
+            self.pool.rows[entry] -= 1
+            if self.pool.rows[entry] == 0:
+                self.pool.release(entry)
+            self._layout_stale = True
+
+    def shared_layout(self) -> PrefixLayout | None:
+        """This step's rows-to-prefix grouping, or None when no row reads a shared prefix."""
+        if self._layout_stale:
+            shared = any(entry >= 0 for entry in self.row_prefix)
+            self._layout = self.pool.layout(self.row_prefix) if shared else None
+            self._layout_stale = False
+        return self._layout
 
     def next_mask(self) -> torch.Tensor:
         """Mark the column the next decode step writes as valid; the [slots, length + 1] mask."""
@@ -137,9 +260,17 @@ class SlotCache(Cache):
         self.valid[:, keep:] = False
 
     def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep rows `rows` in that order (each at most once); the others are freed."""
         for layer in self.layers:
             layer.select_rows(rows)
         self.valid = self.valid[rows]
+        self.row_prefix = [self.row_prefix[i] for i in rows.tolist()]
+        if self.pool is not None:
+            for entry in range(len(self.pool.rows)):
+                self.pool.rows[entry] = self.row_prefix.count(entry)
+                if self.pool.rows[entry] == 0 and self.pool.owners[entry] is not None:
+                    self.pool.release(entry)
+        self._layout_stale = True
 
     def _pad_left(self, columns: int) -> None:
         old = self.length

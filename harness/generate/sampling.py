@@ -16,9 +16,10 @@ import torch
 
 # Speed trick: top-p over a top-k prefix instead of sorting the whole vocabulary. Exact:
 # when the k most likely tokens already hold `top_p` of the mass, no later token can be in
-# the nucleus; rows where they do not fall back to a full sort.
-TOP_K_PREFIX = 64
-SMALL_VOCAB = 4096  # below this a single sort costs about what a top-k does
+# the nucleus; if some row's do not, the batch falls back to a full sort. At the low
+# temperatures of code evaluation the nucleus is a handful of tokens; a top-16 costs about a
+# tenth of a sort even over a 257-token vocabulary.
+TOP_K_PREFIX = 16
 
 
 def sample_seed(run_seed: int, problem: str, adapter: str, index: int = 0) -> int:
@@ -33,21 +34,25 @@ def sample_uniforms(seed: int, steps: int) -> torch.Tensor:
     return torch.rand(steps, dtype=torch.float64, generator=generator)
 
 
+def sort_probabilities(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Descending sort of non-negative float32 rows. Speed trick: their bit patterns read as
+    int32 sort in the same order, and torch's integer sort is a third faster on a CPU."""
+    if probs.dtype != torch.float32:
+        return probs.sort(dim=-1, descending=True)
+    bits, ids = probs.view(torch.int32).sort(dim=-1, descending=True)
+    return bits.view(torch.float32), ids
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor):
     """One token per row of `logits` [rows, vocab]: greedy when temperature is 0, else the
     smallest set of most likely tokens holding `top_p` of the mass, sampled by `uniforms` [rows]."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    vocab = probs.shape[-1]
-    if vocab > SMALL_VOCAB:
-        top_probs, top_ids = probs.topk(TOP_K_PREFIX, dim=-1)
-        cdf = top_probs.cumsum(dim=-1)
-        if bool((cdf[:, -1] < top_p).any()):  # the prefix misses part of the nucleus
-            top_probs, top_ids = probs.sort(dim=-1, descending=True)
-            cdf = top_probs.cumsum(dim=-1)
-    else:  # a small vocabulary: one sort is as cheap as a top-k
-        top_probs, top_ids = probs.sort(dim=-1, descending=True)
+    top_probs, top_ids = probs.topk(min(TOP_K_PREFIX, probs.shape[-1]), dim=-1)
+    cdf = top_probs.cumsum(dim=-1)
+    if bool((cdf[:, -1] < top_p).any()):  # the prefix misses part of the nucleus
+        top_probs, top_ids = sort_probabilities(probs)
         cdf = top_probs.cumsum(dim=-1)
     last = cdf.shape[-1] - 1
     # the nucleus is the prefix up to the first token whose cumulative mass reaches top_p
