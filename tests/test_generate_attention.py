@@ -98,8 +98,8 @@ def test_shared_and_copied_prompts_give_the_same_samples(tiny, humaneval_dir):
             for p in problems]
     results = {}
     for share in (True, False):
-        engine = Engine(model, tokenizer, EngineConfig(0.8, 0.95, 32, slots=8))
-        engine.share_prefixes = share
+        engine = Engine(model, tokenizer, EngineConfig(0.8, 0.95, 32, slots=8, share_prefixes=share))
+        assert engine.share_prefixes is share
         results[share] = {(r.key, s.index): s.tokens for r, s in engine.generate(reqs)}
         assert model.config._attn_implementation == "sdpa"  # restored after the run
     assert len(results[True]) == 18

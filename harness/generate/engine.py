@@ -71,6 +71,7 @@ class EngineConfig:
     slots: int  # rows decoded together
     max_positions: int = 1 << 30  # the model's context length: prompt + completion stop there
     ignore_eos: bool = False  # benchmarks: every row decodes exactly max_new_tokens
+    share_prefixes: bool | None = None  # one copy of a prompt's keys/values; None: where it pays
 
 
 @dataclass
@@ -100,7 +101,10 @@ class Engine:
         self.device = next(model.parameters()).device
         self.dtype = model.get_input_embeddings().weight.dtype  # activations (not 8-bit weights)
         self.eos = tokenizer.eos_token_id
-        self.share_prefixes = supports_shared_prefix(model)
+        wanted = config.share_prefixes
+        if wanted is None:
+            wanted = sharing_pays(model, self.device)
+        self.share_prefixes = wanted and supports_shared_prefix(model)
         self._routed: torch.Tensor | None = None  # the adapter rows last given to set_rows
         self._serials = itertools.count()
         self._stop_enders: dict[tuple[str, ...], list[bool]] = {}
@@ -234,6 +238,18 @@ class Engine:
         tokens = row.tokens[:-1] if row.tokens and row.tokens[-1] == self.eos else row.tokens
         text = truncate_at_stop(self.text(tokens), row.request.stop_tokens)
         return Sample(row.index, text, tuple(tokens))
+
+
+def sharing_pays(model, device: torch.device) -> bool:
+    """Shared prompts save reading a prompt's keys/values once per sample but cost a few more
+    operations per layer. On a CPU they pay (measured: bench generate). On a GPU a
+    multi-query model (StarCoder: one kv head) reads little and decoding is bound by kernel
+    launches, so the prompt is copied; models with several kv heads share. (Not measured on
+    a GPU yet.)"""
+    if device.type == "cpu":
+        return True
+    return not getattr(model.config, "multi_query", False) and getattr(
+        model.config, "num_key_value_heads", 2) > 1
 
 
 def same_prompt_groups(requests: Iterable[Request], limit: int) -> Iterator[list[Request]]:
