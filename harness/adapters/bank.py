@@ -14,7 +14,7 @@ A method subclasses `AdapterBank` and fills in the class attributes and the meth
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -99,6 +99,19 @@ class AdapterBank(nn.Module):
         else:
             tensor = self._stack(part, list(getattr(self, f"{part}_params")))
         return tensor if dtype is None else tensor.to(dtype)
+
+    def for_plan(self, plan: Any, dtype: torch.dtype, build: Callable[[], Any]) -> Any:
+        """Tensors `build` derives from this bank for one routing plan (per-row gathers),
+        kept while the plan lasts. Speed trick: every decode step between two `set_rows`
+        calls reuses one plan. Trainable banks rebuild them (their parameters move)."""
+        if self.trainable:
+            return build()
+        memo = self.__dict__.get("_plan_memo")
+        if memo is not None and memo[0] is plan and memo[1] == dtype:
+            return memo[2]
+        value = build()
+        self.__dict__["_plan_memo"] = (plan, dtype, value)
+        return value
 
     def adapter_part(self, i: int, part: str, dtype: torch.dtype | None = None) -> Tensor:
         """Adapter i's own (unpadded) tensor of `part`: a leaf parameter when trainable."""

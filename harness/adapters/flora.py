@@ -121,19 +121,14 @@ class FLoRABank(AdapterBank):
 
     def forward(self, base, x, plan: FLoRAPlan):
         x3 = as_rows(x)
-        a_all, b_all = self.stacked("A", x.dtype), self.stacked("B", x.dtype)
-        scales = self.scales[plan.idx].to(x.dtype)
+        a, b = self.for_plan(plan, x.dtype, lambda: self._row_factors(plan, x.dtype))
         if plan.rank:  # every row at rank r: [b, r, tokens, in] -> one GEMM -> [b, r, tokens, out]
-            a = a_all[plan.idx, : plan.rank]  # [b, r, in]
-            b = b_all[plan.idx, :, : plan.rank].transpose(1, 2) * scales[:, None, None]  # [b, r, out]
             stacked = x3.unsqueeze(1) * a.unsqueeze(2)  # [b, r, tokens, in]: eq. 6's B ∘ X
             h = base_matmul(base, stacked.view(-1, x3.shape[-1])).view(*stacked.shape[:-1], -1)
             if plan.rank == 1 and base.bias is not None:  # scale, reduce and add the bias in one pass
                 return torch.addcmul(base.bias.to(h.dtype), h[:, 0], b[:, 0, None, :]).view(*x.shape[:-1], -1)
             y = (h * b.unsqueeze(2)).sum(dim=1)
         else:  # mixed ranks: one GEMM over the Σ r_i (row, slot) pairs, reduced per row
-            a = a_all[plan.idx, plan.slot_of]  # [pairs, in]
-            b = b_all[plan.idx, :, plan.slot_of] * scales[:, None]  # [pairs, out]
             h = base_matmul(base, x3.index_select(0, plan.row_of) * a.unsqueeze(1))
             y = h.new_zeros(x3.shape[0], x3.shape[1], h.shape[-1]).index_add(
                 0, plan.row_of, h * b.unsqueeze(1)
@@ -141,6 +136,17 @@ class FLoRABank(AdapterBank):
         if base.bias is not None:
             y = y + base.bias.to(y.dtype)
         return y.view(*x.shape[:-1], y.shape[-1])
+
+    def _row_factors(self, plan: FLoRAPlan, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Each row's A and scaled B: [b, r, in] and [b, r, out] at one rank, or per
+        (row, rank slot) pair [pairs, in] and [pairs, out] for mixed ranks."""
+        a_all, b_all = self.stacked("A", dtype), self.stacked("B", dtype)
+        scales = self.scales[plan.idx].to(dtype)
+        if plan.rank:
+            a = a_all[plan.idx, : plan.rank]
+            b = b_all[plan.idx, :, : plan.rank].transpose(1, 2) * scales[:, None, None]
+            return a, b
+        return a_all[plan.idx, plan.slot_of], b_all[plan.idx, :, plan.slot_of] * scales[:, None]
 
     def merged(self, weight, bias, i):
         a, b = self.adapter_part(i, "A", torch.float32), self.adapter_part(i, "B", torch.float32)

@@ -163,14 +163,17 @@ class LoRABank(AdapterBank):
         tokens = x3.shape[1]
         xs = x3.index_select(0, plan.rows).reshape(-1, x3.shape[-1])
         offsets = plan.row_ends * tokens
-        a = self.stacked("A", x3.dtype)[plan.adapters]  # [groups, R, in]
-        b = (
-            self.stacked("B", x3.dtype)[plan.adapters]
-            * self.scales[plan.adapters].to(x3.dtype)[:, None, None]
-        )
+        a, b = self.for_plan(plan, x3.dtype, lambda: self._group_factors(plan, x3.dtype))
         hidden = torch._grouped_mm(xs, a.transpose(1, 2), offs=offsets)
         delta = torch._grouped_mm(hidden, b.transpose(1, 2), offs=offsets)
         return y3.index_add_(0, plan.rows, delta.view(len(plan.rows), tokens, -1))
+
+    def _group_factors(self, plan: GatherPlan, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The batch's adapters' A [groups, R, in] and scaled B [groups, out, R]."""
+        adapters = plan.adapters
+        a = self.stacked("A", dtype)[adapters]
+        b = self.stacked("B", dtype)[adapters] * self.scales[adapters].to(dtype)[:, None, None]
+        return a, b
 
     def _per_row(self, x3: Tensor, y: Tensor, idx: Tensor, rank: int) -> Tensor:
         """Each row's own A and B gathered (padded to `rank`), two batched products: the

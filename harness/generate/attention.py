@@ -122,8 +122,12 @@ AttentionMaskInterface.register(SHARED_PREFIX, ALL_MASK_ATTENTION_FUNCTIONS[BASE
 
 
 def supports_shared_prefix(model) -> bool:
-    """Only models running transformers' SDPA attention switch (the function falls back to it)."""
-    return getattr(model.config, "_attn_implementation", None) in (BASE_IMPLEMENTATION, SHARED_PREFIX)
+    """Models running transformers' SDPA attention (the function falls back to it) whose class
+    can switch its attention function at run time (transformers' own check)."""
+    if getattr(model.config, "_attn_implementation", None) not in (BASE_IMPLEMENTATION, SHARED_PREFIX):
+        return False
+    can_switch = getattr(model, "_can_set_attn_implementation", None)
+    return bool(can_switch()) if can_switch is not None else False
 
 
 @contextmanager
@@ -132,6 +136,8 @@ def shared_prefix_attention(model) -> Iterator[None]:
     previous = model.config._attn_implementation
     if previous != SHARED_PREFIX:
         model.set_attn_implementation(SHARED_PREFIX)
+        if model.config._attn_implementation != SHARED_PREFIX:
+            raise RuntimeError(f"{type(model).__name__} did not switch to the shared-prefix attention")
     try:
         yield
     finally:
