@@ -84,7 +84,8 @@ def _engine(model, handle=None):
     from harness.generate.engine import Engine, EngineConfig
     from harness.models import byte_tokenizer
 
-    config = EngineConfig(temperature=0.0, top_p=1.0, max_new_tokens=64, slots=4, max_positions=512)
+    config = EngineConfig(temperature=0.0, top_p=1.0, max_new_tokens=64, slots=4, max_positions=512,
+                          ignore_eos=True)
     return Engine(model, byte_tokenizer(), config, set_rows=handle.set_rows if handle else None)
 
 

@@ -202,7 +202,7 @@ def measure_model(name: str, plan: Plan, log=print) -> list[dict]:
     arrivals = {rate: wl.with_arrivals(requests, rate, plan.seed) for rate in plan.rates()}
     max_rows = min(plan.max_rows, auto_slots(model, longest) if plan.device == "cuda" else plan.max_rows)
     config = EngineConfig(temperature=0.0, top_p=1.0, max_new_tokens=max(r.output_len for r in requests),
-                          slots=max_rows, max_positions=model.config.n_positions)
+                          slots=max_rows, max_positions=model.config.n_positions, ignore_eos=True)
     tokenizer = byte_tokenizer()  # only its end-of-text id is read: outputs ignore it, as in vLLM
     specs: dict = {}  # adapter config -> its adapters
     raw = []

@@ -52,6 +52,7 @@ class Request:
     adapter_index: int  # BASE_ROW for the base model
     samples: tuple[tuple[int, int], ...]  # (sample index, seed)
     stop_tokens: tuple[str, ...] = ()
+    max_new_tokens: int | None = None  # this request's own cap (≤ the engine's); None: the engine's
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ class Engine:
 
     def _generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Sample]]:
         waiting = same_prompt_groups(requests, PREFILL_GROUP)
-        batch = _Batch(self)
+        batch = DecodeBatch(self)
         prompts: deque[_Prompt] = deque()  # prefilled, with samples still to place
         exhausted = False
         while True:
@@ -194,7 +195,8 @@ class Engine:
     # -- per-row finish rules -----------------------------------------------------------------
     def finished(self, row: _Row) -> bool:
         """End of text, max tokens, or a stop token in the completion so far."""
-        if len(row.tokens) >= self.config.max_new_tokens:
+        limit = row.request.max_new_tokens
+        if len(row.tokens) >= min(self.config.max_new_tokens, limit or self.config.max_new_tokens):
             return True
         if row.tokens[-1] == self.eos and not self.config.ignore_eos:
             return True
@@ -235,7 +237,8 @@ class Engine:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def result(self, row: _Row) -> Sample:
-        tokens = row.tokens[:-1] if row.tokens and row.tokens[-1] == self.eos else row.tokens
+        ended = row.tokens and row.tokens[-1] == self.eos and not self.config.ignore_eos
+        tokens = row.tokens[:-1] if ended else row.tokens
         text = truncate_at_stop(self.text(tokens), row.request.stop_tokens)
         return Sample(row.index, text, tuple(tokens))
 
@@ -265,25 +268,33 @@ def same_prompt_groups(requests: Iterable[Request], limit: int) -> Iterator[list
         yield group
 
 
-class _Batch:
-    """The slots being decoded: per-slot rows, next input token, position, adapter, uniforms."""
+class DecodeBatch:
+    """The slots being decoded: per-slot rows, next input token, position, adapter, uniforms.
 
-    def __init__(self, engine: Engine):
+    `Engine.generate` drives one (pull: refill whenever a slot frees); a server drives one
+    itself (`harness.bench.serve_loop`: place requests as they arrive, `resize` with the
+    load). Both go through `place` and `step`, which yield each sample as it finishes."""
+
+    def __init__(self, engine: Engine, slots: int | None = None):
         self.engine = engine
+        self.size = slots or engine.config.slots
         self.cache: SlotCache | None = None
         self.rows: list[_Row | None] = []
         self.steps = 0
 
     def free_slots(self) -> list[int]:
         if self.cache is None:
-            return list(range(self.engine.config.slots))
+            return list(range(self.size))
         return [i for i, row in enumerate(self.rows) if row is None]
+
+    def live(self) -> list[int]:
+        return [i for i, row in enumerate(self.rows) if row is not None]
 
     def active(self) -> int:
         return sum(row is not None for row in self.rows)
 
     def _allocate(self, prompt: _Prompt) -> None:
-        n, device = self.engine.config.slots, self.engine.device
+        n, device = self.size, self.engine.device
         self.cache = SlotCache(prompt.kv, n)
         self.rows = [None] * n
         self.next_tokens = torch.zeros(n, dtype=torch.long, device=device)
@@ -320,7 +331,7 @@ class _Batch:
         engine, telemetry = self.engine, self.engine.telemetry
         start = time.perf_counter()
         logits = engine.decode_step(self.cache, self.next_tokens, self.positions, self.adapters)
-        live = [i for i, row in enumerate(self.rows) if row is not None]
+        live = self.live()
         steps_done = torch.tensor([len(self.rows[i].tokens) for i in live])
         uniforms = self.uniforms[live, steps_done]
         tokens = engine.sample(logits[live], uniforms).tolist()
@@ -348,11 +359,28 @@ class _Batch:
 
     def compact(self) -> None:
         """Speed trick: once no work waits, drop idle slots when at most half are busy."""
-        live = [i for i, row in enumerate(self.rows) if row is not None]
-        if not live or len(live) > len(self.rows) // 2:
+        live = self.active()
+        if live and live <= len(self.rows) // 2:
+            self.resize(live)
+
+    def resize(self, size: int) -> None:
+        """Move the live rows (in slot order) to the first slots and make the batch `size`
+        slots: grow under load, shrink when rows finish (an idle slot still costs its share of
+        every decode step)."""
+        live = self.live()
+        if size < max(len(live), 1):
+            raise ValueError(f"cannot resize {len(live)} live rows into {size} slots")
+        if self.cache is None:
+            self.size = size
             return
-        index = torch.tensor(live, device=self.engine.device)
+        pad = size - len(live)
+        keep = live + [live[0] if live else 0] * pad  # padding rows are copies, freed at once
+        index = torch.tensor(keep, device=self.engine.device)
         self.cache.select_rows(index)
-        self.rows = [self.rows[i] for i in live]
+        for slot in range(len(live), size):
+            self.cache.free(slot)
+        self.rows = [self.rows[i] for i in live] + [None] * pad
         self.next_tokens, self.positions = self.next_tokens[index], self.positions[index]
-        self.adapters, self.uniforms = self.adapters[live], self.uniforms[live]
+        self.adapters, self.uniforms = self.adapters[keep], self.uniforms[keep]
+        self.positions[len(live):], self.adapters[len(live):] = 0, BASE_ROW
+        self.size = size
