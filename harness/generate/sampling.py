@@ -49,9 +49,14 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, unifor
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    top_probs, top_ids = probs.topk(min(TOP_K_PREFIX, probs.shape[-1]), dim=-1)
-    cdf = top_probs.cumsum(dim=-1)
-    if bool((cdf[:, -1] < top_p).any()):  # the prefix misses part of the nucleus
+    prefix = min(TOP_K_PREFIX, probs.shape[-1])
+    cdf = None
+    # k tokens hold at most k × the largest probability: where that is short of top_p the
+    # prefix cannot hold the nucleus, so skip the top-k (flat distributions) and sort at once
+    if bool((probs.amax(dim=-1) * prefix >= top_p).all()):
+        top_probs, top_ids = probs.topk(prefix, dim=-1)
+        cdf = top_probs.cumsum(dim=-1)
+    if cdf is None or bool((cdf[:, -1] < top_p).any()):  # the prefix misses part of the nucleus
         top_probs, top_ids = sort_probabilities(probs)
         cdf = top_probs.cumsum(dim=-1)
     last = cdf.shape[-1] - 1
