@@ -25,6 +25,7 @@ ROOTFS_ENV = "FLORA_EVAL_ROOTFS"
 DEFAULT_ROOTFS = Path("/var/cache/flora-eval/rootfs-trixie")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 LABEL_PREFIX = "org.flora-eval"
+VERSION_TIMEOUT_S = 120  # a toolchain's version command in a fresh image (JVMs start slowly)
 
 
 def log(message: str) -> None:
@@ -138,12 +139,23 @@ def ensure_language(client, lang: Language, rebuild: bool = False) -> str:
 def toolchain_version(client, image_id: str, lang: Language) -> str:
     if not lang.version:
         return "unknown"
+    # run, wait, then read the logs: `containers.run(detach=False)` can lose a last line that
+    # has no trailing newline (../shared/reference/sandbox.md)
+    container = None
     try:
-        out = client.containers.run(image_id, list(lang.version), remove=True, network_mode="none",
-                                    stdout=True, stderr=True)
+        container = client.containers.run(image_id, list(lang.version), detach=True, network_mode="none",
+                                          labels={f"{LABEL_PREFIX}.purpose": "version"})
+        status = container.wait(timeout=VERSION_TIMEOUT_S)
+        out = container.logs(stdout=True, stderr=True)
+        if status.get("StatusCode", 1) != 0:
+            tail = out.decode(errors="replace").strip()[-200:]
+            raise RuntimeError(f"exit {status.get('StatusCode')}: {tail}")
     except Exception as exc:
         raise UserError(f"{lang.key}: `{' '.join(lang.version)}` failed in the new image ({exc}); "
                         f"fix containers/{lang.key}/Dockerfile") from None
+    finally:
+        if container is not None:
+            container.remove(force=True)
     lines = out.decode(errors="replace").strip().splitlines()
     return lines[0].strip() if lines else "unknown"
 
