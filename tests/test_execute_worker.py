@@ -21,13 +21,14 @@ MINIMAL_OK = {"json", "os", "select", "selectors", "signal", "subprocess", "sys"
               "collections"}
 
 
-def run_worker(tmp_path: Path, steps: list[dict], sources: list[str], limit: int = 2048, lanes: int = 2):
+def run_worker(tmp_path: Path, steps: list[dict], sources: list[str], limit: int = 2048, lanes: int = 2,
+               worker_env: dict | None = None):
     config = {"file": "main.py", "steps": steps, "env": {"GREETING": "hi {file}"}, "output_limit": limit,
               "lanes": lanes, "uids": None, "gid": None, "root": str(tmp_path / "work"), "oom_adj": False}
     lines = [json.dumps({"config": config})] + [json.dumps({"id": str(i), "source": s})
                                                 for i, s in enumerate(sources)]
     proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+                            text=True, env=worker_env)
     proc.stdin.write("\n".join(lines) + "\n")
     proc.stdin.flush()
     answers = [json.loads(proc.stdout.readline())]
@@ -104,3 +105,15 @@ def test_end_of_input_ends_the_worker(tmp_path):
     assert json.loads(proc.stdout.readline())["ready"]
     proc.stdin.close()  # the harness died
     assert proc.wait(timeout=5) == 0
+
+
+def test_programs_see_the_image_env_with_a_private_home(tmp_path):
+    """The worker's environment is the image's ENV: programs get it (go's GOCACHE lives there),
+    minus the container's HOSTNAME, with their own HOME/TMPDIR and the definition's env on top."""
+    image_env = {"PATH": os.environ["PATH"], "IMAGE_VAR": "from-image", "HOSTNAME": "c0ffee",
+                 "HOME": "/root", "GREETING": "overridden by the definition"}
+    got = run_worker(tmp_path, [py_step()], [
+        "import os; print(os.environ.get('IMAGE_VAR'), 'HOSTNAME' in os.environ, "
+        "os.environ['HOME'] == os.getcwd(), os.environ['GREETING'])",
+    ], worker_env=image_env)
+    assert got["0"][0]["stdout"] == "from-image False True hi main.py\n"

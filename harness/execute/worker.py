@@ -33,6 +33,7 @@ from collections import deque
 
 OOM_WRAPPER = ["/bin/sh", "-c", 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"', "sh"]
 SHARED_TMP_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
+WORKER_ONLY_ENV = ("HOSTNAME",)  # the container's id: would differ between runs of a program
 
 
 def cap_text(data, limit):
@@ -231,8 +232,11 @@ def run_program(config, lane, source, running):
             os.chown(p, uid, gid)
     stem = config["file"].rsplit(".", 1)[0]
     names = {"file": config["file"], "stem": stem, "dir": work}
-    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "HOME": work, "TMPDIR": tmp,
-           "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    # the image's ENV (the worker's own environment, as MultiPL-E's containers give their
+    # programs), a private HOME and TMPDIR, UTF-8, then the language definition's env
+    env = {k: v for k, v in os.environ.items() if k not in WORKER_ONLY_ENV}
+    env.update({"HOME": work, "TMPDIR": tmp, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.update({k: fill(v, names) for k, v in config.get("env", {}).items()})
     outcomes = []
     try:
