@@ -38,7 +38,7 @@ def test_split_attention_equals_attention_over_the_whole_context(heads, kv_heads
     rows, dim, columns = 9, 8, 6
     lengths = [5, 12, 3]  # three prompts of different lengths in one pool
     like = [(torch.zeros(1, kv_heads, 1, dim), torch.zeros(1, kv_heads, 1, dim))]
-    pool = PrefixPool(like, entries=4)
+    pool = PrefixPool(like, max_entries=4)
     prompts = []
     for i, length in enumerate(lengths):
         kv = tuple(torch.randn(1, kv_heads, length, dim, generator=gen) for _ in range(2))
@@ -81,6 +81,17 @@ def test_pool_keeps_one_copy_per_prompt_and_frees_it_with_its_last_row():
     assert cache.shared_layout().rows.tolist() == [4]
     cache.select_rows(torch.tensor([5]))  # compaction drops row 4: its prompt goes too
     assert cache.pool.owners == [None, None] and cache.shared_layout() is None
+
+
+def test_pool_grows_by_doubling_up_to_its_limit():
+    kv = [(torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4))]
+    cache = SlotCache(kv, slots=10, prefix_entries=6)
+    for slot in range(7):
+        cache.place(torch.tensor([slot]), kv, share=f"p{slot}")
+    assert len(cache.pool.owners) == 6 and cache.pool.keys[0].shape[0] == 6  # 4, then 6 (the limit)
+    assert cache.row_prefix == [0, 1, 2, 3, 4, 5, -1, -1, -1, -1]  # the seventh was copied
+    layout = cache.shared_layout()
+    assert layout.keys[0].shape[0] == 6 and layout.rows.tolist() == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from harness.generate.attention import PrefixLayout
 
 MIN_CAPACITY = 64
 PREFIX_ENTRIES = 32  # shared prompts held at once; beyond that prompts are copied into slots
+FIRST_ENTRIES = 4  # the pool's first allocation (it doubles when full)
 
 
 class SlotLayer(DynamicLayer):
@@ -95,14 +96,26 @@ def _moved(buf: torch.Tensor, capacity: int, length: int, shift: int) -> torch.T
 class PrefixPool:
     """Shared prompts, one copy each: per layer keys/values [entries, kv_heads, capacity, dim],
     prompts left-aligned, plus each entry's length, owner key and live-row count. Free
-    entries are reused lowest first, so the live ones stay at the front."""
+    entries are reused lowest first, so the live ones stay at the front. The entries grow by
+    doubling up to `max_entries` (an evaluation rarely holds more than a few prompts at once)."""
 
-    def __init__(self, like: list[tuple[torch.Tensor, torch.Tensor]], entries: int = PREFIX_ENTRIES):
+    def __init__(self, like: list[tuple[torch.Tensor, torch.Tensor]], max_entries: int = PREFIX_ENTRIES):
+        entries = min(FIRST_ENTRIES, max_entries)
+        self.max_entries = max_entries
         self.keys = [k.new_zeros(entries, k.shape[1], MIN_CAPACITY, k.shape[3]) for k, _ in like]
         self.values = [torch.zeros_like(k) for k in self.keys]
         self.lengths = [0] * entries
         self.owners: list[Hashable | None] = [None] * entries
         self.rows = [0] * entries
+
+    def _grow_entries(self) -> None:
+        old = len(self.owners)
+        new = min(2 * old, self.max_entries)
+        self.keys = [torch.cat([k, k.new_zeros(new - old, *k.shape[1:])]) for k in self.keys]
+        self.values = [torch.cat([v, v.new_zeros(new - old, *v.shape[1:])]) for v in self.values]
+        self.lengths += [0] * (new - old)
+        self.owners += [None] * (new - old)
+        self.rows += [0] * (new - old)
 
     def find(self, owner: Hashable) -> int | None:
         return self.owners.index(owner) if owner in self.owners else None
@@ -110,7 +123,9 @@ class PrefixPool:
     def add(self, owner: Hashable, prompt_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int | None:
         """Store a prompt's keys/values [1, kv_heads, length, dim]; None when the pool is full."""
         if None not in self.owners:
-            return None
+            if len(self.owners) >= self.max_entries:
+                return None
+            self._grow_entries()
         entry = self.owners.index(None)
         length = prompt_kv[0][0].shape[2]
         capacity = self.keys[0].shape[2]
