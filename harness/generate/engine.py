@@ -14,8 +14,8 @@ problem in one batch (`prefill`, `same_prompt_groups`), the prompt's keys/values
 and shared by its samples' rows (`SlotCache.place(share=...)`, attention.py), preallocated
 KV slots with trimming (kvcache.py), top-p over a top-k prefix (sampling.py), incremental
 stop detection on a short tail of tokens and only after tokens that can end a stop
-(`_stopped`), dropping idle slots at the end of the work (`_compact`), logits for the last
-position only (`logits_to_keep=1`), adapter routing set only when it changes.
+(`_stopped`), dropping idle slots at the end of the work (`DecodeBatch.compact`), logits
+for the last position only (`logits_to_keep=1`), adapter routing set only when it changes.
 """
 
 from __future__ import annotations
@@ -195,8 +195,10 @@ class Engine:
     # -- per-row finish rules -----------------------------------------------------------------
     def finished(self, row: _Row) -> bool:
         """End of text, max tokens, or a stop token in the completion so far."""
-        limit = row.request.max_new_tokens
-        if len(row.tokens) >= min(self.config.max_new_tokens, limit or self.config.max_new_tokens):
+        limit = self.config.max_new_tokens
+        if row.request.max_new_tokens is not None:
+            limit = min(limit, row.request.max_new_tokens)
+        if len(row.tokens) >= limit:
             return True
         if row.tokens[-1] == self.eos and not self.config.ignore_eos:
             return True
