@@ -125,19 +125,27 @@ def test_greedy_is_argmax_and_sampling_stays_in_the_nucleus():
 
 def test_top_k_prefix_gives_the_same_tokens_as_a_full_sort():
     gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(64, 5000, generator=gen) * 4
+    logits = torch.randn(64, 33000, generator=gen) * 4  # large enough for every prefix
+    # rows of every flatness in one batch: each row takes the prefix (16, 128, 1024) or the
+    # full sort that holds its own nucleus
+    mixed = logits * torch.tensor([4.0, 1.2, 1.0, 0.3]).repeat(16)[:, None]
     uniforms = torch.rand(64, generator=gen, dtype=torch.float64)
-    fast = sample_tokens(logits, 0.3, 0.95, uniforms)  # peaked: the top-k prefix covers top_p
-    flat = sample_tokens(logits, 50.0, 0.95, uniforms)  # flat: falls back to a full sort
-    for temperature, got in ((0.3, fast), (50.0, flat)):  # reference: sort everything, row by row
-        for row in range(64):
-            probs, order = torch.softmax(logits[row] / temperature, -1).sort(descending=True)
+    for logits_, temperature in ((logits, 0.3), (logits, 50.0), (mixed, 1.0)):
+        got = sample_tokens(logits_, temperature, 0.95, uniforms)
+        for row in range(64):  # reference: sort everything, row by row
+            probs, order = torch.softmax(logits_[row] / temperature, -1).sort(descending=True)
             cdf = probs.cumsum(-1)
             end = int((cdf < 0.95).sum())  # first index reaching top_p
             target = uniforms[row].item() * cdf[end].item()
             pick = min(int((cdf <= target).sum()), end)
-            assert got[row].item() == order[pick].item()
-    assert flat.unique().numel() > 10
+            assert got[row].item() == order[pick].item(), (temperature, row)
+        # a row's token does not depend on the other rows of the batch
+        alone = [sample_tokens(logits_[r:r + 1], temperature, 0.95, uniforms[r:r + 1]).item()
+                 for r in range(8)]
+        assert alone == got[:8].tolist()
+    nucleus = (torch.softmax(mixed, -1).sort(-1, descending=True).values.cumsum(-1) < 0.95).sum(-1)
+    for low, high in ((0, 16), (16, 128), (128, 1024), (1024, 33000)):  # every path taken
+        assert ((nucleus >= low) & (nucleus < high)).any(), (low, high)
 
 
 def test_seeds_and_uniforms_are_fixed_by_the_sample_identity():
