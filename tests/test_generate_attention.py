@@ -168,3 +168,33 @@ def test_bfloat16_shared_prompts_match_copied_ones(humaneval_dir, method):
     assert len(out[True]) == 20
     same = sum(out[True][key] == out[False][key] for key in out[True])
     assert same >= 18, same  # bfloat16 rounds the two attention forms differently: rare flips
+
+
+def test_a_llama_style_model_shares_prompts_too():
+    """Grouped kv heads and rotary positions (a Llama-style model, random weights): greedy
+    samples from shared prompts equal `model.generate`, two prompts through six slots."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.models import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+    prompts = {"a": tuple(tokenizer("def add(a, b):\n    return")["input_ids"]),
+               "b": tuple(tokenizer("fn main() {\n    let x = 1;")["input_ids"])}
+    reqs = [Request((key,), ids, BASE_ROW, tuple((i, i) for i in range(5))) for key, ids in prompts.items()]
+    config = EngineConfig(0.0, 1.0, 20, slots=6, ignore_eos=True, share_prefixes=True)
+    engine = Engine(model, tokenizer, config)
+    assert engine.share_prefixes
+    out = {(r.key[0], s.index): list(s.tokens) for r, s in engine.generate(reqs)}
+    for key, ids in prompts.items():
+        prompt = torch.tensor([ids])
+        expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                  max_new_tokens=20, min_new_tokens=20, pad_token_id=0)[0, len(ids):].tolist()
+        assert all(out[(key, i)] == expected for i in range(5)), key
