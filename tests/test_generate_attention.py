@@ -32,8 +32,9 @@ def reference_attention(q, prefix, suffix_k, suffix_v, valid, scaling):
     return out
 
 
+@pytest.mark.parametrize("every_row_on_one_prompt", [False, True])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 1), (4, 2), (2, 2)])
-def test_split_attention_equals_attention_over_the_whole_context(heads, kv_heads):
+def test_split_attention_equals_attention_over_the_whole_context(heads, kv_heads, every_row_on_one_prompt):
     gen = torch.Generator().manual_seed(heads * 10 + kv_heads)
     rows, dim, columns = 9, 8, 6
     lengths = [5, 12, 3]  # three prompts of different lengths in one pool
@@ -45,7 +46,10 @@ def test_split_attention_equals_attention_over_the_whole_context(heads, kv_heads
         prompts.append(kv)
         assert pool.add(f"p{i}", [kv]) == i
     row_prefix = [0, 2, -1, 1, 0, 1, -1, 2, 1]  # two rows carry their prompt in their slot
+    if every_row_on_one_prompt:
+        row_prefix = [0] * rows
     layout = pool.layout(row_prefix)
+    assert layout.whole == every_row_on_one_prompt
     q = torch.randn(rows, heads, 1, dim, generator=gen)
     k = torch.randn(rows, kv_heads, columns, dim, generator=gen)
     v = torch.randn(rows, kv_heads, columns, dim, generator=gen)

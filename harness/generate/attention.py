@@ -52,6 +52,7 @@ class PrefixLayout:
     take: torch.Tensor
     rows: torch.Tensor
     group: int  # rows per prefix after padding
+    whole: bool = False  # one prefix read by every row of the batch, in order: no gather needed
 
 
 def _softmax_parts(scores: torch.Tensor, values: torch.Tensor):
@@ -82,7 +83,8 @@ def split_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     top_s, sum_s, out_s = _softmax_parts(scores, value)
 
     prefixes, group = layout.mask.shape[0], layout.group
-    q_p = q[layout.gather].view(prefixes, group, kv_heads, groups, dim)
+    q_p = q if layout.whole else q[layout.gather]
+    q_p = q_p.view(prefixes, group, kv_heads, groups, dim)
     q_p = q_p.permute(0, 2, 1, 3, 4).reshape(prefixes, kv_heads, group * groups, dim)
     keys, values = layout.keys[layer], layout.values[layer]
     scores_p = torch.matmul(q_p, keys.transpose(-1, -2)).float() + layout.mask.float()
@@ -91,7 +93,10 @@ def split_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     def per_row(t: torch.Tensor, fill: float) -> torch.Tensor:
         x = t.shape[-1]
         t = t.view(prefixes, kv_heads, group, groups, x).permute(0, 2, 1, 3, 4)
-        t = t.reshape(prefixes * group, kv_heads, groups, x)[layout.take]
+        t = t.reshape(prefixes * group, kv_heads, groups, x)
+        if layout.whole:
+            return t
+        t = t[layout.take]
         full = t.new_full((rows, kv_heads, groups, x), fill)
         full[layout.rows] = t
         return full

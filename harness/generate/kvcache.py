@@ -173,6 +173,7 @@ class PrefixPool:
             take=torch.tensor(take, device=device),
             rows=torch.tensor(rows, device=device),
             group=group,
+            whole=entries == 1 and group == len(row_prefix),
         )
 
 
