@@ -98,6 +98,14 @@ def test_pool_grows_by_doubling_up_to_its_limit():
     assert layout.keys[0].shape[0] == 6 and layout.rows.tolist() == [0, 1, 2, 3, 4, 5]
 
 
+def greedy_generate(model, ids: tuple[int, ...], new_tokens: int, pad_token_id: int) -> list[int]:
+    """The reference: transformers' own greedy `generate`, exactly `new_tokens` new tokens."""
+    prompt = torch.tensor([ids])
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_token_id)
+    return out[0, len(ids):].tolist()
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model, tokenizer = build_tiny()
@@ -128,10 +136,8 @@ def test_greedy_with_shared_prompts_matches_model_generate(tiny, humaneval_dir):
     req = Request(("p",), ids, BASE_ROW, tuple((i, i) for i in range(5)))
     engine = Engine(model, tokenizer, EngineConfig(0.0, 1.0, 40, slots=5, ignore_eos=True))
     ours = [s.tokens for _, s in engine.generate([req])]
-    prompt = torch.tensor([ids])
-    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=40,
-                         min_new_tokens=40, pad_token_id=tokenizer.pad_token_id)
-    assert all(list(tokens) == out[0, len(ids):].tolist() for tokens in ours)
+    expected = greedy_generate(model, ids, 40, tokenizer.pad_token_id)
+    assert all(list(tokens) == expected for tokens in ours)
 
 
 def test_decoding_shared_rows_without_the_attention_switch_is_refused(tiny):
@@ -198,7 +204,5 @@ def test_a_llama_style_model_shares_prompts_too():
     assert engine.share_prefixes
     out = {(r.key[0], s.index): list(s.tokens) for r, s in engine.generate(reqs)}
     for key, ids in prompts.items():
-        prompt = torch.tensor([ids])
-        expected = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                  max_new_tokens=20, min_new_tokens=20, pad_token_id=0)[0, len(ids):].tolist()
+        expected = greedy_generate(model, ids, 20, tokenizer.pad_token_id)
         assert all(out[(key, i)] == expected for i in range(5)), key
