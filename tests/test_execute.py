@@ -159,8 +159,9 @@ def test_canonical_humaneval_solutions_pass(humaneval_dir, py_image, exec_cache,
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_bench_execute_json_shape(py_image, capsys):
-    assert main(["bench", "execute", "--json", "--programs", "6", "--docker-run-programs", "2"]) == 0
+def test_bench_execute_json_shape(py_image, humaneval_dir, capsys):
+    assert main(["bench", "execute", "--json", "--programs", "6", "--docker-run-programs", "2",
+                 "--dataset", str(humaneval_dir)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["bench"] == "execute" and report["config"]["programs"] == 6
     rows = {row["mode"]: row for row in report["rows"]}
