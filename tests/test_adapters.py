@@ -15,7 +15,9 @@ from harness.adapters import (
     attach,
     content_hash,
     init_adapter,
+    lora,
 )
+from harness.adapters.lora import LoRABank
 from harness.models import build_tiny
 
 PREFIX = "base_model.model."
@@ -271,13 +273,26 @@ def test_flora_lora_ia3_over_a_quantized_base():
             assert rel_err(h[i], explicit(adapters[a], "attn", reference, x[i])) <= 1e-5, (i, a)
 
 
-@pytest.mark.parametrize("tokens", [1, 3])
-def test_gather_lora_decode_and_prefill_forms_agree_with_bmm(tokens):
-    """1 token x 4 adapted rows over 2 adapters takes the per-row product, 3 tokens the grouped
-    GEMM; both must equal the bmm baseline."""
+@pytest.mark.parametrize(("form", "tokens"), [("masked", 1), ("masked", 3), ("_per_row", 1), ("_grouped", 3)])
+def test_gather_lora_forms_agree_with_bmm(form, tokens, monkeypatch):
+    """Several adapters of small rank take the masked form (at any token count); without it,
+    1 token x 4 adapted rows over 2 adapters take the per-row product and 3 tokens the
+    grouped GEMM. Each must equal the bmm baseline."""
     model = OneLayer()
     adapters = [a for a in layer_adapters(model) if a.method == "lora"]
     x = torch.randn(5, tokens, 24)
+    taken = []
+    if form != "masked":
+        monkeypatch.setattr(lora, "MASKED_COST", 0.0)
+    spied = "_masked_factors" if form == "masked" else form
+    real = getattr(LoRABank, spied)
+
+    def spy(self, *args):
+        out = real(self, *args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(LoRABank, spied, spy)
     outputs = []
     for impl in ("gather", "bmm"):
         handle = attach(model, adapters, lora_impl=impl)
@@ -286,3 +301,4 @@ def test_gather_lora_decode_and_prefill_forms_agree_with_bmm(tokens):
             outputs.append(model.attn(x))
         handle.detach()
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    assert taken[:1] == [True]  # the gather run (the first) took that form

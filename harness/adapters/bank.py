@@ -100,17 +100,19 @@ class AdapterBank(nn.Module):
             tensor = self._stack(part, list(getattr(self, f"{part}_params")))
         return tensor if dtype is None else tensor.to(dtype)
 
-    def for_plan(self, plan: Any, dtype: torch.dtype, build: Callable[[], Any]) -> Any:
+    def for_plan(self, plan: Any, dtype: torch.dtype, build: Callable[[], Any], form: str = "") -> Any:
         """Tensors `build` derives from this bank for one routing plan (per-row gathers),
         kept while the plan lasts. Speed trick: every decode step between two `set_rows`
-        calls reuses one plan. Trainable banks rebuild them (their parameters move)."""
+        calls reuses one plan. Trainable banks rebuild them (their parameters move). `form`
+        names what `build` makes when a bank has several (LoRA: masked, grouped)."""
         if self.trainable:
             return build()
-        memo = self.__dict__.get("_plan_memo")
-        if memo is not None and memo[0] is plan and memo[1] == dtype:
-            return memo[2]
+        memo = self.__dict__.setdefault("_plan_memo", {})
+        kept = memo.get(form)
+        if kept is not None and kept[0] is plan and kept[1] == dtype:
+            return kept[2]
         value = build()
-        self.__dict__["_plan_memo"] = (plan, dtype, value)
+        memo[form] = (plan, dtype, value)
         return value
 
     def adapter_part(self, i: int, part: str, dtype: torch.dtype | None = None) -> Tensor:

@@ -36,6 +36,7 @@ class GatherPlan:
 
 
 FEW_TOKENS = 2  # tokens per adapter at or below which the per-row product beats grouped GEMMs
+MASKED_COST = 1.0  # the masked form while its adapter GEMMs cost at most this × the base GEMM
 
 
 def _needs_grad(x: Tensor, bank: AdapterBank) -> bool:
@@ -139,6 +140,11 @@ class LoRABank(AdapterBank):
         if not plan.groups:
             return y
         x3, y3 = as_rows(x), as_rows(y)
+        if plan.rows is not None and not _needs_grad(x, self):
+            masked = self.for_plan(plan, x3.dtype, lambda: self._masked_factors(plan, x3.dtype))
+            if masked is not None:
+                a, b, mask = masked
+                return y3.add_(F.linear(F.linear(x3, a) * mask.unsqueeze(1), b)).view(y.shape)
         if plan.rows is not None and x3.shape[1] * len(plan.rows) <= FEW_TOKENS * len(plan.groups):
             return self._per_row(x3, y, plan.idx, plan.rank)  # adapters with a token or two each
         if plan.rows is not None and self._grouped_ok and not _needs_grad(x, self):
@@ -163,10 +169,30 @@ class LoRABank(AdapterBank):
         tokens = x3.shape[1]
         xs = x3.index_select(0, plan.rows).reshape(-1, x3.shape[-1])
         offsets = plan.row_ends * tokens
-        a, b = self.for_plan(plan, x3.dtype, lambda: self._group_factors(plan, x3.dtype))
+        a, b = self.for_plan(plan, x3.dtype, lambda: self._group_factors(plan, x3.dtype), "grouped")
         hidden = torch._grouped_mm(xs, a.transpose(1, 2), offs=offsets)
         delta = torch._grouped_mm(hidden, b.transpose(1, 2), offs=offsets)
         return y3.index_add_(0, plan.rows, delta.view(len(plan.rows), tokens, -1))
+
+    def _masked_factors(self, plan: GatherPlan, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor] | None:
+        """The masked form, for a few adapters of small rank: every row through the batch's
+        adapters side by side (A's rows concatenated, C = Σ rᵢ of them), then a per-row mask
+        keeps its own adapter's columns (times its scale): two dense GEMMs and one multiply,
+        no gathers, no per-adapter dispatch. Each row computes every adapter's C columns, so
+        it is taken only while that costs at most the base GEMM: C·(in + out) ≤ in·out
+        (`MASKED_COST`; None otherwise). Returns A [C, in], B [out, C] and the mask [rows, C]."""
+        present = [i for i, _ in plan.groups]
+        columns = sum(self.rank_list[i] for i in present)
+        in_f, out_f = self.in_features, self.out_features
+        if columns * (in_f + out_f) > MASKED_COST * in_f * out_f:
+            return None
+        a = torch.cat([self.adapter_part(i, "A", dtype) for i in present])
+        b = torch.cat([self.adapter_part(i, "B", dtype) for i in present], dim=1)
+        owners = [i for i in present for _ in range(self.rank_list[i])]
+        owner = torch.tensor(owners, device=a.device)
+        scale = torch.tensor([self.scale_list[i] for i in owners], dtype=dtype, device=a.device)
+        mask = (plan.idx[:, None] == owner[None, :]).to(dtype) * scale
+        return a, b, mask
 
     def _group_factors(self, plan: GatherPlan, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """The batch's adapters' A [groups, R, in] and scaled B [groups, out, R]."""
