@@ -41,16 +41,18 @@ class PrefixLayout:
 
     keys/values: per layer [prefixes, kv_heads, length, head_dim]; mask: additive
     [prefixes, 1, 1, length] (padding columns of shorter prefixes hidden), None when all
-    prefixes have the same length; gather: row index
-    of each (prefix, group position) [prefixes * group], padded with row 0; take: the
-    positions in that padded list that are real rows; rows: those rows, in the same order.
+    prefixes have the same length; gather: row index of each (prefix, group position)
+    [prefixes * group], padded with row 0; position: each row's place in that padded list
+    (0 for a row without a prefix); bare: which rows have no prefix (None: every row has one);
+    rows: the rows that have one, in the padded list's order.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     mask: torch.Tensor | None
     gather: torch.Tensor
-    take: torch.Tensor
+    position: torch.Tensor
+    bare: torch.Tensor | None
     rows: torch.Tensor
     group: int  # rows per prefix after padding
     whole: bool = False  # one prefix read by every row of the batch, in order: no gather needed
@@ -103,20 +105,16 @@ def split_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     prefix_mask = None if layout.mask is None else layout.mask.to(query.dtype)
     out_p, lse_p = attention_with_lse(q_p, layout.keys[layer], layout.values[layer], prefix_mask, scaling)
 
-    def per_row(t: torch.Tensor, fill: float) -> torch.Tensor:
-        """[prefixes, kv, group * groups, x] -> [rows, kv, groups, x]; rows without a prefix: fill."""
+    def per_row(t: torch.Tensor) -> torch.Tensor:
+        """[prefixes, kv, group * groups, x] -> [rows, kv, groups, x] (one gather)."""
         x = t.shape[-1]
         t = t.view(prefixes, kv_heads, group, groups, x).permute(0, 2, 1, 3, 4)
         t = t.reshape(prefixes * group, kv_heads, groups, x)
-        if layout.whole:
-            return t
-        t = t[layout.take]
-        full = t.new_full((rows, kv_heads, groups, x), fill)
-        full[layout.rows] = t
-        return full
+        return t if layout.whole else t[layout.position]
 
-    out_p = per_row(out_p, 0.0)
-    lse_p = per_row(lse_p.unsqueeze(-1), float("-inf"))
+    out_p, lse_p = per_row(out_p), per_row(lse_p.unsqueeze(-1))
+    if layout.bare is not None:  # rows without a prefix: its weight is zero (out_p is finite)
+        lse_p = lse_p.masked_fill(layout.bare[:, None, None, None], float("-inf"))
     # the two parts' weights are exp(lse_s) and exp(lse_p): out_s's share is a sigmoid
     share_s = torch.sigmoid(lse_s.unsqueeze(-1) - lse_p)
     out = torch.lerp(out_p, out_s, share_s)

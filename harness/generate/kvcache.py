@@ -151,12 +151,13 @@ class PrefixPool:
                 members.setdefault(entry, []).append(row)
         entries = max(members) + 1
         group = max(len(rows) for rows in members.values())
-        gather, take, rows = [], [], []
+        gather, rows = [], []
+        position = [0] * len(row_prefix)
         for entry in range(entries):
             mine = members.get(entry, [])
             for j in range(group):
                 if j < len(mine):
-                    take.append(len(gather))
+                    position[mine[j]] = len(gather)
                     rows.append(mine[j])
                 gather.append(mine[j] if j < len(mine) else 0)
         length = max(self.lengths[:entries])
@@ -172,7 +173,9 @@ class PrefixPool:
             values=[v[:entries, :, :length] for v in self.values],
             mask=mask,
             gather=torch.tensor(gather, device=device),
-            take=torch.tensor(take, device=device),
+            position=torch.tensor(position, device=device),
+            bare=None if len(rows) == len(row_prefix) else torch.tensor(
+                [entry < 0 for entry in row_prefix], device=device),
             rows=torch.tensor(rows, device=device),
             group=group,
             whole=entries == 1 and group == len(row_prefix),
