@@ -80,6 +80,7 @@ class _Row:
     request: Request
     index: int
     tokens: list[int] = field(default_factory=list)
+    limit: int = 0  # tokens after which the row ends: its max tokens or the context's end
 
 
 @dataclass
@@ -193,16 +194,19 @@ class Engine:
             self._routed = rows.clone()
 
     # -- per-row finish rules -----------------------------------------------------------------
-    def finished(self, row: _Row) -> bool:
-        """End of text, max tokens, or a stop token in the completion so far."""
+    def token_limit(self, request: Request) -> int:
+        """How many tokens a row of `request` may generate: the engine's and the request's max
+        new tokens, and no further than the model's context."""
         limit = self.config.max_new_tokens
-        if row.request.max_new_tokens is not None:
-            limit = min(limit, row.request.max_new_tokens)
-        if len(row.tokens) >= limit:
+        if request.max_new_tokens is not None:
+            limit = min(limit, request.max_new_tokens)
+        return min(limit, self.config.max_positions - len(request.prompt_ids))
+
+    def finished(self, row: _Row) -> bool:
+        """End of text, max tokens (`row.limit`), or a stop token in the completion so far."""
+        if len(row.tokens) >= row.limit:
             return True
         if row.tokens[-1] == self.eos and not self.config.ignore_eos:
-            return True
-        if len(row.request.prompt_ids) + len(row.tokens) >= self.config.max_positions:
             return True
         return self._stopped(row)
 
@@ -303,6 +307,7 @@ class DecodeBatch:
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
         self.adapters = torch.full((n,), BASE_ROW, dtype=torch.long)  # CPU: only set_rows reads it
         self.uniforms = torch.zeros(n, self.engine.config.max_new_tokens, dtype=torch.float64)
+        self.counts = torch.zeros(n, dtype=torch.long)  # tokens each slot's row has (CPU)
         self.max_position = min(self.engine.config.max_positions, 1 << 62) - 1
 
     def place(self, prompt: _Prompt) -> Iterator[tuple[Request, Sample]]:
@@ -323,8 +328,10 @@ class DecodeBatch:
         request = prompt.request
         self.positions[index_t] = len(request.prompt_ids)
         self.adapters[slots] = request.adapter_index
+        self.counts[slots] = 1
+        limit = self.engine.token_limit(request)
         for slot, (index, _), token in zip(slots, take, first, strict=True):
-            self.rows[slot] = _Row(request, index, [token])
+            self.rows[slot] = _Row(request, index, [token], limit)
             self.next_tokens[slot] = token
         yield from self._retire(slots)
 
@@ -334,16 +341,25 @@ class DecodeBatch:
         start = time.perf_counter()
         logits = engine.decode_step(self.cache, self.next_tokens, self.positions, self.adapters)
         live = self.live()
-        steps_done = torch.tensor([len(self.rows[i].tokens) for i in live])
-        uniforms = self.uniforms[live, steps_done]
-        tokens = engine.sample(logits[live], uniforms).tolist()
+        every = len(live) == len(self.rows)
+        steps = self.uniforms.shape[1] - 1  # idle slots' counts may run past the end: clamp
+        uniforms = self.uniforms.gather(1, self.counts.clamp(max=steps)[:, None]).squeeze(1)
+        live_t = None if every else torch.tensor(live, device=engine.device)
+        if not every:
+            logits, uniforms = logits[live_t], uniforms[live]
+        tokens_t = engine.sample(logits, uniforms)
+        tokens = tokens_t.tolist()
         telemetry.add("decode", time.perf_counter() - start, tokens=len(live), slots=len(self.rows))
-        live_t = torch.tensor(live, device=engine.device)
-        self.next_tokens[live_t] = torch.tensor(tokens, device=engine.device)
+        if every:
+            self.next_tokens.copy_(tokens_t)
+        else:
+            self.next_tokens[live_t] = tokens_t
+        self.counts += 1
         self.positions += 1
         self.positions.clamp_(max=self.max_position)  # idle slots keep stepping; stay in range
+        rows = self.rows
         for slot, token in zip(live, tokens, strict=True):
-            self.rows[slot].tokens.append(token)
+            rows[slot].tokens.append(token)
         start = time.perf_counter()
         yield from self._retire(live)
         telemetry.add("stop_check", time.perf_counter() - start)
@@ -384,5 +400,6 @@ class DecodeBatch:
         self.rows = [self.rows[i] for i in live] + [None] * pad
         self.next_tokens, self.positions = self.next_tokens[index], self.positions[index]
         self.adapters, self.uniforms = self.adapters[keep], self.uniforms[keep]
+        self.counts = self.counts[keep]
         self.positions[len(live):], self.adapters[len(live):] = 0, BASE_ROW
         self.size = size
