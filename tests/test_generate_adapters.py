@@ -39,7 +39,8 @@ def loaded():
 def specs(loaded):
     return [trained_like(loaded.model, FLoRAConfig(r=1), "flora-r1", 1),
             trained_like(loaded.model, LoRAConfig(r=2, lora_alpha=4), "lora-r2", 2),
-            trained_like(loaded.model, IA3Config(), "ia3", 3)]
+            trained_like(loaded.model, IA3Config(), "ia3", 3),
+            trained_like(loaded.model, LoRAConfig(r=1, lora_alpha=2), "lora-r1", 4)]  # two LoRAs: masked form
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_mixed_batch_gives_each_sample_its_adapters_tokens(loaded, specs, proble
             alone.update(generate(loaded, handle, reqs, slots=4, temperature=temperature))
     finally:
         handle.detach()
-    assert len(mixed) == 4 * 2 * 2
+    assert len(mixed) == len(names) * 2 * 2
     assert mixed == alone
     # the adapters really change what is generated
     base = {k[0][0]: v for k, v in mixed.items() if k[0][1] == "base" and k[1] == 0}
@@ -88,7 +89,7 @@ def test_generate_run_evaluates_all_adapters_in_one_pass(loaded, specs, humaneva
     choices = [AdapterChoice()] + [AdapterChoice(s.name, s.content_hash, s) for s in specs]
     run = RunDir.open(tmp_path / "all")
     telemetry = generate_run(loaded, problem_sets, choices, sampling, run, batch_size=6)
-    assert telemetry.prompts == 2 * 4
+    assert telemetry.prompts == 2 * len(choices)
     base_only = RunDir.open(tmp_path / "base")
     generate_run(loaded, problem_sets, [AdapterChoice()], sampling, base_only, batch_size=6)
     for problem in problem_sets[0].problems:
