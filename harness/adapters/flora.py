@@ -122,11 +122,13 @@ class FLoRABank(AdapterBank):
     def forward(self, base, x, plan: FLoRAPlan):
         x3 = as_rows(x)
         a, b = self.for_plan(plan, x.dtype, lambda: self._row_factors(plan, x.dtype))
+        if plan.rank == 1:  # the common case (the paper's rank 1), in as few operations as possible
+            h = base_matmul(base, x3 * a)  # a, b: [b, 1, in], [b, 1, out]
+            y = torch.addcmul(base.bias.to(h.dtype), h, b) if base.bias is not None else h * b
+            return y.view(*x.shape[:-1], -1)
         if plan.rank:  # every row at rank r: [b, r, tokens, in] -> one GEMM -> [b, r, tokens, out]
             stacked = x3.unsqueeze(1) * a.unsqueeze(2)  # [b, r, tokens, in]: eq. 6's B ∘ X
             h = base_matmul(base, stacked.view(-1, x3.shape[-1])).view(*stacked.shape[:-1], -1)
-            if plan.rank == 1 and base.bias is not None:  # scale, reduce and add the bias in one pass
-                return torch.addcmul(base.bias.to(h.dtype), h[:, 0], b[:, 0, None, :]).view(*x.shape[:-1], -1)
             y = (h * b.unsqueeze(2)).sum(dim=1)
         else:  # mixed ranks: one GEMM over the Σ r_i (row, slot) pairs, reduced per row
             h = base_matmul(base, x3.index_select(0, plan.row_of) * a.unsqueeze(1))
@@ -142,7 +144,7 @@ class FLoRABank(AdapterBank):
         (row, rank slot) pair [pairs, in] and [pairs, out] for mixed ranks."""
         a_all, b_all = self.stacked("A", dtype), self.stacked("B", dtype)
         scales = self.scales[plan.idx].to(dtype)
-        if plan.rank:
+        if plan.rank:  # rank 1: the same shapes read as [b, 1 token-broadcast, in / out]
             a = a_all[plan.idx, : plan.rank]
             b = b_all[plan.idx, :, : plan.rank].transpose(1, 2) * scales[:, None, None]
             return a, b

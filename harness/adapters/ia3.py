@@ -90,13 +90,18 @@ class IA3Bank(AdapterBank):
         return {"ia3_l": torch.ones(cls.expected_shapes(config, module_name, in_f, out_f)["ia3_l"])}
 
     def forward(self, base, x, plan: Tensor):
+        inp, out = self.for_plan(plan, x.dtype, lambda: self._row_vectors(plan, x.dtype))
         shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (-1,)
-        if self.scales_input:
-            x = x * self.stacked("inp", x.dtype)[plan].view(shape)
+        if inp is not None:
+            x = x * inp.view(shape)
         y = base(x)
-        if self.scales_output:
-            y = y * self.stacked("out", y.dtype)[plan].view(shape)
-        return y
+        return y if out is None else y * out.view(shape)
+
+    def _row_vectors(self, plan: Tensor, dtype: torch.dtype) -> tuple[Tensor | None, Tensor | None]:
+        """Each row's input and output scaling vectors (None for a side no adapter here scales)."""
+        inp = self.stacked("inp", dtype)[plan] if self.scales_input else None
+        out = self.stacked("out", dtype)[plan] if self.scales_output else None
+        return inp, out
 
     def merged(self, weight, bias, i):
         inp, out = self.adapter_part(i, "inp"), self.adapter_part(i, "out")

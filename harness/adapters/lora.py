@@ -143,8 +143,9 @@ class LoRABank(AdapterBank):
         if plan.rows is not None and not _needs_grad(x, self):
             masked = self.for_plan(plan, x3.dtype, lambda: self._masked_factors(plan, x3.dtype))
             if masked is not None:
-                a, b, mask = masked
-                return y3.add_(F.linear(F.linear(x3, a) * mask.unsqueeze(1), b)).view(y.shape)
+                a, b_t, mask = masked
+                hidden = (F.linear(x3, a) * mask).view(-1, b_t.shape[0])
+                return y3.view(-1, y3.shape[-1]).addmm_(hidden, b_t).view(y.shape)
         if plan.rows is not None and x3.shape[1] * len(plan.rows) <= FEW_TOKENS * len(plan.groups):
             return self._per_row(x3, y, plan.idx, plan.rank)  # adapters with a token or two each
         if plan.rows is not None and self._grouped_ok and not _needs_grad(x, self):
@@ -180,7 +181,7 @@ class LoRABank(AdapterBank):
         keeps its own adapter's columns (times its scale): two dense GEMMs and one multiply,
         no gathers, no per-adapter dispatch. Each row computes every adapter's C columns, so
         it is taken only while that costs at most the base GEMM: C·(in + out) ≤ in·out
-        (`MASKED_COST`; None otherwise). Returns A [C, in], B [out, C] and the mask [rows, C]."""
+        (`MASKED_COST`; None otherwise). Returns A [C, in], Bᵀ [C, out] and the mask [rows, 1, C]."""
         present = [i for i, _ in plan.groups]
         columns = sum(self.rank_list[i] for i in present)
         in_f, out_f = self.in_features, self.out_features
@@ -192,7 +193,7 @@ class LoRABank(AdapterBank):
         owner = torch.tensor(owners, device=a.device)
         scale = torch.tensor([self.scale_list[i] for i in owners], dtype=dtype, device=a.device)
         mask = (plan.idx[:, None] == owner[None, :]).to(dtype) * scale
-        return a, b, mask
+        return a, b.t(), mask.unsqueeze(1)
 
     def _group_factors(self, plan: GatherPlan, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """The batch's adapters' A [groups, R, in] and scaled B [groups, out, R]."""
