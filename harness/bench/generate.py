@@ -43,8 +43,8 @@ class Case:
     adapters: tuple[int, ...] = (1, 4, 16)
 
 
-QUICK = (Case("tiny", 100, 64, 3), Case("small", 16, 24, 1, (16,)))
-FULL = (Case("tiny", 100, 128, 5), Case("small", 100, 64, 2))
+QUICK = (Case("tiny", 100, 64, 5), Case("small", 16, 24, 1, (16,)))
+FULL = (Case("tiny", 100, 128, 7), Case("small", 100, 64, 2))
 GPU = (Case("starcoderbase-1b", 100, 128, 3),)
 
 
