@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.generate import attention
 from harness.generate.attention import SHARED_PREFIX, split_prefix_attention
 from harness.generate.engine import BASE_ROW, Engine, EngineConfig, Request
 from harness.generate.kvcache import PrefixPool, SlotCache
@@ -32,9 +33,15 @@ def reference_attention(q, prefix, suffix_k, suffix_v, valid, scaling):
     return out
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("every_row_on_one_prompt", [False, True])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 1), (4, 2), (2, 2)])
-def test_split_attention_equals_attention_over_the_whole_context(heads, kv_heads, every_row_on_one_prompt):
+def test_split_attention_equals_attention_over_the_whole_context(heads, kv_heads, every_row_on_one_prompt,
+                                                                 fused, monkeypatch):
+    """Both ways of computing each half: torch's fused CPU kernel and plain operations (the
+    path other devices take)."""
+    if not fused:
+        monkeypatch.setattr(attention, "CPU_FLASH", None)
     gen = torch.Generator().manual_seed(heads * 10 + kv_heads)
     rows, dim, columns = 9, 8, 6
     lengths = [5, 12, 3]  # three prompts of different lengths in one pool

@@ -32,6 +32,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 SHARED_PREFIX = "flora_shared_prefix"
+# torch's fused CPU attention that also returns the log-sum-exp (a private op: None if absent)
+CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 BASE_IMPLEMENTATION = "sdpa"  # what the shared-prefix function falls back to, and requires
 
 
@@ -64,20 +66,18 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     statistic that lets two attentions over disjoint columns merge exactly. On a CPU, torch's
     fused flash-attention kernel returns both in one pass (fewer passes over the scores than
     max, exp, sum and a product: 40 % less time at tiny's decode shapes); elsewhere, in plain ops."""
-    if query.device.type == "cpu" and _cpu_flash_ok():
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, 0.0, False, attn_mask=mask, scale=scale)
-        return out.float(), lse.float()
+    if query.device.type == "cpu" and CPU_FLASH is not None:
+        try:
+            out, lse = CPU_FLASH(query, key, value, 0.0, False, attn_mask=mask, scale=scale)
+            return out.float(), lse.float()
+        except RuntimeError:  # a dtype or layout this build's kernel refuses: plain ops below
+            pass
     scores = torch.matmul(query * scale, key.transpose(-1, -2)).float()
     if mask is not None:
         scores = scores + mask.float()
     lse = scores.logsumexp(dim=-1)
     weights = (scores - lse.unsqueeze(-1)).exp()
     return torch.matmul(weights.to(value.dtype), value).float(), lse
-
-
-def _cpu_flash_ok() -> bool:
-    return hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
 
 def split_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
