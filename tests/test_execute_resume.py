@@ -73,15 +73,18 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, humaneval_dir, py_ima
 @pytest.mark.slow
 def test_ctrl_c_removes_containers_and_keeps_finished_results(tmp_path, humaneval_dir, py_image,
                                                                docker_client):
-    run = small_run(tmp_path / "run", humaneval_dir, PROBLEMS, SLOW)
+    # the last problem holds the run open for seconds, so Ctrl-C lands while work remains even
+    # when the machine is busy (a loaded CI once let the whole run end before the signal)
+    run = small_run(tmp_path / "run", humaneval_dir, PROBLEMS, SLOW, hold_last=0.5)
     proc = execute_cli(run.root, tmp_path / "cache.sqlite")
     owner = f"{socket.gethostname()}:{proc.pid}"
     deadline = time.monotonic() + 120
     while not run.result_files() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert [c for c in engine_containers(docker_client) if c["Labels"].get(OWNER_LABEL) == owner]
+    assert proc.poll() is None and len(run.result_files()) < PROBLEMS, "the run ended before Ctrl-C"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 130  # "interrupted; run the same command again to resume"
     assert [c for c in engine_containers(docker_client) if c["Labels"].get(OWNER_LABEL) == owner] == []
     finished = run.result_files()
-    assert finished and all(len(read_results(p).results) == 3 + SLOW for p in finished)
+    assert finished and all(len(read_results(p).results) >= 3 + SLOW for p in finished)  # whole files only

@@ -52,19 +52,24 @@ def engine_containers(client) -> list:
     return client.api.containers(all=True, filters={"label": LABEL})
 
 
-def small_run(root: Path, humaneval_dir: Path, problems: int = 4, slow_variants: int = 0) -> RunDir:
+def small_run(root: Path, humaneval_dir: Path, problems: int = 4, slow_variants: int = 0,
+              hold_last: float = 0.0) -> RunDir:
     """A run directory for a few py problems: the canonical solution twice, a wrong one, and
-    `slow_variants` distinct correct ones that sleep 50 ms per call."""
+    `slow_variants` distinct correct ones that sleep 50 ms per call; with `hold_last`, the last
+    problem also has one that sleeps that long per call (a run that cannot end quickly)."""
     from harness.bench.execute import canonical_solutions
     from harness.problems import load_problems
 
     solutions = canonical_solutions()
     run = RunDir.open(root)
-    for problem in load_problems("py", humaneval_dir, limit=problems).problems:
+    problems_ = load_problems("py", humaneval_dir, limit=problems).problems
+    for problem in problems_:
         number = int(problem.name.split("_")[1])
         slow = tuple(f"    import time; time.sleep(0.05)\n{solutions[number]}\n# variant {k}\n"
                      for k in range(slow_variants))
         completions = (solutions[number], solutions[number], "    return None\n", *slow)
+        if hold_last and problem is problems_[-1]:
+            completions += (f"    import time; time.sleep({hold_last})\n{solutions[number]}\n# hold\n",)
         write_completions(run.completions_path("tiny", "base", "py", problem.name), Completions(
             name=problem.name, language="py", temperature=0.1, top_p=0.95, max_tokens=64,
             prompt=problem.prompt, tests=problem.tests, stop_tokens=problem.stop_tokens,
