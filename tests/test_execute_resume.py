@@ -29,9 +29,13 @@ def comparable(run) -> dict:
 
 
 def execute_cli(run_root, cache, **kw) -> subprocess.Popen:
+    """`flora-eval execute` as a foreground command: SIGINT at its default, so Python turns
+    Ctrl-C into KeyboardInterrupt even when these tests themselves run in a background job
+    (`make test &` ignores SIGINT, and children inherit that)."""
     env = {**os.environ, "FLORA_EVAL_CACHE": str(cache)}
     return subprocess.Popen([sys.executable, "-m", "harness.cli", "execute", str(run_root), "--jobs", "2"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 @pytest.mark.docker
@@ -73,8 +77,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, humaneval_dir, py_ima
 @pytest.mark.slow
 def test_ctrl_c_removes_containers_and_keeps_finished_results(tmp_path, humaneval_dir, py_image,
                                                                docker_client):
-    # the last problem holds the run open for seconds, so Ctrl-C lands while work remains even
-    # when the machine is busy (a loaded CI once let the whole run end before the signal)
+    # the last problem holds the run open for seconds, so Ctrl-C lands while work remains
     run = small_run(tmp_path / "run", humaneval_dir, PROBLEMS, SLOW, hold_last=0.5)
     proc = execute_cli(run.root, tmp_path / "cache.sqlite")
     owner = f"{socket.gethostname()}:{proc.pid}"

@@ -87,7 +87,7 @@ def descending(probs: torch.Tensor) -> torch.Tensor:
     value sort (no permutation) is about 8× faster than torch's sort."""
     if probs.device.type != "cpu":
         return probs.sort(dim=-1, descending=True).values
-    return torch.from_numpy(np.ascontiguousarray(np.sort(probs.numpy(), axis=-1)[:, ::-1]))
+    return torch.from_numpy(np.ascontiguousarray(np.sort(probs.detach().numpy(), axis=-1)[:, ::-1]))
 
 
 def nucleus_threshold(top_probs: torch.Tensor, top_p: float) -> torch.Tensor:
