@@ -103,8 +103,8 @@ def pick(probs: torch.Tensor, tau: torch.Tensor, uniforms: torch.Tensor) -> torc
     sums skip other tokens, so the chosen position is always a nucleus token."""
     cdf = probs.where(probs >= tau, 0.0).cumsum(dim=-1)
     total = cdf[:, -1:]
-    last = torch.searchsorted(cdf, total.contiguous())  # the last nucleus token: a float32 uniform
-    # may round to 1
+    # the last nucleus token caps the choice: a uniform just below 1 may round to 1 in float32
+    last = torch.searchsorted(cdf, total.contiguous())
     choice = torch.searchsorted(cdf, uniforms.unsqueeze(-1) * total, right=True)
     return torch.minimum(choice, last).squeeze(-1)
 
