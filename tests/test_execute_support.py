@@ -62,13 +62,13 @@ def small_run(root: Path, humaneval_dir: Path, problems: int = 4, slow_variants:
 
     solutions = canonical_solutions()
     run = RunDir.open(root)
-    problems_ = load_problems("py", humaneval_dir, limit=problems).problems
-    for problem in problems_:
+    chosen = load_problems("py", humaneval_dir, limit=problems).problems
+    for problem in chosen:
         number = int(problem.name.split("_")[1])
         slow = tuple(f"    import time; time.sleep(0.05)\n{solutions[number]}\n# variant {k}\n"
                      for k in range(slow_variants))
         completions = (solutions[number], solutions[number], "    return None\n", *slow)
-        if hold_last and problem is problems_[-1]:
+        if hold_last and problem is chosen[-1]:
             completions += (f"    import time; time.sleep({hold_last})\n{solutions[number]}\n# hold\n",)
         write_completions(run.completions_path("tiny", "base", "py", problem.name), Completions(
             name=problem.name, language="py", temperature=0.1, top_p=0.95, max_tokens=64,
