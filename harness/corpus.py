@@ -6,6 +6,9 @@ Three sources give the same thing, a deterministic stream of documents per epoch
                  `--data hf:ID` streams another dataset laid out the same way (the-stack-dedup,
                  the-stack-smol, or a local folder with data/<stack dir>/*.jsonl|parquet)
     a directory  every file with the language's extensions, recursively
+
+A language's Stack folder and extensions are in its TOML file (`languages/<key>.toml`:
+`corpus_dir`, `extensions`).
     a .jsonl     one JSON object per line with a `content` field
 
 Documents are split once into train and held-out by a hash of their key (relative path or
@@ -28,6 +31,7 @@ from itertools import count, islice
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.execute.languages import load_language
 
 STACK_DATASET = "bigcode/the-stack"
 HUB_PREFIX = "hf:"
@@ -35,44 +39,6 @@ STACK_SHUFFLE_BUFFER = 10_000
 MAX_FILE_BYTES = 1_000_000  # larger files are generated or data, not code to learn from
 HELDOUT_FRACTION = 0.05
 BLOCK_SHUFFLE_BUFFER = 256  # packed blocks shuffled together (deterministically, by seed)
-
-
-@dataclass(frozen=True)
-class CodeLanguage:
-    """What training needs to know of a MultiPL-E language: its Stack folder and extensions."""
-
-    stack_dir: str
-    extensions: tuple[str, ...]
-
-
-# MultiPL-E key → The Stack (v1) folder under data/ and the file extensions to collect.
-LANGUAGES: dict[str, CodeLanguage] = {
-    "adb": CodeLanguage("ada", (".adb", ".ads")),
-    "clj": CodeLanguage("clojure", (".clj", ".cljc", ".cljs")),
-    "cpp": CodeLanguage("c++", (".cpp", ".cc", ".cxx", ".hpp", ".hh", ".h")),
-    "cs": CodeLanguage("c-sharp", (".cs",)),
-    "d": CodeLanguage("d", (".d",)),
-    "dart": CodeLanguage("dart", (".dart",)),
-    "elixir": CodeLanguage("elixir", (".ex", ".exs")),
-    "go": CodeLanguage("go", (".go",)),
-    "hs": CodeLanguage("haskell", (".hs",)),
-    "java": CodeLanguage("java", (".java",)),
-    "jl": CodeLanguage("julia", (".jl",)),
-    "js": CodeLanguage("javascript", (".js", ".mjs")),
-    "lua": CodeLanguage("lua", (".lua",)),
-    "ml": CodeLanguage("ocaml", (".ml", ".mli")),
-    "php": CodeLanguage("php", (".php",)),
-    "pl": CodeLanguage("perl", (".pl", ".pm")),
-    "py": CodeLanguage("python", (".py",)),
-    "r": CodeLanguage("r", (".r", ".R")),
-    "rb": CodeLanguage("ruby", (".rb",)),
-    "rkt": CodeLanguage("racket", (".rkt",)),
-    "rs": CodeLanguage("rust", (".rs",)),
-    "scala": CodeLanguage("scala", (".scala",)),
-    "sh": CodeLanguage("shell", (".sh", ".bash")),
-    "swift": CodeLanguage("swift", (".swift",)),
-    "ts": CodeLanguage("typescript", (".ts",)),
-}
 
 
 @dataclass(frozen=True)
@@ -96,23 +62,15 @@ class Corpus:
         return f"{self.kind}:{where}"
 
 
-def code_language(lang: str) -> CodeLanguage:
-    try:
-        return LANGUAGES[lang]
-    except KeyError:
-        raise UserError(
-            f"no training data rule for language {lang!r}; use a MultiPL-E key: {', '.join(LANGUAGES)}"
-        ) from None
-
-
 def open_corpus(lang: str, data: str | Path | None = None,
                 heldout_fraction: float = HELDOUT_FRACTION) -> Corpus:
     """The corpus of `lang`: `data` (a directory, a .jsonl or `hf:<dataset>`) when given,
     else The Stack."""
-    language = code_language(lang)
+    language = load_language(lang)
+    lang = language.key
     if data is None or str(data).startswith(HUB_PREFIX):
         dataset = str(data)[len(HUB_PREFIX):] if data is not None else STACK_DATASET
-        corpus = Corpus(lang, "hub", dataset, heldout_fraction, data_dir=f"data/{language.stack_dir}")
+        corpus = Corpus(lang, "hub", dataset, heldout_fraction, data_dir=f"data/{language.corpus_dir}")
         _probe_hub(corpus)
         return corpus
     path = Path(data).expanduser()
@@ -152,7 +110,7 @@ def _epoch_rng(seed: int, epoch: int) -> random.Random:
 
 
 def _source_files(corpus: Corpus) -> Iterator[Path]:
-    extensions = set(code_language(corpus.lang).extensions)
+    extensions = set(load_language(corpus.lang).extensions)
     root = Path(corpus.location)
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

@@ -9,6 +9,7 @@ a pure function, so every language's rules are testable without Docker.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import tomllib
@@ -25,8 +26,8 @@ TIMEOUT_EXIT_CODE = -1  # MultiPL-E's exit code for a timed-out program
 TEXT_KEYS = ("stdout_contains", "stderr_contains", "output_contains",
              "stdout_lacks", "stderr_lacks", "output_lacks")
 CONDITION_KEYS = {"timed_out", "exit_code", "exit_code_not", "stdout_empty", "stderr_empty", *TEXT_KEYS}
-TOP_KEYS = {"key", "name", "file", "aliases", "version", "output_limit", "memory", "pids", "tmpfs",
-            "env", "steps", "status", "canary", "image"}
+TOP_KEYS = {"key", "name", "file", "aliases", "corpus_dir", "extensions", "version", "output_limit",
+            "memory", "pids", "tmpfs", "env", "steps", "status", "canary", "image"}
 STEP_KEYS = {"argv", "timeout_s", "fail_status", "timeout_status", "ok_when"}
 
 
@@ -89,12 +90,14 @@ class Canary:
 @dataclass(frozen=True)
 class Language:
     key: str
-    name: str
+    name: str  # the display name: what reports and tables show
     file: str
     steps: tuple[Step, ...]
     rules: tuple[Rule, ...]
     canary: Canary
     aliases: tuple[str, ...] = ()
+    corpus_dir: str = ""  # The Stack's folder (data/<corpus_dir>): training's default source
+    extensions: tuple[str, ...] = ()  # source files training collects from a directory
     version: tuple[str, ...] = ()
     output_limit: int = 2048
     memory: str = "1g"
@@ -108,6 +111,11 @@ class Language:
         return self.image or f"flora-eval/{self.key}"
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """Every name that finds this language: key, aliases and display name."""
+        return (self.key, *self.aliases, self.name)
+
+    @property
     def compile_steps(self) -> tuple[Step, ...]:
         return self.steps[:-1]
 
@@ -118,7 +126,7 @@ class Language:
     def fingerprint(self) -> str:
         """A hash of everything that decides a program's result (part of the cache key)."""
         data = asdict(self)
-        for key in ("name", "aliases", "canary", "version", "image"):
+        for key in ("name", "aliases", "corpus_dir", "extensions", "canary", "version", "image"):
             data.pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -214,11 +222,14 @@ def parse_language(data: dict[str, Any], where: str) -> Language:
     unknown = set(data) - TOP_KEYS
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    for key in ("key", "name", "file"):
+    for key in ("key", "name", "file", "corpus_dir"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise ValueError(f"{where}: `{key}` must be a non-empty string")
     if "/" in data["file"]:
         raise ValueError(f"{where}: `file` must be a plain file name")
+    extensions = _strings(data.get("extensions"), f"{where}.extensions") if "extensions" in data else ()
+    if not extensions or not all(e.startswith(".") and len(e) > 1 for e in extensions):
+        raise ValueError(f"{where}: `extensions` must list file extensions, e.g. [\".rb\"]")
     steps_raw = data.get("steps")
     if not isinstance(steps_raw, list) or not steps_raw:
         raise ValueError(f"{where}: needs at least one [[steps]]")
@@ -250,6 +261,7 @@ def parse_language(data: dict[str, Any], where: str) -> Language:
     return Language(
         key=data["key"], name=data["name"], file=data["file"], steps=steps, rules=tuple(rules),
         canary=Canary(canary["good"], canary["bad"], canary.get("bad_status")),
+        corpus_dir=data["corpus_dir"], extensions=extensions,
         aliases=_strings(data.get("aliases", []), f"{where}.aliases"),
         version=_strings(data.get("version", []), f"{where}.version"),
         env=tuple(sorted(env.items())), **kw,
@@ -279,12 +291,44 @@ def all_languages() -> list[Language]:
     return [_load_file(stem) for stem in sorted(language_files())]
 
 
-def load_language(key_or_alias: str) -> Language:
-    """A language by key (`py`) or alias (`python`, a legacy completions file's `language`)."""
-    stems = language_files()
-    if key_or_alias in stems:
-        return _load_file(key_or_alias)
+@cache
+def _by_name() -> dict[str, str]:
+    """Every accepted name (case-folded) → its language's key; two languages naming the same
+    name is an error in the TOML files."""
+    found: dict[str, str] = {}
     for lang in all_languages():
-        if key_or_alias in lang.aliases:
-            return lang
-    raise UserError(f"unknown language '{key_or_alias}'; known: {', '.join(sorted(stems))}")
+        for name in lang.names:
+            other = found.setdefault(name.casefold(), lang.key)
+            if other != lang.key:
+                raise UserError(f"languages/{lang.key}.toml: the name {name!r} is also "
+                                f"languages/{other}.toml's; names must be unique")
+    return found
+
+
+def language_key(name: str) -> str | None:
+    """The key of the language called `name` (key, alias or display name), or None."""
+    if name in language_files():
+        return name
+    return _by_name().get(name.casefold())
+
+
+def close_names(name: str, names: list[str], n: int = 3) -> str:
+    """`; did you mean a, b?` with the names closest to `name`, or "" when none is close."""
+    close = difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def load_language(key_or_alias: str) -> Language:
+    """A language by key (`py`), alias (`python`, MultiPL-E's own name) or display name."""
+    key = language_key(key_or_alias)
+    if key is not None:
+        return _load_file(key)
+    names = sorted(language_files()) + sorted(set(_by_name()) - set(language_files()))
+    raise UserError(f"unknown language {key_or_alias!r} (known: {', '.join(sorted(language_files()))})"
+                    + close_names(key_or_alias.casefold(), names))
+
+
+def display_name(key_or_alias: str) -> str:
+    """The name tables show for a language; an unknown one shows as given."""
+    key = language_key(key_or_alias)
+    return _load_file(key).name if key is not None else key_or_alias
