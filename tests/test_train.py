@@ -15,7 +15,7 @@ from harness.adapters import attach, init_adapter, load_adapter
 from harness.cli import main
 from harness.corpus import heldout_blocks, open_corpus, tokenizer_encoder
 from harness.models import build_tiny
-from harness.training.config import DEFAULT_LR, TrainConfig, adapter_name, adapter_seed, lr_at
+from harness.training.config import TrainConfig, adapter_name, adapter_seed, lr_at
 from harness.training.run import train_adapters
 from harness.training.session import method_config
 
@@ -78,7 +78,6 @@ def test_lr_schedules():
 def test_paper_defaults_and_names():
     config = TrainConfig(model="m")
     assert (config.steps, config.batch_size) == (1500, 8)
-    assert DEFAULT_LR == {"flora": 8e-3, "lora": 1e-4, "ia3": 5e-3}
     assert adapter_name("rb", 1, "flora") == "rb-r1-flora"
     assert adapter_name("rb", None, "ia3") == "rb-ia3"
 
@@ -88,7 +87,7 @@ def test_cli_plans_every_combination(monkeypatch, tmp_path):
     from harness.training.cli import plan_adapters
 
     args = build_parser().parse_args(
-        ["train", "--model", "tiny", "--lang", "rb", "--lang", "pl", "--method", "flora", "--method", "ia3",
+        ["train", "--model", "tiny", "--lang", "ruby", "--lang", "pl", "--method", "flora", "--method", "IA3",
          "--rank", "1", "--rank", "4", "--data", f"rb={tmp_path}", "--data", "/x", "--lr", "ia3=0.2"])
     plans = plan_adapters(args)
     assert [p["name"] for p in plans] == ["rb-r1-flora", "rb-r4-flora", "rb-ia3",
@@ -101,7 +100,7 @@ def test_learning_rates_per_method():
     from harness.errors import UserError
     from harness.training.cli import learning_rates
 
-    assert learning_rates([]) == DEFAULT_LR
+    assert learning_rates([]) == {"flora": 8e-3, "lora": 1e-4, "ia3": 5e-3}  # the paper's
     assert learning_rates(["0.5", "lora=1e-3"]) == {"flora": 0.5, "lora": 1e-3, "ia3": 0.5}
     with pytest.raises(UserError, match="not a method"):
         learning_rates(["dora=1"])

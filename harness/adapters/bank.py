@@ -29,6 +29,9 @@ class AdapterBank(nn.Module):
 
     peft_type: ClassVar[str]  # "LORA" | "FLORA" | "IA3" (adapter_config.json's peft_type)
     method: ClassVar[str]  # "lora" | "flora" | "ia3" (our lower-case name)
+    label: ClassVar[str]  # what tables show: "LoRA" | "FLoRA" | "IA3" (the paper's Table 1)
+    default_lr: ClassVar[float]  # training's learning rate unless --lr says otherwise
+    has_rank: ClassVar[bool] = True  # False: `--rank` does not apply (IA3: one vector a module)
     config_cls: ClassVar[type]
     rank_axes: ClassVar[dict[str, int | None]]  # bank part -> its rank axis in one adapter's tensor
     identity_rank: ClassVar[int] = 0  # rank of the identity entry (FLoRA needs one slot of ones)

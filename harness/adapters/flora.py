@@ -66,6 +66,8 @@ class FLoRAPlan:
 class FLoRABank(AdapterBank):
     peft_type = "FLORA"
     method = "flora"
+    label = "FLoRA"
+    default_lr = 8e-3  # the paper's (appendix A.1): a multiplicative method needs a larger one
     config_cls = FLoRAConfig
     rank_axes = {"A": 0, "B": 1}
     identity_rank = 1

@@ -48,6 +48,9 @@ class IA3Config:
 class IA3Bank(AdapterBank):
     peft_type = "IA3"
     method = "ia3"
+    label = "IA3"
+    default_lr = 5e-3  # the paper's (appendix A.1): a multiplicative method needs a larger one
+    has_rank = False  # one vector per module
     config_cls = IA3Config
     rank_axes = {"inp": None, "out": None}
 

@@ -93,6 +93,8 @@ class LoRABank(AdapterBank):
 
     peft_type = "LORA"
     method = "lora"
+    label = "LoRA"
+    default_lr = 1e-4  # the paper's (appendix A.1)
     config_cls = LoRAConfig
     rank_axes = {"A": 0, "B": 1}
     rank_multiple = 8  # 16-byte aligned rank for grouped GEMM kernels; the padding is zeros

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.training.config import DEFAULT_LR, METHODS, RANKLESS, SCHEDULES, TrainConfig, adapter_name
+from harness.training.config import SCHEDULES, TrainConfig, adapter_name
 
 DEFAULT_OUT = Path("adapters")
 
@@ -22,11 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Train FLoRA, LoRA or IA3 adapters on one language's source code (The Stack, "
                           "a directory of source files or a .jsonl with `content`), the paper's way.")
     parser.add_argument("--model", required=True, help="alias (tiny, starcoderbase-1b, ...), hub id or path")
-    parser.add_argument("--method", action="append", choices=METHODS,
-                        help="adapter method (repeatable; default flora)")
+    parser.add_argument("--method", action="append",
+                        help="adapter method, e.g. flora, lora (repeatable; default flora)")
     parser.add_argument("--rank", action="append", type=int, help="adapter rank (repeatable; default 1)")
     parser.add_argument("--lang", action="append", required=True, metavar="LANG",
-                        help="MultiPL-E language key, e.g. rb, pl, rs (repeatable)")
+                        help="MultiPL-E language key or name, e.g. rb, pl, rs, ruby (repeatable)")
     parser.add_argument("--data", action="append", metavar="[LANG=]PATH",
                         help="training data: a directory of source files, a .jsonl with a `content` field, "
                              "or hf:DATASET laid out like The Stack; LANG=... for one language "
@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="sequences per adapter per step")
     group.add_argument("--grad-accum", type=int, default=TrainConfig.grad_accum,
                        help="split each batch into this many micro-batches")
-    lrs = ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items())
     group.add_argument("--lr", action="append", metavar="[METHOD=]LR",
-                       help=f"learning rate, of every adapter or of one method (default: {lrs})")
+                       help="learning rate, of every adapter or of one method (default: the method's "
+                            "own, the paper's; docs/training.md lists them)")
     group.add_argument("--alpha", type=float, help="LoRA alpha (default: the adapters package's, PEFT's 8)")
     group.add_argument("--targets", help="comma-separated module names to adapt (default: PEFT's for the "
                                          "method: c_attn; IA3 also mlp.c_proj)")
@@ -111,14 +111,17 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 
 def plan_adapters(args: argparse.Namespace) -> list[dict]:
     """One plan per (language, method, rank): name, method, rank, lang, lr, alpha, data path."""
-    methods = _unique(args.method or ["flora"])
+    from harness.adapters.methods import method as method_of
+    from harness.execute.languages import load_language
+
+    methods = _unique([method_of(m).method for m in args.method or ["flora"]])
     ranks = _unique(args.rank or [1])
-    langs = _unique(args.lang)
+    langs = _unique([load_language(lang).key for lang in args.lang])
     if any(r < 1 for r in ranks):
         raise UserError(f"--rank must be a positive integer, not {min(ranks)}")
     data = data_by_lang(args.data or [], langs)
     lrs = learning_rates(args.lr or [])
-    combos = dict.fromkeys((lang, method, None if method in RANKLESS else rank)
+    combos = dict.fromkeys((lang, method, rank if method_of(method).has_rank else None)
                            for lang in langs for method in methods for rank in ranks)
     plans = [
         {"name": adapter_name(lang, rank, method), "method": method, "rank": rank, "lang": lang,
@@ -135,12 +138,15 @@ def plan_adapters(args: argparse.Namespace) -> list[dict]:
 
 
 def data_by_lang(values: list[str], langs: list[str]) -> dict[str, str]:
-    """`--data PATH` (every language) and `--data LANG=PATH` (one) → {lang: path}."""
+    """`--data PATH` (every language) and `--data LANG=PATH` (one; LANG a key or a name) →
+    {key: path}."""
+    from harness.execute.languages import language_key
+
     out: dict[str, str] = {}
     for value in values:
         lang, sep, path = value.partition("=")
-        if sep and lang in langs:
-            out[lang] = path
+        if sep and language_key(lang) in langs:
+            out[language_key(lang)] = path
         elif sep and not Path(value).exists():
             raise UserError(f"--data {value}: {lang!r} is not one of the --lang values ({', '.join(langs)})")
         else:
@@ -149,17 +155,19 @@ def data_by_lang(values: list[str], langs: list[str]) -> dict[str, str]:
 
 
 def learning_rates(values: list[str]) -> dict[str, float]:
-    """`--lr 0.01` (every method) and `--lr flora=0.1` (one) over the paper's defaults."""
-    out = dict(DEFAULT_LR)
+    """`--lr 0.01` (every method) and `--lr flora=0.1` (one) over each method's default."""
+    from harness.adapters.methods import default_lrs
+
+    out = default_lrs()
     for value in values:
         method, sep, number = value.rpartition("=")
-        if sep and method not in METHODS:
-            raise UserError(f"--lr {value}: {method!r} is not a method ({', '.join(METHODS)})")
+        if sep and method not in out:
+            raise UserError(f"--lr {value}: {method!r} is not a method ({', '.join(out)})")
         try:
             rate = float(number)
         except ValueError:
             raise UserError(f"--lr {value}: not a number; use --lr 1e-4 or --lr lora=1e-4") from None
-        out.update({m: rate for m in ([method] if sep else METHODS)})
+        out.update({m: rate for m in ([method] if sep else list(out))})
     return out
 
 

@@ -1,6 +1,7 @@
 """What one training run is: plain values (the paper's defaults) and the adapters it trains.
 
-Imports nothing heavy: the CLI builds these while building its parser.
+Imports nothing heavy: the CLI builds these while building its parser. What a method is (its
+default learning rate, whether it has a rank) the method says: `harness.adapters.methods`.
 """
 
 from __future__ import annotations
@@ -9,10 +10,6 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 
-# The paper's learning rates (appendix A.1): multiplicative methods need larger ones.
-DEFAULT_LR: dict[str, float] = {"flora": 8e-3, "lora": 1e-4, "ia3": 5e-3}
-METHODS = tuple(DEFAULT_LR)
-RANKLESS = frozenset({"ia3"})  # IA3 learns one vector per module: `--rank` does not apply
 SCHEDULES = ("constant", "linear", "cosine")
 
 
