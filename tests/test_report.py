@@ -18,8 +18,8 @@ from harness.report.labels import column_labels, declared_methods, method_label
 from harness.report.tables import table1
 
 # ---------------------------------------------------------------------------------------
-# Golden: the FLoRA paper's Table 1 (../shared/reference/adapters.md), Dlang, Perl, Ruby,
-# Rust, Racket, Swift; pass@1 base / FLoRA / IA3 / LoRA and the printed relative columns.
+# Golden: the FLoRA paper's Table 1 (../shared/reference/adapters.md), D ("Dlang" there),
+# Perl, Ruby, Rust, Racket, Swift; pass@1 base / FLoRA / IA3 / LoRA and the printed relative columns.
 # ---------------------------------------------------------------------------------------
 PAPER_LANGS = ("d", "pl", "rb", "rs", "rkt", "swift")
 PAPER_VALUES = {
@@ -61,7 +61,7 @@ def test_table1_reproduces_the_papers_relative_column():
     table = table1(paper_cells())
     assert list(table.columns) == ["base", "FLoRA", "IA3", "LoRA"]
     assert list(table.index) == [(m, lang) for m in PAPER_VALUES
-                                 for lang in ("Dlang", "Perl", "Ruby", "Rust", "Racket", "Swift")]
+                                 for lang in ("D", "Perl", "Ruby", "Rust", "Racket", "Swift")]
     checked = 0
     for model, table_rows in PAPER_VALUES.items():
         for i, (lang, values) in enumerate(zip(table.loc[model].index, table_rows, strict=True)):
@@ -175,19 +175,21 @@ def test_markdown_report_has_every_section(demo):
     assert pd.read_csv(StringIO(paths["scores"].read_text())).shape[0] == 144
 
 
-def test_methods_from_the_manifest_win_over_names():
+def test_methods_come_from_the_manifest_never_from_names():
     manifest = {"config": {"adapters": [{"name": "base"}, {"name": "org/a1", "method": "flora"},
                                         {"name": "a2", "peft_type": "IA3"}, {"name": "a3"}]}}
     methods = declared_methods(manifest)
     assert methods == {"org--a1": "flora", "a2": "IA3"}
     assert method_label("org--a1", methods["org--a1"]) == "FLoRA"
-    assert method_label("a3") == "a3" and method_label("my-lora-r4") == "LoRA"
-    assert method_label("flora_r1") == "FLoRA" and method_label("base") == "base"
+    assert method_label("a2", methods["a2"]) == "IA3" and method_label("x", "dora") == "dora"
+    assert method_label("a3") == "a3" and method_label("my-lora-r4") == "my-lora-r4"
+    assert method_label("flora_r1") == "flora_r1" and method_label("base") == "base"
 
 
 def test_clashing_columns_get_adapter_then_run_names():
     keys = [("r1", "base"), ("r1", "flora-r1"), ("r1", "flora-r4"), ("r2", "base"), ("r2", "ia3")]
-    labels = column_labels(keys, {})
+    methods = {("r1", "flora-r1"): "flora", ("r1", "flora-r4"): "FLORA", ("r2", "ia3"): "ia3"}
+    labels = column_labels(keys, methods)
     assert labels == {("r1", "base"): "base [r1]", ("r1", "flora-r1"): "FLoRA (flora-r1)",
                       ("r1", "flora-r4"): "FLoRA (flora-r4)", ("r2", "base"): "base [r2]",
                       ("r2", "ia3"): "IA3"}

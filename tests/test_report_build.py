@@ -120,6 +120,9 @@ def demo_counts(langs=("py", "rb", "rs"), adapters=ADAPTERS, problems_per_lang: 
     return counts
 
 
+DEMO_METHODS = {"base": "base", "flora-r1": "flora", "lora-r1": "lora", "ia3": "ia3"}
+
+
 def demo_manifest(counts: Counts) -> dict:
     """The sections run_pipeline writes, with plausible values."""
     adapters = sorted({a for _, a, _ in counts}, key=ADAPTERS.index if all(
@@ -132,8 +135,8 @@ def demo_manifest(counts: Counts) -> dict:
                         "command": ["flora-eval", "--model", "starcoderbase-1b"],
                         "started": "2026-11-25T15:00:00+0000"},
         "config": {"model": "starcoderbase-1b",
-                   "adapters": [{"name": a, "hash": "" if a == "base" else f"sha256:{i:064x}"}
-                                for i, a in enumerate(adapters)],
+                   "adapters": [{"name": a, "hash": "" if a == "base" else f"sha256:{i:064x}",
+                                 "method": DEMO_METHODS.get(a, "")} for i, a in enumerate(adapters)],
                    "langs": langs, "sampling": {"n": n, "temperature": 0.1, "top_p": 0.95,
                                                 "max_tokens": 1024, "seed": 0}, "limit": None},
         "dataset": {lang: {"source": "../shared/multipl-e/humaneval",

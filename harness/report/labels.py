@@ -1,41 +1,35 @@
 """Names shown in tables: an adapter's method column (base / FLoRA / IA3 / LoRA) and a
-language's display name. Data tables plus one pure function each."""
+language's display name. Both are asked of their one home: the method's class
+(`harness.adapters.methods`) and the language's TOML file (`harness.execute.languages`).
+A column's method is what the run declared, never guessed from the adapter's name."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from harness.execute.languages import display_name
 from harness.records import BASE
 from harness.runs import safe_name
 
-# method (lower case, as a manifest, an adapter_config.json `peft_type` or a name says it) →
-# column label. Order matters for name matching: "flora" contains "lora".
-METHODS = (("flora", "FLoRA"), ("ia3", "IA3"), ("lora", "LoRA"))
 COLUMN_ORDER = ("base", "FLoRA", "IA3", "LoRA")  # the paper's Table 1 columns
-
-LANGUAGE_NAMES = {
-    "d": "Dlang", "pl": "Perl", "rb": "Ruby", "rs": "Rust", "rkt": "Racket", "swift": "Swift",
-    "py": "Python", "lua": "Lua", "js": "JavaScript", "ts": "TypeScript", "cpp": "C++",
-    "java": "Java", "cs": "C#", "go": "Go", "scala": "Scala", "php": "PHP", "r": "R",
-    "jl": "Julia", "sh": "Bash", "ml": "OCaml", "hs": "Haskell", "elixir": "Elixir",
-    "clj": "Clojure", "dart": "Dart", "adb": "Ada",
-}
 
 
 def language_name(lang: str) -> str:
-    return LANGUAGE_NAMES.get(lang, lang)
+    """A language's display name ("d" → "D"); an unknown one shows as given."""
+    return display_name(lang)
 
 
 def method_label(adapter: str, method: str | None = None) -> str:
-    """The Table 1 column of an adapter: its declared method when known, else its name."""
+    """The Table 1 column of an adapter: its declared method's label; without a declared
+    method, the adapter's own name."""
     if adapter == BASE:
         return "base"
-    for text in (method, adapter):
-        for key, label in METHODS:
-            if text and key in text.lower():
-                return label
-    return adapter
+    if not method:
+        return adapter
+    from harness.adapters.methods import method_label as label_of  # torch: only when asked
+
+    return label_of(method)
 
 
 def declared_methods(manifest: Mapping[str, Any]) -> dict[str, str]:
