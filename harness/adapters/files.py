@@ -5,6 +5,9 @@ metadata (key `flora_eval`), where PEFT's readers ignore it.
 
 An adapter name resolves, in order, as a local path, a directory under the adapters
 directory (`adapters/` under the cwd, or $FLORA_EVAL_ADAPTERS), or a hub id (org/name).
+Under the adapters directory the language part of a name may be any of the language's
+names (`ruby-r1` finds `rb-r1`), and a short name finds the one trained method (`rb-r1`
+finds `rb-r1-flora`). `adapter_languages` reads which languages an adapter was trained on.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,8 @@ import torch
 
 from harness.adapters.methods import BY_NAME, METHODS
 from harness.adapters.validate import check_file, linear_layout, module_tensors
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
+from harness.execute.languages import language_key
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -78,17 +82,33 @@ def resolve_adapter(name: str, adapters_dir: Path | None = None) -> tuple[Path, 
     if local.is_dir():
         return local.resolve(), local.resolve().name
     root = adapters_root(adapters_dir)
-    if (root / name).is_dir():
-        return (root / name).resolve(), name
-    short = _by_short_name(root, name)
-    if short is not None:
-        return short.resolve(), short.name
+    for candidate in _spellings(name):
+        if (root / candidate).is_dir():
+            return (root / candidate).resolve(), candidate
+        short = _by_short_name(root, candidate)
+        if short is not None:
+            return short.resolve(), short.name
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return _from_hub(name), name
     raise UserError(
         f"adapter {name!r} not found: not a directory and not under {root}; pass a path, a name "
         f"under the adapters directory (--adapters-dir or ${ENV_DIR}), or a hub id org/name"
+        + did_you_mean(_spellings(name)[-1], adapter_names(root))
     )
+
+
+def _spellings(name: str) -> list[str]:
+    """`name`, then with its language part as the language's key: `ruby-r1` → `rb-r1`."""
+    lang, sep, rest = name.partition("-")
+    key = language_key(lang) if sep and lang else None
+    return [name, f"{key}-{rest}"] if key and key != lang else [name]
+
+
+def adapter_names(root: Path) -> list[str]:
+    """The adapters under `root`: its folders that hold an adapter_config.json."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file())
 
 
 def _by_short_name(root: Path, name: str) -> Path | None:
@@ -150,11 +170,7 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], P
                 raw = (f.metadata() or {}).get(METADATA_KEY)
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"{weights}: corrupt safetensors file ({exc})") from None
-        try:
-            metadata = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            raise UserError(f"{weights}: corrupt {METADATA_KEY} metadata (not JSON)") from None
-        return tensors, metadata, weights
+        return tensors, _parse_metadata(weights, raw), weights
     legacy = path / LEGACY_WEIGHTS_FILE
     if legacy.exists():
         try:
@@ -162,6 +178,45 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], P
         except Exception as exc:
             raise UserError(f"{legacy}: cannot read ({type(exc).__name__}: {exc})") from None
     raise UserError(f"{path}: no {WEIGHTS_FILE}; the adapter directory is incomplete")
+
+
+def _parse_metadata(weights: Path, raw: str | None) -> dict[str, Any]:
+    try:
+        metadata = json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        raise UserError(f"{weights}: corrupt {METADATA_KEY} metadata (not JSON)") from None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """Our metadata of the adapter in `path` (language, base_model, ...), without reading its
+    tensors; {} for a file that records none (PEFT's own, or the older .bin)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = path / WEIGHTS_FILE
+    if not weights.exists():
+        return {}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return _parse_metadata(weights, (f.metadata() or {}).get(METADATA_KEY))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{weights}: corrupt safetensors file ({exc})") from None
+
+
+def adapter_languages(names: Iterable[str], adapters_dir: Path | None = None) -> list[str]:
+    """The language keys the named adapters were trained on (the `language` that `train`
+    records), in the adapters' order, each once; adapters that record none add nothing."""
+    keys: list[str] = []
+    for name in names:
+        path, _ = resolve_adapter(name, adapters_dir)
+        recorded = read_metadata(path).get("language")
+        for language in [recorded] if isinstance(recorded, str) else recorded or []:
+            key = language_key(str(language))
+            if key is None:
+                raise UserError(f"adapter {name!r} records language {language!r}, which has no "
+                                "languages/<key>.toml; pass --lang")
+            keys.append(key)
+    return list(dict.fromkeys(keys))
 
 
 def load_adapter(

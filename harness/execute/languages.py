@@ -9,7 +9,6 @@ a pure function, so every language's rules are testable without Docker.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import tomllib
@@ -18,7 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 
 DEFAULT_STATUS = "Exception"
 TIMEOUT_EXIT_CODE = -1  # MultiPL-E's exit code for a timed-out program
@@ -312,20 +311,14 @@ def language_key(name: str) -> str | None:
     return _by_name().get(name.casefold())
 
 
-def close_names(name: str, names: list[str], n: int = 3) -> str:
-    """`; did you mean a, b?` with the names closest to `name`, or "" when none is close."""
-    close = difflib.get_close_matches(name, names, n=n, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
 def load_language(key_or_alias: str) -> Language:
     """A language by key (`py`), alias (`python`, MultiPL-E's own name) or display name."""
     key = language_key(key_or_alias)
     if key is not None:
         return _load_file(key)
-    names = sorted(language_files()) + sorted(set(_by_name()) - set(language_files()))
-    raise UserError(f"unknown language {key_or_alias!r} (known: {', '.join(sorted(language_files()))})"
-                    + close_names(key_or_alias.casefold(), names))
+    keys = sorted(language_files())
+    raise UserError(f"unknown language {key_or_alias!r} (known: {', '.join(keys)})"
+                    + did_you_mean(key_or_alias.casefold(), [*keys, *sorted(_by_name())]))
 
 
 def display_name(key_or_alias: str) -> str:
