@@ -40,7 +40,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     from harness.report import write_reports
     from harness.runs import RunDir, environment, new_run_id
 
-    langs = validate_langs(args.lang or DEFAULT_LANGS)
+    langs = validate_langs(args.lang or default_langs(args))
     run = RunDir.open(args.run_dir or RESULTS_ROOT / (args.run_id or new_run_id(args.model)))
     sampling = sampling_from(args)
 
@@ -84,6 +84,17 @@ def validate_langs(langs: list[str]) -> list[str]:
     from harness.execute.languages import load_language
 
     return [load_language(lang).key for lang in langs]
+
+
+def default_langs(args: argparse.Namespace) -> list[str]:
+    """Without --lang: the languages the --adapter adapters were trained on, else py."""
+    names = [name for name in args.adapter or [] if name != BASE]
+    if not names:
+        return DEFAULT_LANGS
+    from harness.adapters.files import adapter_languages
+
+    adapters_dir = Path(args.adapters_dir) if args.adapters_dir else None
+    return adapter_languages(names, adapters_dir) or DEFAULT_LANGS
 
 
 def load_problems_for(lang: str, args: argparse.Namespace):
@@ -141,7 +152,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from harness.models import load_model
     from harness.runs import RunDir
 
-    langs = validate_langs(args.lang or DEFAULT_LANGS)
+    langs = validate_langs(args.lang or default_langs(args))
     run = RunDir.open(args.run_dir)
     problem_sets = [load_problems_for(lang, args) for lang in langs]
     loaded = load_model(args.model, device=generation_device(args), load_8bit=args.load_8bit)
@@ -202,7 +213,8 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="where adapter names are looked up (default: adapters/ or "
                              "$FLORA_EVAL_ADAPTERS)")
     parser.add_argument("--lang", action="append", metavar="LANG",
-                        help="MultiPL-E language key, e.g. py, rb, rs (repeatable; default py)")
+                        help="MultiPL-E language key or name, e.g. py, rb, ruby (repeatable; default: "
+                             "the languages the adapters were trained on, else py)")
     parser.add_argument("--dataset", metavar="PATH",
                         help="local MultiPL-E data: a .jsonl/.json file or a directory of "
                              "humaneval-<lang>.jsonl (default: the hub, pinned revision)")
