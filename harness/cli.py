@@ -88,13 +88,14 @@ def validate_langs(langs: list[str]) -> list[str]:
 
 def default_langs(args: argparse.Namespace) -> list[str]:
     """Without --lang: the languages the --adapter adapters were trained on, else py."""
-    names = [name for name in args.adapter or [] if name != BASE]
+    names = [name for name in dict.fromkeys(args.adapter or []) if name != BASE]
     if not names:
         return DEFAULT_LANGS
-    from harness.adapters.files import adapter_languages
+    from harness.adapters import adapter_languages, load_adapter
 
     adapters_dir = Path(args.adapters_dir) if args.adapters_dir else None
-    return adapter_languages(names, adapters_dir) or DEFAULT_LANGS
+    adapters = [load_adapter(name, adapters_dir=adapters_dir) for name in names]
+    return adapter_languages(adapters) or DEFAULT_LANGS
 
 
 def load_problems_for(lang: str, args: argparse.Namespace):
@@ -213,8 +214,8 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="where adapter names are looked up (default: adapters/ or "
                              "$FLORA_EVAL_ADAPTERS)")
     parser.add_argument("--lang", action="append", metavar="LANG",
-                        help="MultiPL-E language key or name, e.g. py, rb, ruby (repeatable; default: "
-                             "the languages the adapters were trained on, else py)")
+                        help="MultiPL-E language key or alias, e.g. py, rb, ruby, rs (repeatable; "
+                             "default: the languages the adapters were trained on, else py)")
     parser.add_argument("--dataset", metavar="PATH",
                         help="local MultiPL-E data: a .jsonl/.json file or a directory of "
                              "humaneval-<lang>.jsonl (default: the hub, pinned revision)")

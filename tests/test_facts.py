@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.adapters import FLoRAConfig, IA3Config, init_adapter, save_adapter
-from harness.adapters.files import adapter_languages, resolve_adapter
+from harness.adapters.files import adapter_languages, load_adapter, resolve_adapter
 from harness.adapters.methods import BY_NAME, default_lrs, method, method_label, method_names
 from harness.cli import build_parser, default_langs
 from harness.errors import UserError
@@ -104,8 +104,11 @@ def test_a_near_miss_lists_the_closest_adapters(lib):
 
 
 def test_adapters_say_which_languages_they_were_trained_on(lib):
-    assert adapter_languages(["ruby-r1", "pl-ia3", "rb-r1-flora"], lib) == ["rb", "pl"]
-    assert adapter_languages(["plain"], lib) == []
+    def langs(*names):
+        return adapter_languages([load_adapter(name, adapters_dir=lib) for name in names])
+
+    assert langs("ruby-r1", "pl-ia3", "rb-r1-flora") == ["rb", "pl"]
+    assert langs("plain") == []
 
 
 def test_without_lang_a_run_evaluates_its_adapters_languages(lib):

@@ -175,7 +175,7 @@ def test_markdown_report_has_every_section(demo):
     assert pd.read_csv(StringIO(paths["scores"].read_text())).shape[0] == 144
 
 
-def test_methods_come_from_the_manifest_never_from_names():
+def test_methods_from_the_manifest_win_over_names():
     manifest = {"config": {"adapters": [{"name": "base"}, {"name": "org/a1", "method": "flora"},
                                         {"name": "a2", "peft_type": "IA3"}, {"name": "a3"}]}}
     methods = declared_methods(manifest)

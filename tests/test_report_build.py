@@ -19,6 +19,7 @@ from harness.runs import RunDir
 
 MODEL = "bigcode--starcoderbase-1b"
 ADAPTERS = ("base", "flora-r1", "lora-r1", "ia3")
+METHODS = {"base": "base", "flora-r1": "flora", "lora-r1": "lora", "ia3": "ia3"}
 FAILING = ("SyntaxError", "Exception", "Timeout")
 
 # (completion, stdout, stderr, exit_code) per language and status: what these toolchains print.
@@ -120,9 +121,6 @@ def demo_counts(langs=("py", "rb", "rs"), adapters=ADAPTERS, problems_per_lang: 
     return counts
 
 
-DEMO_METHODS = {"base": "base", "flora-r1": "flora", "lora-r1": "lora", "ia3": "ia3"}
-
-
 def demo_manifest(counts: Counts) -> dict:
     """The sections run_pipeline writes, with plausible values."""
     adapters = sorted({a for _, a, _ in counts}, key=ADAPTERS.index if all(
@@ -136,7 +134,7 @@ def demo_manifest(counts: Counts) -> dict:
                         "started": "2026-11-25T15:00:00+0000"},
         "config": {"model": "starcoderbase-1b",
                    "adapters": [{"name": a, "hash": "" if a == "base" else f"sha256:{i:064x}",
-                                 "method": DEMO_METHODS.get(a, "")} for i, a in enumerate(adapters)],
+                                 "method": METHODS.get(a, "")} for i, a in enumerate(adapters)],
                    "langs": langs, "sampling": {"n": n, "temperature": 0.1, "top_p": 0.95,
                                                 "max_tokens": 1024, "seed": 0}, "limit": None},
         "dataset": {lang: {"source": "../shared/multipl-e/humaneval",

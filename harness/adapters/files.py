@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,21 @@ def _from_hub(repo_id: str) -> Path:
     return Path(path)
 
 
+def adapter_languages(adapters: list[AdapterFile]) -> list[str]:
+    """The languages the adapters were trained on (`train` records `language`), in order, as
+    keys, each once; adapters that record none add nothing."""
+    keys = []
+    for adapter in adapters:
+        recorded = adapter.metadata.get("language")
+        if recorded:
+            key = language_key(str(recorded))
+            if key is None:
+                raise UserError(f"{adapter.where} records language {recorded!r}, which has no "
+                                "languages/<key>.toml; pass --lang")
+            keys.append(key)
+    return list(dict.fromkeys(keys))
+
+
 def read_config(path: Path) -> tuple[type, Any]:
     """(bank class, config) from adapter_config.json; refuses unknown kinds and options."""
     config_path = path / CONFIG_FILE
@@ -170,7 +185,11 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], P
                 raw = (f.metadata() or {}).get(METADATA_KEY)
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"{weights}: corrupt safetensors file ({exc})") from None
-        return tensors, _parse_metadata(weights, raw), weights
+        try:
+            metadata = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            raise UserError(f"{weights}: corrupt {METADATA_KEY} metadata (not JSON)") from None
+        return tensors, metadata, weights
     legacy = path / LEGACY_WEIGHTS_FILE
     if legacy.exists():
         try:
@@ -178,45 +197,6 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], P
         except Exception as exc:
             raise UserError(f"{legacy}: cannot read ({type(exc).__name__}: {exc})") from None
     raise UserError(f"{path}: no {WEIGHTS_FILE}; the adapter directory is incomplete")
-
-
-def _parse_metadata(weights: Path, raw: str | None) -> dict[str, Any]:
-    try:
-        metadata = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        raise UserError(f"{weights}: corrupt {METADATA_KEY} metadata (not JSON)") from None
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def read_metadata(path: Path) -> dict[str, Any]:
-    """Our metadata of the adapter in `path` (language, base_model, ...), without reading its
-    tensors; {} for a file that records none (PEFT's own, or the older .bin)."""
-    from safetensors import SafetensorError, safe_open
-
-    weights = path / WEIGHTS_FILE
-    if not weights.exists():
-        return {}
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            return _parse_metadata(weights, (f.metadata() or {}).get(METADATA_KEY))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{weights}: corrupt safetensors file ({exc})") from None
-
-
-def adapter_languages(names: Iterable[str], adapters_dir: Path | None = None) -> list[str]:
-    """The language keys the named adapters were trained on (the `language` that `train`
-    records), in the adapters' order, each once; adapters that record none add nothing."""
-    keys: list[str] = []
-    for name in names:
-        path, _ = resolve_adapter(name, adapters_dir)
-        recorded = read_metadata(path).get("language")
-        for language in [recorded] if isinstance(recorded, str) else recorded or []:
-            key = language_key(str(language))
-            if key is None:
-                raise UserError(f"adapter {name!r} records language {language!r}, which has no "
-                                "languages/<key>.toml; pass --lang")
-            keys.append(key)
-    return list(dict.fromkeys(keys))
 
 
 def load_adapter(
