@@ -31,9 +31,9 @@ from pathlib import Path
 
 from harness.bench import workload as wl
 from harness.bench.serve_loop import figures, serve_requests
+from harness.bench.serve_paper import ALL_RANKS
 from harness.bench.serve_report import has_rank, print_table, write_outputs
 
-ALL_RANKS = (1, 2, 4, 8, 16, 32, 64)
 QUICK_RANKS = (1, 8, 64)
 METHOD_NAMES = ("base", "flora", "bmm-lora", "gather-lora", "ia3")
 STARCODER = {"n_positions": 8192, "vocab_size": 49152, "multi_query": True}
@@ -74,11 +74,6 @@ DEFAULTS = {
 MAX_ADAPTERS = 64  # distinct adapters per run by default (request i uses adapter i mod N)
 PERTURB = 0.02  # spread added to every adapter tensor so none is the identity
 WARMUP_REQUESTS = 4
-PAPER = {  # ../shared/reference/adapters.md: only ratios (and one latency) are given
-    "throughput_ratio": {1: 3.0, 2: 2.5, 8: 1.0},  # FLoRA / bmm-LoRA; 1.0 = crossover on 15B
-    "latency_ratio_band": ((1, 4), (2.0, 6.0)),  # bmm-LoRA / FLoRA s per token, ranks 1-4, 15B
-    "bmm_lora_s_per_token_15b": 2.3,
-}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from harness.bench.serve_paper import ALL_RANKS, PAPER  # noqa: E402
+
 STYLE = {  # method -> line style; colour = model
     "flora": {"linestyle": "-", "marker": "o"},
     "bmm-lora": {"linestyle": "--", "marker": "s"},
@@ -35,8 +37,6 @@ def _series(rows: list[dict], model: str, method: str, rate_set: bool) -> list[d
 
 def plot(result: dict, out: Path) -> list[Path]:
     """Write serve.svg and serve.png in `out`; return their paths."""
-    from harness.bench.serve import ALL_RANKS, PAPER
-
     rows = result["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
     has_latency = any(r["rate"] is not None for r in rows)

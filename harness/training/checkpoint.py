@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,16 @@ from harness.errors import UserError
 KEEP = 2
 FORMAT = 1
 _STEP_FILE = re.compile(r"step-(\d+)\.pt$")
+
+
+@dataclass
+class TrainState:
+    """Everything that changes from step to step (what a checkpoint holds)."""
+
+    step: int = 0  # optimizer steps done
+    blocks_used: list[int] = field(default_factory=list)  # training blocks consumed, per adapter
+    losses: list[list[float]] = field(default_factory=list)  # per step: one mean loss per adapter
+    seconds: float = 0.0
 
 
 @dataclass
@@ -34,16 +44,14 @@ class Checkpoint:
     fingerprint: str = ""
 
     @classmethod
-    def of(cls, state, adapters, optimizer, n: int) -> Checkpoint:
+    def of(cls, state: TrainState, adapters, optimizer, n: int) -> Checkpoint:
         tensors = [[p.detach().to("cpu").clone() for p in adapters.parameters_of(i)] for i in range(n)]
         return cls(step=state.step, blocks_used=list(state.blocks_used),
                    losses=[list(x) for x in state.losses], seconds=state.seconds, adapter_tensors=tensors,
                    optimizer=optimizer.state_dict(), rng=torch.get_rng_state())
 
-    def restore(self, adapters, optimizer, n: int):
+    def restore(self, adapters, optimizer, n: int) -> TrainState:
         """Put the saved tensors, optimizer and RNG back; return the loop's TrainState."""
-        from harness.training.loop import TrainState
-
         if len(self.adapter_tensors) != n:
             raise UserError(f"checkpoint holds {len(self.adapter_tensors)} adapters, this run trains {n}; "
                             "resume with the command that wrote it")

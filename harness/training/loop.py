@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 from torch.nn import functional as F
 
-from harness.training.checkpoint import Checkpoint, CheckpointStore
+from harness.training.checkpoint import Checkpoint, CheckpointStore, TrainState
 from harness.training.config import AdapterJob, TrainConfig, lr_at
 
 Tensor = torch.Tensor
@@ -31,16 +30,6 @@ class TrainableAdapters(Protocol):
 
     def set_rows(self, rows: Tensor) -> None: ...  # per-row adapter index, -1 = base model
     def parameters_of(self, i: int) -> list[torch.nn.Parameter]: ...
-
-
-@dataclass
-class TrainState:
-    """Everything that changes from step to step (what a checkpoint holds)."""
-
-    step: int = 0  # optimizer steps done
-    blocks_used: list[int] = field(default_factory=list)  # training blocks consumed, per adapter
-    losses: list[list[float]] = field(default_factory=list)  # per step: one mean loss per adapter
-    seconds: float = 0.0
 
 
 def build_optimizer(adapters: TrainableAdapters, jobs: list[AdapterJob], config: TrainConfig):
