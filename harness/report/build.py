@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from harness.report.contents import Report
 from harness.report.labels import column_labels
 from harness.report.load import RunData
 from harness.report.tables import (
@@ -22,18 +22,6 @@ from harness.report.tables import (
 from harness.score import default_ks
 
 SEED = 0  # one seed for every bootstrap and permutation draw of a report
-
-
-@dataclass(frozen=True)
-class Report:
-    runs: tuple[RunData, ...]
-    counts: pd.DataFrame  # per problem: run, model, adapter, lang, problem, n, c, column
-    ks: tuple[int, ...]
-    cells: dict[int, pd.DataFrame]  # k → cell estimates
-    comparisons: pd.DataFrame  # pass@1, paired
-    table1: pd.DataFrame
-    intervals: pd.DataFrame
-    statuses: pd.DataFrame  # status shares per cell
 
 
 def assemble(runs: list[RunData], seed: int = SEED) -> Report:

@@ -10,8 +10,8 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from harness.report.build import Report
 from harness.report.charts import STATUS_COLORS, bar_chart, colors_for, heatmap, status_bar
+from harness.report.contents import Report
 from harness.report.labels import column_sort_key, language_name
 
 MANIFEST_VALUE_CHARS = 400

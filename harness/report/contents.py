@@ -1,0 +1,22 @@
+"""What one report holds: every table, as `build.assemble` makes them and the writers
+(`build.write_files`, `html.render_html`) read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness.report.load import RunData
+
+
+@dataclass(frozen=True)
+class Report:
+    runs: tuple[RunData, ...]
+    counts: pd.DataFrame  # per problem: run, model, adapter, lang, problem, n, c, column
+    ks: tuple[int, ...]
+    cells: dict[int, pd.DataFrame]  # k → cell estimates
+    comparisons: pd.DataFrame  # pass@1, paired
+    table1: pd.DataFrame
+    intervals: pd.DataFrame
+    statuses: pd.DataFrame  # status shares per cell
