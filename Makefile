@@ -32,6 +32,7 @@ images-check: setup docker
 
 test: setup docker chromium images
 	$(BIN)/ruff check harness tests
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 test-fast: setup
@@ -43,3 +44,4 @@ demo: setup docker
 
 lint: setup
 	$(BIN)/ruff check harness tests
+	$(BIN)/lint-imports  # the layering in .importlinter
