@@ -14,16 +14,12 @@ from harness.errors import UserError
 from harness.training.config import AdapterJob, TrainConfig, adapter_seed
 
 
-def method_configs() -> dict[str, type]:
-    from harness.adapters import FLoRAConfig, IA3Config, LoRAConfig
-
-    return {"flora": FLoRAConfig, "lora": LoRAConfig, "ia3": IA3Config}
-
-
 def method_config(job: AdapterJob, targets: tuple[str, ...] = (), alpha: float | None = None) -> Any:
     """The adapters package's config for `job`: its defaults (PEFT's targets for gpt_bigcode)
     with the rank, and the targets and LoRA alpha when given."""
-    cls = method_configs()[job.method]
+    from harness.adapters.methods import method
+
+    cls = method(job.method).config_cls
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     if job.rank is not None:
