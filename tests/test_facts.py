@@ -70,8 +70,10 @@ def test_method_labels_and_facts():
     assert [method_label(m) for m in ("flora", "lora", "ia3", "base", "dora")] == \
         ["FLoRA", "LoRA", "IA3", "base", "dora"]
     assert [BY_NAME[m].has_rank for m in ("flora", "lora", "ia3")] == [True, True, False]
-    with pytest.raises(UserError, match="unknown adapter method 'dora'"):
+    with pytest.raises(UserError, match=r"unknown adapter method 'dora' \(known: flora, lora, ia3\); did"):
         method("dora")
+    with pytest.raises(UserError, match=r"did you mean flora, lora\?$"):
+        method("flor")
 
 
 # -- adapter names and their languages ----------------------------------------------------

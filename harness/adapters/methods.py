@@ -13,7 +13,7 @@ from harness.adapters.bank import AdapterBank
 from harness.adapters.flora import FLoRABank
 from harness.adapters.ia3 import IA3Bank
 from harness.adapters.lora import LoRABank
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 from harness.records import BASE
 
 METHODS: dict[str, type[AdapterBank]] = {bank.peft_type: bank for bank in (FLoRABank, LoRABank, IA3Bank)}
@@ -48,7 +48,8 @@ def method(name: str) -> type[AdapterBank]:
     """The method called `name`; a UserError naming the methods otherwise."""
     bank = find_method(name)
     if bank is None:
-        raise UserError(f"unknown adapter method {name!r} (known: {', '.join(method_names())})")
+        raise UserError(f"unknown adapter method {name!r} (known: {', '.join(method_names())})"
+                        + did_you_mean(name.lower(), method_names()))
     return bank
 
 
