@@ -29,7 +29,14 @@ the file and the problem. Modules: `bank` (stacked tensors, shared), `flora`/`lo
 (attach/set_rows/merge/export), `files` (PEFT layout, names, hashes), `validate` (checks).
 """
 
-from harness.adapters.files import AdapterFile, content_hash, load_adapter, resolve_adapter, save_adapter
+from harness.adapters.files import (
+    AdapterFile,
+    adapter_languages,
+    content_hash,
+    load_adapter,
+    resolve_adapter,
+    save_adapter,
+)
 from harness.adapters.flora import FLoRAConfig
 from harness.adapters.handle import AdapterHandle, attach, init_adapter
 from harness.adapters.ia3 import IA3Config
@@ -41,6 +48,7 @@ __all__ = [
     "FLoRAConfig",
     "IA3Config",
     "LoRAConfig",
+    "adapter_languages",
     "attach",
     "content_hash",
     "init_adapter",

@@ -117,6 +117,11 @@ def _from_hub(repo_id: str) -> Path:
     return Path(path)
 
 
+def adapter_languages(adapters: list[AdapterFile]) -> list[str]:
+    """The languages the adapters were trained on (`train` records `language`), in order."""
+    return list(dict.fromkeys(str(a.metadata["language"]) for a in adapters if a.metadata.get("language")))
+
+
 def read_config(path: Path) -> tuple[type, Any]:
     """(bank class, config) from adapter_config.json; refuses unknown kinds and options."""
     config_path = path / CONFIG_FILE
