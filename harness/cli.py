@@ -2,23 +2,25 @@
 
     problems → generate → execute → score → report
 
-Each stage is also a subcommand that works from files on disk. Tool commands (images,
-bench, train, check, baseline) live in their own modules; this file only wires them.
+Each stage is also a subcommand that works from files on disk. The work is done by the
+Python API (harness/api.py), one function per stage; tool commands (images, bench, train,
+check, baseline) live in their own modules. This file only parses and wires.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
-import os
+import sqlite3
 import sys
 from pathlib import Path
 
+from harness import api
 from harness.errors import UserError
-from harness.records import BASE, SamplingConfig
+from harness.records import SamplingConfig
 
-DEFAULT_LANGS = ["py"]
-RESULTS_ROOT = Path("results")
+RESULTS_ROOT = api.RESULTS_ROOT
 
 # Tool subcommands: name → module exposing `add_arguments(parser)` and `run(args) -> int`.
 TOOL_COMMANDS = {
@@ -34,165 +36,85 @@ TOOL_COMMANDS = {
 # The main command: every stage, in order.
 # ---------------------------------------------------------------------------------------
 def run_pipeline(args: argparse.Namespace) -> int:
-    from harness.execute import execute_run
-    from harness.generate import generate_run
-    from harness.models import load_model
-    from harness.report import write_reports
-    from harness.runs import RunDir, environment, new_run_id
-
-    langs = validate_langs(args.lang or default_langs(args))
-    run = RunDir.open(args.run_dir or RESULTS_ROOT / (args.run_id or new_run_id(args.model)))
-    sampling = sampling_from(args)
-
-    problem_sets = [load_problems_for(lang, args) for lang in langs]  # 1. problems
-    loaded = load_model(args.model, device=generation_device(args), load_8bit=args.load_8bit)
-    adapters = resolve_adapters(args, loaded)
-    if is_rank0():
-        run.update_manifest(
-            environment=environment(),
-            config=run_config(args, langs, sampling, adapters),
-            dataset={ps.lang: {"source": ps.source, "revision": ps.revision,
-                               "problems": len(ps.problems)} for ps in problem_sets},
-            model={"name": loaded.name, "source": loaded.source},
-        )
-    telemetry = generate_run(loaded, problem_sets, adapters, sampling, run,  # 2. generate
-                             batch_size=args.batch_size)
-    if not is_rank0():  # under torchrun, rank 0 alone executes, scores and reports
+    evaluation = evaluation_from(args)  # 1. problems, model, adapters, sampling
+    run, invocation, _ = api.generate(evaluation, run_dir_from(args), **generation_options(args),
+                                      stage="evaluate")  # 2. generate
+    if not api.is_rank0():  # under torchrun, rank 0 alone executes, scores and reports
         return 0
-    run.update_manifest(telemetry={"generate": telemetry.as_dict()})
-    del loaded
-    execution = execute_run(run, jobs=args.jobs)  # 3. execute
-    run.update_manifest(images=execution.images, telemetry={"execute": execution.telemetry})
-    paths = write_reports(run)  # 4. score + 5. report
+    api.execute(run, jobs=args.jobs, use_cache=not args.no_cache, invocation=invocation)  # 3. execute
+    api.score(run)  # 4. score
+    paths = api.report(run.root)  # 5. report
+    invocation.update(finished=True)
     print(paths["table"].read_text(encoding="utf-8"))
     print(f"run: {run.root}  report: {paths['html']}")
     return 0
 
 
-def generation_device(args: argparse.Namespace) -> str | None:
-    """--device, else under torchrun this process's own GPU (or the CPU), else automatic."""
-    from harness.generate.distributed import launched_size, local_device
-
-    return args.device or (local_device() if launched_size() > 1 else None)
-
-
-def is_rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def evaluation_from(args: argparse.Namespace) -> api.Evaluation:
+    sampling = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                              max_tokens=args.max_tokens, seed=args.seed)
+    return api.Evaluation(model=args.model, adapters=tuple(args.adapter or ()), langs=tuple(args.lang or ()),
+                          sampling=sampling, dataset=args.dataset, limit=args.limit,
+                          adapters_dir=args.adapters_dir)
 
 
-def validate_langs(langs: list[str]) -> list[str]:
-    from harness.execute.languages import load_language
-
-    return [load_language(lang).key for lang in langs]
-
-
-def default_langs(args: argparse.Namespace) -> list[str]:
-    """Without --lang: the languages the --adapter adapters were trained on, else py."""
-    names = [name for name in dict.fromkeys(args.adapter or []) if name != BASE]
-    if not names:
-        return DEFAULT_LANGS
-    from harness.adapters import adapter_languages, load_adapter
-
-    adapters_dir = Path(args.adapters_dir) if args.adapters_dir else None
-    adapters = [load_adapter(name, adapters_dir=adapters_dir) for name in names]
-    return adapter_languages(adapters) or DEFAULT_LANGS
+def generation_options(args: argparse.Namespace) -> dict:
+    return {"batch_size": args.batch_size, "device": args.device, "load_8bit": args.load_8bit,
+            "overwrite": args.overwrite}
 
 
-def load_problems_for(lang: str, args: argparse.Namespace):
-    from harness.problems import load_problems
+def run_dir_from(args: argparse.Namespace) -> Path:
+    if args.run_dir:
+        return Path(args.run_dir)
+    from harness.runs import new_run_id
 
-    return load_problems(lang, args.dataset, limit=args.limit)
-
-
-def sampling_from(args: argparse.Namespace) -> SamplingConfig:
-    return SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                          max_tokens=args.max_tokens, seed=args.seed)
-
-
-def resolve_adapters(args: argparse.Namespace, loaded) -> list:
-    """The evaluation's columns: the base model, then each `--adapter`, loaded and checked
-    against the base model's shapes now, so a bad adapter stops the run before generation."""
-    from harness.adapters import load_adapter
-    from harness.generate import AdapterChoice
-
-    adapters_dir = Path(args.adapters_dir) if args.adapters_dir else None
-    choices = [AdapterChoice(BASE)]
-    for name in dict.fromkeys(args.adapter or []):
-        if name == BASE:
-            continue
-        spec = load_adapter(name, base_model=loaded.model, adapters_dir=adapters_dir)
-        choices.append(AdapterChoice(name, spec.content_hash, spec))
-    return choices
-
-
-def run_config(args, langs, sampling: SamplingConfig, adapters) -> dict:
-    return {
-        "model": args.model,
-        "adapters": [adapter_entry(a) for a in adapters],
-        "langs": langs,
-        "sampling": vars(sampling),
-        "limit": args.limit,
-    }
-
-
-def adapter_entry(choice) -> dict:
-    """What the manifest records of one evaluated column (the report reads `method`)."""
-    spec = choice.spec
-    if spec is None:
-        return {"name": choice.name, "method": "base", "hash": ""}
-    return {"name": choice.name, "method": spec.method, "rank": spec.rank,
-            "hash": choice.content_hash, "path": str(spec.path),
-            "language": spec.metadata.get("language")}
+    return RESULTS_ROOT / (args.run_id or new_run_id(args.model))
 
 
 # ---------------------------------------------------------------------------------------
 # Stage subcommands: each starts from files on disk.
 # ---------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
-    from harness.generate import generate_run
-    from harness.models import load_model
-    from harness.runs import RunDir
-
-    langs = validate_langs(args.lang or default_langs(args))
-    run = RunDir.open(args.run_dir)
-    problem_sets = [load_problems_for(lang, args) for lang in langs]
-    loaded = load_model(args.model, device=generation_device(args), load_8bit=args.load_8bit)
-    adapters = resolve_adapters(args, loaded)
-    telemetry = generate_run(loaded, problem_sets, adapters, sampling_from(args), run,
-                             batch_size=args.batch_size)
-    if is_rank0():
-        run.update_manifest(telemetry={"generate": telemetry.as_dict()})
+    run, invocation, telemetry = api.generate(evaluation_from(args), Path(args.run_dir),
+                                              **generation_options(args))
+    if invocation is not None:
+        invocation.update(finished=True)
     print(f"completions in {run.root} ({telemetry.prompts} prompts sampled)")
     return 0
 
 
 def cmd_execute(args: argparse.Namespace) -> int:
     from harness.execute import execute_paths
+    from harness.runs import RunDir
 
-    written = execute_paths([Path(p) for p in args.inputs], jobs=args.jobs,
-                            out_dir=Path(args.out) if args.out else None,
-                            lang=args.exec_lang, dataset=args.exec_dataset)
+    inputs = [Path(p) for p in args.inputs]
+    if len(inputs) == 1 and RunDir.is_run(inputs[0]) and not args.out:
+        execution = api.execute(api.open_run(inputs[0]), jobs=args.jobs, use_cache=not args.no_cache)
+        print(f"results in {inputs[0]} ({execution.telemetry.get('programs', 0)} programs)")
+        return 0
+    written = execute_paths(inputs, jobs=args.jobs, out_dir=Path(args.out) if args.out else None,
+                            lang=args.exec_lang, dataset=args.exec_dataset, use_cache=not args.no_cache)
     for path in written:
         print(path)
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from harness.report import write_reports
-    from harness.runs import RunDir
+    from harness.score import SCORES_FILE
 
-    paths = write_reports(RunDir.existing(args.run))
-    print(paths["scores"])
+    run = api.open_run(args.run)
+    scores = api.score(run)
+    print(f"{run.root / SCORES_FILE} ({len(scores)} problems scored)")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import write_combined_report, write_reports
+    from harness.report import write_combined_report
     from harness.runs import RunDir
 
     runs = [RunDir.existing(path) for path in args.runs]
     if len(runs) == 1:
-        paths = write_reports(runs[0])
+        paths = api.report(runs[0].root)
     else:
         paths = write_combined_report(runs, Path(args.out or RESULTS_ROOT / "combined"))
     print(paths["table"].read_text(encoding="utf-8"))
@@ -230,6 +152,8 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--device", help="torch device (default: cuda when available)")
     parser.add_argument("--load-8bit", action="store_true",
                         help="8-bit base weights (GPU with bitsandbytes only)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="regenerate the files of the run made with other settings (default: stop)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", help="name of the run under results/ (same id resumes)")
     parser.add_argument("--run-dir", help="explicit run directory (overrides --run-id)")
     parser.add_argument("--jobs", type=int, default=None, help="programs run in parallel")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="execute every program again (ignore the execution cache)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="sample completions into a run directory")
@@ -253,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("inputs", nargs="+", help="run directories, completions files "
                      "(MultiPL-E .json/.json.gz) or bigcode generations.json")
     exe.add_argument("--jobs", type=int, default=None)
+    exe.add_argument("--no-cache", action="store_true",
+                     help="execute every program again (ignore the execution cache)")
     exe.add_argument("--out", help="where to write results (default: beside each input)")
     exe.add_argument("--lang", dest="exec_lang",
                      help="language of a bigcode generations.json (e.g. py)")
@@ -261,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "of humaneval-<lang>.jsonl; default: the hub)")
     exe.set_defaults(handler=cmd_execute)
 
-    sco = sub.add_parser("score", help="pass@k of a run's results into scores.csv")
+    sco = sub.add_parser("score", help="per-problem pass@k of a run's results into scores.csv")
     sco.add_argument("run")
     sco.set_defaults(handler=cmd_score)
 
@@ -290,6 +218,24 @@ def _not_built(name: str):
     return handler
 
 
+def disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(exc)  # sqlite3: the execution cache's database
+
+
+def disk_full_message(exc: BaseException) -> str:
+    """One line: what filled up, and that a rerun resumes (every file is written atomically)."""
+    path = getattr(exc, "filename", None)
+    if path is None and isinstance(exc, sqlite3.OperationalError):
+        from harness.execute.cache import default_path
+
+        path = default_path()
+    where = f"the disk holding {Path(path).parent}" if path else "a disk"
+    return (f"{where} is full (writing {path or 'a file'}); nothing finished is lost: free some space "
+            "there, then run the same command again to resume")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -301,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_pipeline(args)
     except UserError as exc:
         print(f"flora-eval: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not disk_full(exc):
+            raise
+        print(f"flora-eval: error: {disk_full_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("flora-eval: interrupted; run the same command again to resume", file=sys.stderr)

@@ -14,18 +14,32 @@ from harness.records import Completions, ProblemResults
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON (gzipped when the name ends in .gz) via a temp file and rename, so a
-    killed process never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write JSON (gzipped when the name ends in .gz) atomically."""
     # ASCII escapes (as MultiPL-E's own json.dump) keep lone surrogates from model output valid.
     raw = json.dumps(data).encode("ascii")
     if path.suffix == ".gz":
         raw = gzip.compress(raw, mtime=0)
+    write_bytes(path, raw)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, raw: bytes) -> None:
+    """Write via a temp file and rename, so a killed process (or a full disk) never leaves a
+    half-written file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write names no file: say which one it was
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -7,6 +7,7 @@ download. It scores about zero; it exists so the whole pipeline runs anywhere.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class LoadedModel:
     source: str  # the resolved hub id or path ("builtin:tiny" for tiny)
     model: torch.nn.Module
     tokenizer: object  # a transformers PreTrainedTokenizerBase
+    revision: str = ""  # hub commit, or "sha256:..." of a local directory or of tiny's weights
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +74,37 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     else:
         model, tokenizer = _from_pretrained(name, source, dtype)
         model = model.to(device=device)
-    return LoadedModel(name=name, source=source, model=model.eval(), tokenizer=tokenizer)
+    return LoadedModel(name=name, source=source, model=model.eval(), tokenizer=tokenizer,
+                       revision=model_revision(source, model))
+
+
+def model_revision(source: str, model: torch.nn.Module) -> str:
+    """What identifies the weights: the hub commit transformers resolved, else a content
+    hash of the local directory, and for tiny a hash of its weights."""
+    if source == "builtin:tiny":
+        return weights_digest(model)
+    if Path(source).is_dir():
+        return directory_digest(Path(source))
+    return str(getattr(model.config, "_commit_hash", None) or "")
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(name.encode() + b"\0" + data.numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def directory_digest(root: Path) -> str:
+    """sha256 over every file's relative path and bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 def _from_pretrained(name: str, source: str, dtype: torch.dtype, **kwargs):

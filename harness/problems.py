@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.records import Problem
+from harness.records import BENCHMARK, Problem
 
 HUB_DATASET = "nuprl/MultiPL-E"
 # v3.3 fixes Lua's stop token (bigcode-evaluation-harness uses it); v3 dropped Python,
@@ -24,6 +24,7 @@ class ProblemSet:
     problems: tuple[Problem, ...]
     source: str  # "hub:nuprl/MultiPL-E" or a local path
     revision: str  # the pinned hub revision, or a content hash of the local file
+    benchmark: str = BENCHMARK
 
 
 def hub_revision(lang: str) -> str:
@@ -38,9 +39,7 @@ def load_problems(lang: str, dataset: str | Path | None = None, limit: int | Non
     else:
         problem_set = _load_hub(lang)
     if limit is not None:
-        problem_set = ProblemSet(
-            lang, problem_set.problems[:limit], problem_set.source, problem_set.revision
-        )
+        problem_set = replace(problem_set, problems=problem_set.problems[:limit])
     return problem_set
 
 

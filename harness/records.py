@@ -2,16 +2,19 @@
 
 Each record mirrors a MultiPL-E file so a stage can start from files another tool wrote:
 `Completions` is a `<name>.json.gz` completions file, `ProblemResults` a
-`<name>.results.json.gz` results file. Extra provenance fields (model, adapter, seed, ...)
-are ours; MultiPL-E readers ignore unknown keys.
+`<name>.results.json.gz` results file. Both carry a `Provenance` (under the key
+`provenance`; MultiPL-E readers ignore unknown keys): which model, adapter, language,
+sampling settings, benchmark and dataset made them. Code that reads a run reads this record,
+never folder names.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-BASE = "base"  # the adapter name used for the base model (no adapter)
+BASE = "base"  # the adapter name (and method) of the base model (no adapter)
+BENCHMARK = "humaneval"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,41 @@ class SamplingConfig:
     max_tokens: int = 1024
     seed: int = 0
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SamplingConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known and v is not None})
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made a record: the model and its revision, the adapter (method, rank, content
+    hash), the language, the full sampling config and seed, the benchmark and dataset
+    revision, and the flora-eval version that wrote it."""
+
+    model: str = ""  # the name the run was asked for (alias, hub id, path or "tiny")
+    model_revision: str = ""  # hub commit, or "sha256:..." of a local directory / the tiny model
+    adapter: str = BASE
+    method: str = BASE  # "base" | a method key ("flora", "lora", "ia3")
+    rank: int | None = None
+    adapter_hash: str = ""
+    lang: str = ""  # the language key (`rb`), not MultiPL-E's `language` field
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    benchmark: str = BENCHMARK
+    dataset: str = ""  # "hub:nuprl/MultiPL-E" or a local file
+    dataset_revision: str = ""  # pinned hub revision, or "sha256:..." of the local file
+    harness_version: str = ""  # "0.1.0", plus "+g<commit>" when run from a git checkout
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Provenance:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["sampling"] = SamplingConfig.from_json(d.get("sampling") or {})
+        return cls(**kw)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ProblemFile:
@@ -64,28 +102,51 @@ class ProblemFile:
     prompt: str
     tests: str
     stop_tokens: tuple[str, ...]
-    model: str = ""
-    adapter: str = BASE
-    adapter_hash: str = ""
-    seed: int = 0
+    provenance: Provenance = field(default_factory=Provenance)
+
+    @property
+    def model(self) -> str:
+        return self.provenance.model
+
+    @property
+    def adapter(self) -> str:
+        return self.provenance.adapter
 
     @classmethod
     def _header_from_json(cls, d: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments from a file written by us or by another tool (MultiPL-E,
         bigcode): unknown keys are dropped, missing sampling fields get neutral values."""
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(ProblemFile)}
         kw = {k: v for k, v in d.items() if k in known}
         kw["stop_tokens"] = tuple(kw.get("stop_tokens") or ())
         kw.setdefault("tests", "")
         for key, default in (("temperature", 0.0), ("top_p", 1.0), ("max_tokens", 0)):
             if kw.get(key) is None:
                 kw[key] = default
+        kw["provenance"] = _provenance_from_json(d)
         return kw
 
     def _header_json(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(ProblemFile)}
         d["stop_tokens"] = list(self.stop_tokens)
+        d["provenance"] = self.provenance.to_json()
         return d
+
+    def header(self) -> dict[str, Any]:
+        """The ProblemFile fields as keyword arguments (to build a record of another kind)."""
+        return {f.name: getattr(self, f.name) for f in fields(ProblemFile)}
+
+
+def _provenance_from_json(d: dict[str, Any]) -> Provenance:
+    """Our `provenance` object; files of flora-eval 0.1 kept model/adapter/adapter_hash/seed at
+    the top level, and files of other tools have none (an empty provenance)."""
+    if isinstance(d.get("provenance"), dict):
+        return Provenance.from_json(d["provenance"])
+    sampling = SamplingConfig(n=len(d.get("completions") or d.get("results") or ()),
+                              temperature=d.get("temperature") or 0.0, top_p=d.get("top_p") or 1.0,
+                              max_tokens=d.get("max_tokens") or 0, seed=d.get("seed") or 0)
+    return Provenance(model=d.get("model") or "", adapter=d.get("adapter") or BASE,
+                      adapter_hash=d.get("adapter_hash") or "", sampling=sampling)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,10 +184,12 @@ class ExecResult:
 
 @dataclass(frozen=True, kw_only=True)
 class ProblemResults(ProblemFile):
-    """Execution results of one problem's completions: a MultiPL-E results file."""
+    """Execution results of one problem's completions: a MultiPL-E results file, plus the
+    image and limits the programs ran under (results made under others are re-run)."""
 
     results: tuple[ExecResult, ...]
     image_id: str = ""
+    limits: str = ""
 
     @property
     def n(self) -> int:
@@ -138,18 +201,20 @@ class ProblemResults(ProblemFile):
 
     def to_json(self) -> dict[str, Any]:
         return {**self._header_json(), "results": [asdict(r) for r in self.results],
-                "image_id": self.image_id}
+                "image_id": self.image_id, "limits": self.limits}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ProblemResults:
         kw = cls._header_from_json(d)
         kw["results"] = tuple(ExecResult(**_result_fields(r)) for r in d["results"])
+        kw["image_id"] = d.get("image_id") or ""
+        kw["limits"] = d.get("limits") or ""
         return cls(**kw)
 
     @classmethod
-    def of(cls, completions: Completions, results: list[ExecResult], image_id: str = ""):
-        header = {f.name: getattr(completions, f.name) for f in fields(ProblemFile)}
-        return cls(**header, results=tuple(results), image_id=image_id)
+    def of(cls, completions: Completions, results: list[ExecResult], image_id: str = "",
+           limits: str = "") -> ProblemResults:
+        return cls(**completions.header(), results=tuple(results), image_id=image_id, limits=limits)
 
 
 def _result_fields(r: dict[str, Any]) -> dict[str, Any]:
@@ -164,12 +229,28 @@ def _result_fields(r: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ProblemScore:
-    """pass@k of one problem for one (model, adapter, language)."""
+    """The score stage's record: pass@k of one problem for one (model, adapter, language),
+    with the counts it rests on, the status of every sample, and the provenance."""
 
-    model: str
-    adapter: str
-    language: str
+    provenance: Provenance
     problem: str
     n: int
     c: int
     pass_at: dict[int, float] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    image_id: str = ""
+
+    @property
+    def model(self) -> str:
+        return self.provenance.model
+
+    @property
+    def adapter(self) -> str:
+        return self.provenance.adapter
+
+    @property
+    def lang(self) -> str:
+        return self.provenance.lang
+
+    def with_provenance(self, **changes: Any) -> ProblemScore:
+        return replace(self, provenance=replace(self.provenance, **changes))

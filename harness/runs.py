@@ -8,13 +8,17 @@
       table.md · table1.csv · table1.tex · report.html           reports
 
 Resuming is derived from what is on disk: a stage skips every file that already exists
-(files are written atomically, so an existing file is a finished one).
+(files are written atomically, so an existing file is a finished one) and whose recorded
+provenance matches what is asked now. The manifest keeps every invocation (`invocations`)
+and, at its top level, the latest config, dataset, model, images and telemetry.
 """
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -50,6 +54,12 @@ class RunDir:
         path = Path(root)
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
+
+    @staticmethod
+    def is_run(path: str | Path) -> bool:
+        """A folder holding a manifest or completions files in the run layout."""
+        path = Path(path)
+        return path.is_dir() and ((path / MANIFEST).is_file() or bool(RunDir(path).completion_files()))
 
     @classmethod
     def existing(cls, root: str | Path) -> RunDir:
@@ -88,15 +98,76 @@ class RunDir:
         return read_json(self.manifest_path)
 
     def update_manifest(self, **sections: Any) -> dict[str, Any]:
-        """Merge `sections` into the manifest (dict sections merge one level deep)."""
+        """Merge `sections` into the manifest's latest state (dict sections merge one level
+        deep); the history of invocations is kept apart (`begin`)."""
         manifest = self.read_manifest()
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
-                manifest[key] = {**manifest[key], **value}
-            else:
-                manifest[key] = value
+        _merge(manifest, sections)
         write_json(self.manifest_path, manifest)
         return manifest
+
+    def begin(self, stage: str, **sections: Any) -> Invocation:
+        """Record one invocation (the main command or a stage subcommand) in the manifest's
+        `invocations` history, with its command line and environment; `sections` (config,
+        dataset, model, ...) go into it and into the manifest's latest state."""
+        manifest = self.read_manifest()
+        history = manifest.setdefault("invocations", [])
+        entry = {"stage": stage, **environment(), **sections}
+        history.append(entry)
+        _merge(manifest, {"environment": environment(), **sections})
+        write_json(self.manifest_path, manifest)
+        return Invocation(self, len(history) - 1)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One entry of a run's invocation history, updated as its stages finish."""
+
+    run: RunDir
+    index: int
+
+    def update(self, finished: bool = False, **sections: Any) -> None:
+        """Merge `sections` into this invocation and into the manifest's latest state."""
+        manifest = self.run.read_manifest()
+        history = manifest.get("invocations") or []
+        if self.index < len(history):
+            _merge(history[self.index], sections)
+            if finished:
+                history[self.index]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _merge(manifest, sections)
+        write_json(self.run.manifest_path, manifest)
+
+
+def _merge(target: dict[str, Any], sections: dict[str, Any]) -> None:
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            target[key] = {**target[key], **value}
+        else:
+            target[key] = value
+
+
+def harness_version() -> str:
+    """flora-eval's version, with `+g<commit>` (and `.dirty`) when run from a git checkout."""
+    try:
+        version = metadata.version("flora-eval")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return version + _git_suffix(Path(__file__).resolve().parent.parent)
+
+
+@functools.cache
+def _git_suffix(root: Path) -> str:
+    if not (root / ".git").exists():
+        return ""
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if commit.returncode != 0:
+        return ""
+    return f"+g{commit.stdout.strip()}" + (".dirty" if dirty.stdout.strip() else "")
 
 
 def environment() -> dict[str, Any]:

@@ -8,7 +8,8 @@ import pytest
 from harness.adapters import FLoRAConfig, IA3Config, init_adapter, save_adapter
 from harness.adapters.files import adapter_languages, load_adapter, resolve_adapter
 from harness.adapters.methods import BY_NAME, default_lrs, method, method_label, method_names
-from harness.cli import build_parser, default_langs
+from harness.api import resolve_langs
+from harness.cli import build_parser
 from harness.errors import UserError
 from harness.execute.languages import all_languages, display_name, load_language
 from harness.models import build_tiny
@@ -38,10 +39,10 @@ def test_a_language_is_found_by_any_of_its_names(name, key):
 
 
 def test_lang_ruby_means_rb_on_the_command_line():
-    from harness.cli import validate_langs
+    from harness.cli import evaluation_from
 
     args = build_parser().parse_args(["--lang", "ruby", "--lang", "rb", "--lang", "Perl"])
-    assert validate_langs(args.lang) == ["rb", "rb", "pl"]
+    assert resolve_langs(evaluation_from(args).langs, []) == ["rb", "pl"]
 
 
 def test_an_unknown_language_suggests_the_closest_names():
@@ -114,9 +115,10 @@ def test_adapters_say_which_languages_they_were_trained_on(lib):
 
 
 def test_without_lang_a_run_evaluates_its_adapters_languages(lib):
-    def langs(*argv):
-        return default_langs(build_parser().parse_args(["--adapters-dir", str(lib), *argv]))
+    def langs(*names):
+        return resolve_langs((), adapter_languages([load_adapter(name, adapters_dir=lib) for name in names]))
 
-    assert langs("--adapter", "ruby-r1") == ["rb"]
-    assert langs("--adapter", "base", "--adapter", "pl-ia3", "--adapter", "ruby-r1") == ["pl", "rb"]
-    assert langs("--adapter", "plain") == ["py"] and langs() == ["py"]
+    assert langs("ruby-r1") == ["rb"]
+    assert langs("pl-ia3", "ruby-r1") == ["pl", "rb"]
+    assert langs("plain") == ["py"] and langs() == ["py"]
+    assert resolve_langs(("ruby", "rb", "Perl"), ["py"]) == ["rb", "pl"]  # --lang wins, any name

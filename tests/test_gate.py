@@ -47,7 +47,9 @@ def failures(junit):
 
 def test_baseline_file_round_trips_the_counts(baseline):
     counts, path = baseline
-    assert load_baseline(path) == counts
+    baseline = load_baseline(path)
+    assert baseline.cells == counts
+    assert {s["temperature"] for s in baseline.settings.values()} == {0.1}
 
 
 def test_identical_results_pass(tmp_path, baseline, capsys):
@@ -127,6 +129,27 @@ def test_bad_inputs_are_one_line_user_errors(tmp_path, baseline, capsys):
     assert len(errors) == 3 and all(line.startswith("flora-eval: error: ") for line in errors)
 
 
-def test_run_cells_reads_folder_names(tmp_path, humaneval_dir):
+def test_run_cells_come_from_the_records_not_folder_names(tmp_path, humaneval_dir):
     counts = demo_counts(langs=("rs",), adapters=("base",), problems_per_lang=3, n=5)
-    assert run_cells(write_run(tmp_path / "r", counts)) == counts
+    run = write_run(tmp_path / "r", counts)
+    (run.root / MODEL).rename(run.root / "renamed-folder")  # folders are not read for names
+    assert run_cells(run) == counts
+
+
+def test_check_refuses_a_run_sampled_at_another_temperature(tmp_path, baseline, capsys):
+    counts, path = baseline
+    run = write_run(tmp_path / "hot", counts, seed=2, temperature=0.8)
+    code = main(["check", str(run.root), "--baseline", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "temperature is 0.8 in the run, 0.1 in the baseline" in err and "--allow-different" in err
+    assert main(["check", str(run.root), "--baseline", str(path), "--allow-different"]) == 0
+    assert "warning: compared although temperature" in capsys.readouterr().out
+
+
+def test_check_refuses_another_model(tmp_path, baseline, capsys):
+    counts, path = baseline
+    other = {("synthetic-2", *key[1:]): cell for key, cell in counts.items()}
+    code = main(["check", str(write_run(tmp_path / "other", other).root), "--baseline", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "model is synthetic-2 in the run, synthetic in the baseline" in err

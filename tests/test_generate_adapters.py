@@ -95,7 +95,8 @@ def test_generate_run_evaluates_all_adapters_in_one_pass(loaded, specs, humaneva
     for problem in problem_sets[0].problems:
         records = {c.name: read_completions(run.completions_path("tiny", c.name, "py", problem.name))
                    for c in choices}
-        assert records["flora-r1"].adapter_hash == specs[0].content_hash
+        assert records["flora-r1"].provenance.adapter_hash == specs[0].content_hash
+        assert records["flora-r1"].provenance.method == "flora" and records["flora-r1"].provenance.rank == 1
         assert all(len(r.completions) == 3 for r in records.values())
         alone = read_completions(base_only.completions_path("tiny", "base", "py", problem.name))
         assert records["base"].completions == alone.completions
@@ -113,4 +114,4 @@ def test_an_adapter_given_by_path_is_loaded_and_its_hash_recorded(loaded, specs,
     name = str(tmp_path / "flora-r1")
     generate_run(loaded, problem_sets, [AdapterChoice(), AdapterChoice(name)], sampling, run, batch_size=4)
     record = read_completions(run.completions_path("tiny", name, "py", problem_sets[0].problems[0].name))
-    assert record.adapter_hash == saved.content_hash == specs[0].content_hash
+    assert record.provenance.adapter_hash == saved.content_hash == specs[0].content_hash

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import UserError
 from harness.files import read_completions
 from harness.generate import AdapterChoice, generate_run
-from harness.generate.run import PARTIAL_SUFFIX, WorkItem, _append_partial, partial_path
+from harness.generate.resume import PARTIAL_SUFFIX, append_partial, partial_path
+from harness.generate.run import provenance_of
 from harness.models import load_model
 from harness.problems import load_problems
 from harness.records import SamplingConfig
@@ -48,7 +50,12 @@ def test_every_problem_gets_one_file_of_n_completions_and_telemetry(loaded, prob
                              "tiny/base/rb/HumanEval_0_has_close_elements.json.gz"]
     assert all(len(texts) == 4 for texts in files.values())
     record = read_completions(tmp_path / "tiny/base/rb/HumanEval_0_has_close_elements.json.gz")
-    assert record.language == "rb" and record.seed == 7 and record.stop_tokens
+    assert record.language == "rb" and record.stop_tokens
+    provenance = record.provenance
+    assert provenance.lang == "rb" and provenance.sampling == SAMPLING and provenance.model == "tiny"
+    assert provenance.model_revision == loaded.revision and provenance.model_revision.startswith("sha256:")
+    assert provenance.method == "base" and provenance.benchmark == "humaneval"
+    assert provenance.dataset_revision == problem_sets[1].revision and provenance.harness_version
     report = telemetry.as_dict()
     assert report["prompts"] == 3 and report["samples"] == 12
     assert report["prefill_tokens"] > 0 and report["decode_tokens"] > 0
@@ -67,9 +74,9 @@ def test_partial_file_resumes_only_the_missing_samples(loaded, problem_sets, tmp
     problem = problem_sets[0].problems[1]
     path = resumed.completions_path("tiny", "base", "py", problem.name)
     done = read_completions(reference / path.relative_to(resumed.root)).completions
-    item = WorkItem("py", problem, AdapterChoice(), path)
+    provenance = provenance_of(loaded, problem_sets[0], AdapterChoice(), SAMPLING)
     for index in (0, 2):  # as a killed run leaves them: two samples and a torn line
-        _append_partial(item, SAMPLING, "tiny", index, done[index])
+        append_partial(path, provenance, problem.prompt, index, done[index])
     with partial_path(path).open("a") as f:
         f.write('{"index": 3, "compl')
     telemetry = generate_run(loaded, problem_sets, [AdapterChoice()], SAMPLING, resumed, batch_size=3)
@@ -78,13 +85,17 @@ def test_partial_file_resumes_only_the_missing_samples(loaded, problem_sets, tmp
     assert not partial_path(path).exists()
 
 
-def test_partial_file_of_other_settings_is_discarded(loaded, problem_sets, tmp_path):
+def test_partial_file_of_other_settings_stops_the_run_unless_overwrite(loaded, problem_sets, tmp_path):
     run = RunDir.open(tmp_path)
     problem = problem_sets[0].problems[0]
     path = run.completions_path("tiny", "base", "py", problem.name)
     other = SamplingConfig(n=4, temperature=0.2, max_tokens=32, seed=7)
-    _append_partial(WorkItem("py", problem, AdapterChoice(), path), other, "tiny", 0, "stale")
-    generate_run(loaded, problem_sets[:1], [AdapterChoice()], SAMPLING, run, batch_size=8)
+    append_partial(path, provenance_of(loaded, problem_sets[0], AdapterChoice(), other), problem.prompt,
+                   0, "stale")
+    with pytest.raises(UserError, match="temperature is 0.2 there, 0.8 now"):
+        generate_run(loaded, problem_sets[:1], [AdapterChoice()], SAMPLING, run, batch_size=8)
+    assert not path.exists() and partial_path(path).exists()
+    generate_run(loaded, problem_sets[:1], [AdapterChoice()], SAMPLING, run, batch_size=8, overwrite=True)
     assert "stale" not in read_completions(path).completions
 
 

@@ -13,11 +13,11 @@ import numpy as np
 from conftest import MULTIPLE
 
 from harness.files import write_results
-from harness.records import ExecResult, ProblemResults
-from harness.report import collect_scores
+from harness.records import ExecResult, ProblemResults, Provenance, SamplingConfig
 from harness.runs import RunDir
+from harness.score import score_run
 
-MODEL = "bigcode--starcoderbase-1b"
+MODEL = "synthetic"  # made-up counts: never a real model's name
 ADAPTERS = ("base", "flora-r1", "lora-r1", "ia3")
 METHODS = {"base": "base", "flora-r1": "flora", "lora-r1": "lora", "ia3": "ia3"}
 FAILING = ("SyntaxError", "Exception", "Timeout")
@@ -77,22 +77,35 @@ def sample(row: dict, status: str, variant: int) -> ExecResult:
     return ExecResult(program, stdout, stderr, code, status, 1_700_000_000 + variant)
 
 
-def results_for(row: dict, model: str, adapter: str, n: int, c: int, rng: np.random.Generator
-                ) -> ProblemResults:
+def provenance(model: str, adapter: str, lang: str, n: int, temperature: float = 0.1) -> Provenance:
+    """What the pipeline records, with made-up revisions and hashes."""
+    method = METHODS.get(adapter, adapter.rsplit("-", 1)[0])
+    return Provenance(model=model, model_revision="sha256:" + "5e" * 8, adapter=adapter, method=method,
+                      rank=None if method in ("base", "ia3") else 1,
+                      adapter_hash="" if adapter == "base" else "sha256:" + adapter.encode().hex()[:16],
+                      lang=lang, sampling=SamplingConfig(n=n, temperature=temperature),
+                      dataset="../shared/multipl-e/humaneval", dataset_revision="sha256:" + "da" * 8,
+                      harness_version="0.1.0")
+
+
+def results_for(row: dict, model: str, adapter: str, lang: str, n: int, c: int, rng: np.random.Generator,
+                temperature: float = 0.1) -> ProblemResults:
     """n samples of which exactly c pass; the others fail with statuses drawn from `rng`."""
     statuses = ["OK"] * c + list(rng.choice(FAILING, size=n - c, p=[0.3, 0.55, 0.15]))
     samples = tuple(sample(row, s, int(v)) for s, v in zip(statuses, rng.integers(0, 6, size=n),
                                                           strict=True))
-    return ProblemResults(name=row["name"], language=row["language"], temperature=0.1, top_p=0.95,
+    return ProblemResults(name=row["name"], language=row["language"], temperature=temperature, top_p=0.95,
                           max_tokens=1024, prompt=row["prompt"], tests=row["tests"],
-                          stop_tokens=tuple(row["stop_tokens"]), results=samples, model=model,
-                          adapter=adapter, seed=0, image_id="sha256:" + "ab" * 32)
+                          stop_tokens=tuple(row["stop_tokens"]), results=samples,
+                          provenance=provenance(model, adapter, lang, n, temperature),
+                          image_id="sha256:" + "ab" * 32)
 
 
 Counts = dict[tuple[str, str, str], dict[str, tuple[int, int]]]  # (model, adapter, lang) → {problem: (n, c)}
 
 
-def write_run(root: Path, counts: Counts, seed: int = 0, manifest: dict | None = None) -> RunDir:
+def write_run(root: Path, counts: Counts, seed: int = 0, manifest: dict | None = None,
+              temperature: float = 0.1) -> RunDir:
     """A run directory holding exactly `counts`."""
     run = RunDir.open(root)
     rng = np.random.default_rng(seed)
@@ -100,7 +113,7 @@ def write_run(root: Path, counts: Counts, seed: int = 0, manifest: dict | None =
         rows = {row["name"]: row for row in problems(lang)}
         for name, (n, c) in cell.items():
             write_results(run.results_path(model, adapter, lang, name),
-                          results_for(rows[name], model, adapter, n, c, rng))
+                          results_for(rows[name], model, adapter, lang, n, c, rng, temperature))
     run.update_manifest(**(manifest if manifest is not None else demo_manifest(counts)))
     return run
 
@@ -130,18 +143,18 @@ def demo_manifest(counts: Counts) -> dict:
     return {
         "environment": {"python": "3.11.2", "platform": "Linux-6.1-x86_64",
                         "packages": {"flora-eval": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0"},
-                        "command": ["flora-eval", "--model", "starcoderbase-1b"],
+                        "command": ["flora-eval", "--model", "synthetic"],
                         "started": "2026-11-25T15:00:00+0000"},
-        "config": {"model": "starcoderbase-1b",
-                   "adapters": [{"name": a, "hash": "" if a == "base" else f"sha256:{i:064x}",
-                                 "method": METHODS.get(a, "")} for i, a in enumerate(adapters)],
+        "config": {"model": "synthetic",
+                   "adapters": [{"name": a, "hash": "" if a == "base" else f"sha256:{i:064x}"}
+                                for i, a in enumerate(adapters)],
                    "langs": langs, "sampling": {"n": n, "temperature": 0.1, "top_p": 0.95,
                                                 "max_tokens": 1024, "seed": 0}, "limit": None},
         "dataset": {lang: {"source": "../shared/multipl-e/humaneval",
                            "revision": "28441b6024e71d4a1c1c0f6bf171c935cd5a43f2",
                            "problems": len(counts[next(k for k in counts if k[2] == lang)])}
                     for lang in langs},
-        "model": {"name": "bigcode/starcoderbase-1b", "source": "local"},
+        "model": {"name": "synthetic", "source": "made-up counts (tests/test_report_build.py)"},
         "images": {lang: f"sha256:{lang.encode().hex():0<64}" for lang in langs},
         "telemetry": {"generate": {"prompts": 36, "samples": 2880, "tokens": 412345,
                                    "seconds": 812.5, "tokens_per_s": 507.5},
@@ -153,9 +166,9 @@ def demo_manifest(counts: Counts) -> dict:
 def test_builder_writes_exactly_the_counts(tmp_path, humaneval_dir):
     counts = demo_counts(langs=("py", "rs"), problems_per_lang=4, n=10)
     run = write_run(tmp_path / "run", counts)
-    got = {(s.model, s.adapter, s.language): {} for s in collect_scores(run)}
-    for s in collect_scores(run):
-        got[(s.model, s.adapter, s.language)][s.problem] = (s.n, s.c)
+    got = {(s.model, s.adapter, s.lang): {} for s in score_run(run)}
+    for s in score_run(run):
+        got[(s.model, s.adapter, s.lang)][s.problem] = (s.n, s.c)
     assert got == counts
     assert set(run.read_manifest()) == {"environment", "config", "dataset", "model", "images",
                                         "telemetry"}

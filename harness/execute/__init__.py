@@ -42,7 +42,8 @@ def program_of(completions: Completions, completion: str) -> str:
     return completions.prompt + completion + "\n" + completions.tests
 
 
-def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None) -> ExecutionSummary:
+def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None,
+                  use_cache: bool = True) -> ExecutionSummary:
     """Run every task's programs, writing each results file once all its programs are done."""
     from harness.execute.cache import ExecCache
     from harness.execute.engine import Executor
@@ -54,7 +55,7 @@ def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None)
     if not by_lang:
         return ExecutionSummary()
     own = executor is None
-    executor = executor or Executor(jobs=jobs, cache=ExecCache())
+    executor = executor or Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache)
     try:
         for key, lang_tasks in by_lang.items():
             _execute_language(executor, load_language(key), lang_tasks)
@@ -99,20 +100,21 @@ def _write(task: Task, results: list, image_id: str) -> None:
     write_results(task.out, ProblemResults.of(task.completions, list(results), image_id=image_id))
 
 
-def execute_run(run, jobs: int | None = None) -> ExecutionSummary:
+def execute_run(run, jobs: int | None = None, use_cache: bool = True) -> ExecutionSummary:
     """Execute every completions file of a run that has no results file yet (resumable)."""
     from harness.execute.inputs import run_tasks
 
-    return execute_tasks(run_tasks(run.root, out_dir=None), jobs=jobs)
+    return execute_tasks(run_tasks(run.root, out_dir=None), jobs=jobs, use_cache=use_cache)
 
 
 def execute_paths(inputs: list[Path], jobs: int | None = None, out_dir: Path | None = None,
-                  lang: str | list[str] | None = None, dataset: str | None = None) -> list[Path]:
+                  lang: str | list[str] | None = None, dataset: str | None = None,
+                  use_cache: bool = True) -> list[Path]:
     """`flora-eval execute`: run dirs, MultiPL-E completions files or bigcode generations."""
     from harness.execute.inputs import tasks_for
 
     if isinstance(lang, list):  # the top-level `--lang` is repeatable
         lang = lang[-1] if lang else None
     tasks = [task for path in inputs for task in tasks_for(Path(path), out_dir, lang, dataset)]
-    execute_tasks(tasks, jobs=jobs)
+    execute_tasks(tasks, jobs=jobs, use_cache=use_cache)
     return [task.out for task in tasks]

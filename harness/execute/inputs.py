@@ -5,24 +5,36 @@ legacy name such as "python"), directories of such files, and bigcode-evaluation
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import UserError
 from harness.execute import Task
 from harness.files import read_completions, read_json, results_path_for
-from harness.records import Completions
+from harness.records import Completions, Provenance, SamplingConfig
 from harness.runs import RESULTS_SUFFIX, RunDir
 
 
 def run_tasks(root: Path, out_dir: Path | None) -> list[Task]:
-    """The run's completions files that have no results file yet; the language is the
-    run folder's name (`<model>/<adapter>/<lang>/`)."""
+    """The run's completions files that have no results file yet; the language is the one
+    the completions record names (its provenance, else MultiPL-E's `language` field)."""
     tasks = []
     for path in RunDir(root).completion_files():
         out = _out(path, out_dir, root)
         if not out.exists():
-            tasks.append(Task(path.parent.name, read_completions(path), out))
+            tasks.append(task_of(read_completions(path), out))
     return tasks
+
+
+def task_of(completions: Completions, out: Path, lang: str | None = None) -> Task:
+    """A Task whose completions name their language key in the provenance (a file from
+    another tool names only MultiPL-E's `language`, which may be a legacy alias)."""
+    from harness.execute.languages import load_language
+
+    key = load_language(lang or completions.provenance.lang or completions.language).key
+    if completions.provenance.lang != key:
+        completions = replace(completions, provenance=replace(completions.provenance, lang=key))
+    return Task(key, completions, out)
 
 
 def tasks_for(path: Path, out_dir: Path | None, lang: str | None, dataset: str | None) -> list[Task]:
@@ -36,8 +48,7 @@ def tasks_for(path: Path, out_dir: Path | None, lang: str | None, dataset: str |
     data = read_json(path)
     if isinstance(data, list):
         return generations_tasks(path, data, out_dir, lang, dataset)
-    completions = read_completions(path)
-    return [Task(lang or completions.language, completions, _out(path, out_dir, None))]
+    return [task_of(read_completions(path), _out(path, out_dir, None), lang)]
 
 
 def _is_completions_name(name: str) -> bool:
@@ -63,7 +74,8 @@ def generations_tasks(path: Path, data: list, out_dir: Path | None, lang: str | 
     if lang is None:
         raise UserError(f"{path}: a bigcode generations.json does not name its language; pass --lang LANG")
     key = load_language(lang).key
-    problems = load_problems(key, dataset).problems
+    problem_set = load_problems(key, dataset)
+    problems = problem_set.problems
     if len(data) > len(problems):
         raise UserError(f"{path}: {len(data)} problems but the {key} dataset has {len(problems)}; "
                         "check --lang and --dataset")
@@ -78,8 +90,13 @@ def generations_tasks(path: Path, data: list, out_dir: Path | None, lang: str | 
             completions = tuple(g[len(prompt.strip()):] for g in generations)
         else:
             prompt, completions = "", tuple(generations)  # run each program as it stands
+        provenance = Provenance(lang=key, dataset=problem_set.source, dataset_revision=problem_set.revision,
+                                benchmark=problem_set.benchmark,
+                                sampling=SamplingConfig(n=len(completions), temperature=0.0, top_p=1.0,
+                                                        max_tokens=0))
         record = Completions(name=problem.name, language=problem.language, temperature=0.0, top_p=1.0,
                              max_tokens=0, prompt=prompt, tests=problem.tests,
-                             stop_tokens=problem.stop_tokens, completions=completions)
+                             stop_tokens=problem.stop_tokens, completions=completions,
+                             provenance=provenance)
         tasks.append(Task(key, record, folder / f"{problem.name}{RESULTS_SUFFIX}"))
     return tasks

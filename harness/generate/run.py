@@ -1,17 +1,17 @@
 """The generate stage over a run directory: every (language, problem, adapter) in one pass.
 
-    list work ──► skip finished files ──► resume partial files ──► engine ──►
+    list work ──► check what is on disk (resume.py) ──► engine ──►
     append each finished sample to `<problem>.partial.jsonl` ──► write `<problem>.json.gz`
 
 Resume works at the sample level: a finished (problem, adapter) is one atomically written
-completions file; an unfinished one keeps its finished samples, one JSON line each, in a
-partial file beside it (a torn last line is ignored). A restarted run samples only what
-is missing, and per-sample seeds make the result identical to an uninterrupted run.
+completions file; an unfinished one keeps its finished samples in a partial file beside
+it. A restarted run samples only what is missing, and per-sample seeds make the result
+identical to an uninterrupted run. A run directory never mixes settings: files made with
+other settings stop the run before anything is written (resume.py says which may be kept).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,14 +24,23 @@ from harness.files import write_completions
 from harness.generate import distributed
 from harness.generate.budget import auto_slots
 from harness.generate.engine import BASE_ROW, Engine, EngineConfig, Request
+from harness.generate.resume import (
+    Holding,
+    append_partial,
+    conflict_error,
+    discard,
+    holding,
+    partial_path,
+    results_path,
+)
 from harness.generate.sampling import sample_seed
 from harness.generate.telemetry import GenerationTelemetry
 from harness.models import LoadedModel
 from harness.problems import ProblemSet
-from harness.records import BASE, Completions, Problem, SamplingConfig
-from harness.runs import COMPLETIONS_SUFFIX, RunDir
+from harness.records import BASE, Completions, Problem, Provenance, SamplingConfig
+from harness.runs import RunDir, harness_version
 
-PARTIAL_SUFFIX = ".partial.jsonl"
+__all__ = ["AdapterChoice", "WorkItem", "generate_run", "partial_path"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,14 @@ class AdapterChoice:
     content_hash: str = ""
     spec: object | None = field(default=None, compare=False, repr=False)
 
+    @property
+    def method(self) -> str:
+        return getattr(self.spec, "method", BASE) if self.name != BASE else BASE
+
+    @property
+    def rank(self) -> int | None:
+        return getattr(self.spec, "rank", None) if self.name != BASE else None
+
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -52,6 +69,18 @@ class WorkItem:
     problem: Problem
     adapter: AdapterChoice
     path: Path  # the completions file
+    provenance: Provenance  # what its completions file will record
+
+
+def provenance_of(loaded: LoadedModel, problem_set: ProblemSet, adapter: AdapterChoice,
+                  sampling: SamplingConfig) -> Provenance:
+    """The provenance of every completion of (model, adapter, language) sampled now."""
+    return Provenance(
+        model=loaded.name, model_revision=loaded.revision, adapter=adapter.name, method=adapter.method,
+        rank=adapter.rank, adapter_hash=adapter.content_hash, lang=problem_set.lang, sampling=sampling,
+        benchmark=problem_set.benchmark, dataset=problem_set.source,
+        dataset_revision=problem_set.revision, harness_version=harness_version(),
+    )
 
 
 def generate_run(
@@ -61,22 +90,20 @@ def generate_run(
     sampling: SamplingConfig,
     run: RunDir,
     batch_size: int | None = None,
+    overwrite: bool = False,
 ) -> GenerationTelemetry:
     """Sample every missing completion of every (language, problem, adapter) in one pass.
 
     `batch_size` caps the rows decoded together (None: as many as fit the memory budget).
+    Files made with other settings stop the run (`overwrite`: regenerate them instead).
     Under torchrun each rank takes its share of the work; rank 0's telemetry sums all ranks."""
     start = time.perf_counter()
-    world = distributed.join(loaded.device)
     adapters = [_resolved(choice, loaded) for choice in adapters]
-    problems = [(ps.lang, problem) for ps in problem_sets for problem in ps.problems]
-    # a rank takes whole problems (all their adapters: one prefill batch, mixed decode batches)
-    items = [
-        (position, WorkItem(lang, problem, adapter,
-                            run.completions_path(loaded.name, adapter.name, lang, problem.name)))
-        for position, (lang, problem) in enumerate(problems) for adapter in adapters
-    ]
-    todo = [item for position, item in items if world.mine(position) and not item.path.exists()]
+    items = work_items(loaded, problem_sets, adapters, sampling, run)
+    held = check_run(items, run, overwrite)  # before anything is written: a conflict leaves the run as it was
+    world = distributed.join(loaded.device)
+    todo = [item for position, item in items
+            if world.mine(position) and not held[item.path].complete]
     telemetry = GenerationTelemetry()
     set_rows, detach = _attach(loaded, adapters, todo)
     index_of = {a.name: i for i, a in enumerate(a for a in adapters if a.name != BASE)}
@@ -87,9 +114,9 @@ def generate_run(
     config = EngineConfig(sampling.temperature, sampling.top_p, sampling.max_tokens, slots,
                           max_positions=_max_positions(loaded.model))
     engine = Engine(loaded.model, loaded.tokenizer, config, set_rows=set_rows, telemetry=telemetry)
-    by_key = {(i.lang, i.problem.name, i.adapter.name): i for i in todo}
+    by_key = {_key(i): i for i in todo}
     done: dict[tuple, dict[int, str]] = {}
-    requests = _requests(loaded, todo, sampling, index_of, done)
+    requests = _requests(loaded, todo, held, sampling, index_of, done)
     progress = tqdm(total=len(todo) * sampling.n, desc="generate", unit="sample",
                     disable=not todo or world.rank != 0)
     try:
@@ -97,11 +124,11 @@ def generate_run(
             progress.update(1)
             item = by_key[request.key]
             written = time.perf_counter()
-            _append_partial(item, sampling, loaded.name, sample.index, sample.text)
+            append_partial(item.path, item.provenance, item.problem.prompt, sample.index, sample.text)
             done[request.key][sample.index] = sample.text
             telemetry.samples += 1
             if len(done[request.key]) == sampling.n:
-                _finish(item, sampling, loaded.name, done.pop(request.key))
+                _finish(item, done.pop(request.key))
             telemetry.add("write", time.perf_counter() - written)
     finally:
         progress.close()
@@ -119,16 +146,48 @@ def generate_run(
     return telemetry
 
 
-def _requests(loaded, todo: list[WorkItem], sampling: SamplingConfig, index_of: dict[str, int],
-              done: dict) -> Iterator[Request]:
+def work_items(loaded: LoadedModel, problem_sets: list[ProblemSet], adapters: list[AdapterChoice],
+               sampling: SamplingConfig, run: RunDir) -> list[tuple[int, WorkItem]]:
+    """(problem position, item) for every (language, problem, adapter): a rank takes whole
+    problems (all their adapters: one prefill batch, mixed decode batches)."""
+    problems = [(ps, problem) for ps in problem_sets for problem in ps.problems]
+    return [
+        (position, WorkItem(ps.lang, problem, adapter,
+                            run.completions_path(loaded.name, adapter.name, ps.lang, problem.name),
+                            provenance_of(loaded, ps, adapter, sampling)))
+        for position, (ps, problem) in enumerate(problems) for adapter in adapters
+    ]
+
+
+def check_run(items: list[tuple[int, WorkItem]], run: RunDir, overwrite: bool) -> dict[Path, Holding]:
+    """What each item already has on disk. A file made with other settings stops the run with
+    one line, or, with `overwrite`, is removed (with its results) to be generated again."""
+    held = {}
+    for _, item in items:
+        found = holding(item.path, item.provenance, item.problem.prompt)
+        if found.differences and not overwrite:
+            raise conflict_error(item.path, found.differences, run.root)
+        if found.differences:
+            discard(item.path)
+            found = Holding()
+        held[item.path] = found
+    return held
+
+
+def _key(item: WorkItem) -> tuple[str, str, str]:
+    return (item.lang, item.problem.name, item.adapter.name)
+
+
+def _requests(loaded, todo: list[WorkItem], held: dict[Path, Holding], sampling: SamplingConfig,
+              index_of: dict[str, int], done: dict) -> Iterator[Request]:
     """One request per unfinished (problem, adapter), built lazily (the engine pulls them)."""
     for item in todo:
-        key = (item.lang, item.problem.name, item.adapter.name)
-        have = _read_partial(item, sampling, loaded.name)
+        key = _key(item)
+        have = held[item.path].samples
         done[key] = have
         missing = [i for i in range(sampling.n) if i not in have]
         if not missing:
-            _finish(item, sampling, loaded.name, done.pop(key))
+            _finish(item, done.pop(key))
             continue
         seeds = tuple(
             (i, sample_seed(sampling.seed, f"{item.lang}/{item.problem.name}", item.adapter.name, i))
@@ -171,51 +230,10 @@ def _attach(loaded: LoadedModel, adapters: list[AdapterChoice], todo: list[WorkI
 
 
 # -- files ------------------------------------------------------------------------------------
-def partial_path(completions_path: Path) -> Path:
-    return completions_path.with_name(completions_path.name[: -len(COMPLETIONS_SUFFIX)] + PARTIAL_SUFFIX)
-
-
-def _header(item: WorkItem, sampling: SamplingConfig, model: str) -> dict:
-    """What a partial file's samples depend on; a mismatch discards them."""
-    return {"model": model, "adapter": item.adapter.name, "adapter_hash": item.adapter.content_hash,
-            "sampling": vars(sampling), "prompt": item.problem.prompt}
-
-
-def _read_partial(item: WorkItem, sampling: SamplingConfig, model: str) -> dict[int, str]:
-    path = partial_path(item.path)
-    if not path.exists():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else None
-    except json.JSONDecodeError:
-        header = None
-    if header != _header(item, sampling, model):
-        path.unlink()
-        return {}
-    have: dict[int, str] = {}
-    for line in lines[1:]:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill
-        have[int(entry["index"])] = entry["completion"]
-    return have
-
-
-def _append_partial(item: WorkItem, sampling: SamplingConfig, model: str, index: int, text: str) -> None:
-    path = partial_path(item.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = not path.exists()
-    with path.open("a", encoding="utf-8") as f:
-        if fresh:
-            f.write(json.dumps(_header(item, sampling, model), ensure_ascii=False) + "\n")
-        f.write(json.dumps({"index": index, "completion": text}, ensure_ascii=False) + "\n")
-
-
-def _finish(item: WorkItem, sampling: SamplingConfig, model: str, texts: dict[int, str]) -> None:
-    """Write the completions file (atomically), then drop the partial file."""
-    problem = item.problem
+def _finish(item: WorkItem, texts: dict[int, str]) -> None:
+    """Write the completions file (atomically), then drop the partial file and any results
+    of an earlier completions file (they no longer describe it)."""
+    problem, sampling = item.problem, item.provenance.sampling
     record = Completions(
         name=problem.name,
         language=problem.language,
@@ -226,12 +244,10 @@ def _finish(item: WorkItem, sampling: SamplingConfig, model: str, texts: dict[in
         tests=problem.tests,
         stop_tokens=problem.stop_tokens,
         completions=tuple(texts[i] for i in range(sampling.n)),
-        model=model,
-        adapter=item.adapter.name,
-        adapter_hash=item.adapter.content_hash,
-        seed=sampling.seed,
+        provenance=item.provenance,
     )
     write_completions(item.path, record)
+    results_path(item.path).unlink(missing_ok=True)
     partial_path(item.path).unlink(missing_ok=True)
 
 

@@ -1,7 +1,7 @@
 """Report stage: pass@k tables with intervals, paired comparisons, the paper's Table 1 layout,
 the status breakdown and one self-contained report.html, for one run or several combined.
 
-    load.py    a run directory → RunData (counts, statuses, capped sample digests, manifest)
+    load.py    a run directory → RunData (its score records, capped sample digests, manifest)
     labels.py  adapter → Table 1 column (base / FLoRA / IA3 / LoRA), language display names
     tables.py  pandas frames: estimates, comparisons, Table 1, statuses; markdown and LaTeX
     build.py   RunData list → Report (every table) → files on disk
@@ -13,34 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.records import ProblemScore
 from harness.runs import RunDir
 
 # pandas and numpy load on first use (inside the functions): the CLI imports this package
 # to build its parser (harness.report.gate, harness.report.baseline).
 
 
-def collect_scores(run: RunDir, ks: list[int] | None = None) -> list[ProblemScore]:
-    """Score every results file of a run (the folder layout names model/adapter/lang)."""
-    from harness.files import read_results
-    from harness.score import default_ks, score_problem
-
-    scores = []
-    for path in run.result_files():
-        results = read_results(path)
-        lang = path.parent.name
-        model, adapter = path.parent.parent.parent.name, path.parent.parent.name
-        score = score_problem(results, ks or default_ks(results.n))
-        scores.append(
-            ProblemScore(model, adapter, lang, score.problem, score.n, score.c, score.pass_at)
-        )
-    return scores
-
-
 def write_reports(run: RunDir) -> dict[str, Path]:
-    """Every report file of one run, in the run directory: scores.csv, table.md (Table 1,
-    intervals, paired comparisons, statuses), table1.csv/.tex, cells.csv, comparisons.csv,
-    statuses.csv and report.html (key "html")."""
+    """Every report file of one run, in the run directory: table.md (Table 1, intervals,
+    paired comparisons, statuses), table1.csv/.tex, cells.csv, comparisons.csv, statuses.csv
+    and report.html (key "html"). The numbers come from the score records (scores.csv)."""
     from harness.report.build import assemble, write_files
     from harness.report.load import load_run
 

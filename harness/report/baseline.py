@@ -2,17 +2,40 @@
 baseline that `flora-eval check` compares later runs with.
 
 The file keeps (n, c) per problem, not just means, so the check can pair problems and
-recompute any pass@k. Module-level imports stay light: the CLI imports this to build its parser."""
+recompute any pass@k, and each cell's settings (model revision, sampling, benchmark, dataset
+revision), so the check can refuse to compare unlike runs. Module-level imports stay light:
+the CLI imports this to build its parser."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FORMAT = "flora-eval-baseline"
-VERSION = 1
-Cells = dict[tuple[str, str, str], dict[str, tuple[int, int]]]  # (model, adapter, lang) → {problem: (n, c)}
+VERSION = 2
+Key = tuple[str, str, str]  # (model, adapter, lang)
+Cells = dict[Key, dict[str, tuple[int, int]]]  # (model, adapter, lang) → {problem: (n, c)}
+Settings = dict[Key, dict[str, Any]]  # (model, adapter, lang) → what the cell was sampled with
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Per-problem pass counts of every cell, and the settings each cell was sampled with."""
+
+    cells: Cells
+    settings: Settings = field(default_factory=dict)
+    source: str = ""
+
+
+def cell_settings(provenance) -> dict[str, Any]:
+    """What makes two cells comparable: the model's weights, the distribution sampled from
+    (temperature, top-p, max tokens) and the problems (benchmark, dataset revision). n and
+    the seed change only which samples are drawn, not what pass@k estimates."""
+    return {"model_revision": provenance.model_revision, "temperature": provenance.sampling.temperature,
+            "top_p": provenance.sampling.top_p, "max_tokens": provenance.sampling.max_tokens,
+            "benchmark": provenance.benchmark, "dataset_revision": provenance.dataset_revision}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,38 +48,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.runs import RunDir
 
-    cells = run_cells(RunDir.existing(args.run))
+    baseline = run_baseline(RunDir.existing(args.run))
     path = Path(args.output)
-    save_baseline(path, cells, source=str(args.run))
-    problems = sum(len(c) for c in cells.values())
-    print(f"baseline: {path} ({len(cells)} model/adapter/language cells, {problems} problems)")
+    save_baseline(path, baseline)
+    problems = sum(len(c) for c in baseline.cells.values())
+    print(f"baseline: {path} ({len(baseline.cells)} model/adapter/language cells, {problems} problems)")
     return 0
 
 
-def run_cells(run) -> Cells:
-    """Per-problem (n, c) of every results file in a run; a run without results is an error."""
+def run_baseline(run) -> Baseline:
+    """Per-problem (n, c) and settings of every cell of a run, from its score records; a run
+    without results is an error."""
     from harness.errors import UserError
-    from harness.report import collect_scores
+    from harness.report.load import run_scores
 
     cells: Cells = {}
-    for s in collect_scores(run, ks=[1]):
-        cells.setdefault((s.model, s.adapter, s.language), {})[s.problem] = (s.n, s.c)
+    settings: Settings = {}
+    for s in run_scores(run):
+        key = (s.model, s.adapter, s.lang)
+        cells.setdefault(key, {})[s.problem] = (s.n, s.c)
+        settings.setdefault(key, cell_settings(s.provenance))
     if not cells:
         raise UserError(f"{run.root} has no results files; run the evaluation "
                         "(or `flora-eval execute`) first")
-    return cells
+    return Baseline(cells, settings, str(run.root))
 
 
-def to_json(cells: Cells, source: str = "") -> dict[str, Any]:
+def run_cells(run) -> Cells:
+    return run_baseline(run).cells
+
+
+def to_json(baseline: Baseline) -> dict[str, Any]:
     return {
-        "format": FORMAT, "version": VERSION, "source": source,
+        "format": FORMAT, "version": VERSION, "source": baseline.source,
         "cells": [{"model": m, "adapter": a, "lang": lang,
+                   "settings": baseline.settings.get((m, a, lang), {}),
                    "problems": {p: [n, c] for p, (n, c) in sorted(problems.items())}}
-                  for (m, a, lang), problems in sorted(cells.items())],
+                  for (m, a, lang), problems in sorted(baseline.cells.items())],
     }
 
 
-def from_json(data: Any, where: str = "baseline") -> Cells:
+def from_json(data: Any, where: str = "baseline") -> Baseline:
     """Parse a baseline file's content; anything else is a one-line UserError."""
     from harness.errors import UserError
 
@@ -65,23 +97,25 @@ def from_json(data: Any, where: str = "baseline") -> Cells:
                         "`flora-eval baseline save RUN -o FILE`")
     if data.get("version") != VERSION:
         raise UserError(f"{where} has baseline version {data.get('version')}, this flora-eval reads "
-                        f"{VERSION}; save the baseline again")
+                        f"{VERSION}; save the baseline again with `flora-eval baseline save RUN -o FILE`")
     try:
-        return {(c["model"], c["adapter"], c["lang"]): {p: (int(n), int(k)) for p, (n, k) in
-                                                         c["problems"].items()}
-                for c in data["cells"]}
+        keys = [(c["model"], c["adapter"], c["lang"]) for c in data["cells"]]
+        cells = {key: {p: (int(n), int(k)) for p, (n, k) in c["problems"].items()}
+                 for key, c in zip(keys, data["cells"], strict=True)}
+        settings = {key: dict(c.get("settings") or {}) for key, c in zip(keys, data["cells"], strict=True)}
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{where} is malformed ({type(exc).__name__}: {exc}); "
                         "save the baseline again") from None
+    return Baseline(cells, settings, str(data.get("source") or ""))
 
 
-def save_baseline(path: Path, cells: Cells, source: str = "") -> None:
+def save_baseline(path: Path, baseline: Baseline) -> None:
     from harness.files import write_json
 
-    write_json(path, to_json(cells, source))
+    write_json(path, to_json(baseline))
 
 
-def load_baseline(path: Path) -> Cells:
+def load_baseline(path: Path) -> Baseline:
     from harness.files import read_json
 
     return from_json(read_json(path), str(path))

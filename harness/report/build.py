@@ -17,9 +17,7 @@ from harness.report.tables import (
     markdown_report,
     status_table,
     table1,
-    with_pass_at,
 )
-from harness.score import default_ks
 
 SEED = 0  # one seed for every bootstrap and permutation draw of a report
 
@@ -32,7 +30,7 @@ def assemble(runs: list[RunData], seed: int = SEED) -> Report:
     methods = {(r.label, adapter): method for r in runs for adapter, method in r.methods.items()}
     labels = column_labels(keys, methods)
     counts = counts.assign(column=[labels[key] for key in keys])
-    ks = tuple(default_ks(int(counts["n"].max()))) if len(counts) else (1,)
+    ks = tuple(int(c[5:]) for c in counts.columns if c.startswith("pass@")) or (1,)
     cells = {k: cell_estimates(counts, k, seed) for k in ks}
     return Report(
         runs=tuple(runs), counts=counts, ks=ks, cells=cells,
@@ -42,25 +40,16 @@ def assemble(runs: list[RunData], seed: int = SEED) -> Report:
     )
 
 
-def scores_csv(report: Report) -> pd.DataFrame:
-    """Per problem: counts and every pass@k (fraction), as scores.csv has always been."""
-    frame = report.counts
-    for k in report.ks:
-        frame = frame.assign(**{f"pass@{k}": with_pass_at(frame, k)["score"] / 100})
-    return frame
-
-
 def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
-    """scores.csv, cells.csv, comparisons.csv, statuses.csv, table.md, table1.csv, table1.tex and
+    """cells.csv, comparisons.csv, statuses.csv, table.md, table1.csv, table1.tex and
     report.html in `out_dir`; returns their paths by name."""
     from harness.report.html import render_html
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / file for name, file in (
-        ("scores", "scores.csv"), ("cells", "cells.csv"), ("comparisons", "comparisons.csv"),
+        ("cells", "cells.csv"), ("comparisons", "comparisons.csv"),
         ("statuses", "statuses.csv"), ("table", "table.md"), ("table1_csv", "table1.csv"),
         ("latex", "table1.tex"), ("html", "report.html"))}
-    scores_csv(report).to_csv(paths["scores"], index=False)
     pd.concat(report.cells.values(), ignore_index=True).to_csv(paths["cells"], index=False)
     report.comparisons.to_csv(paths["comparisons"], index=False)
     report.statuses.to_csv(paths["statuses"], index=False)

@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--junit", metavar="FILE", help="also write JUnit XML (one testcase per cell)")
     parser.add_argument("--summary", metavar="FILE",
                         help="also write a markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
+    parser.add_argument("--allow-different", action="store_true",
+                        help="compare even when the run's model, sampling settings, benchmark or "
+                             "dataset revision differ from the baseline's")
 
 
 def rule_from(args: argparse.Namespace) -> Rule:
@@ -84,11 +87,20 @@ def rule_from(args: argparse.Namespace) -> Rule:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.report.baseline import load_baseline, run_cells
+    from harness.errors import UserError
+    from harness.report.baseline import load_baseline, run_baseline
     from harness.runs import RunDir
 
     rule = rule_from(args)
-    checks = check_cells(load_baseline(Path(args.baseline)), run_cells(RunDir.existing(args.run)), rule)
+    baseline, current = load_baseline(Path(args.baseline)), run_baseline(RunDir.existing(args.run))
+    unlike = differences(baseline, current)
+    if unlike and not args.allow_different:
+        raise UserError(f"{args.run} is not comparable with {args.baseline}: {'; '.join(unlike)}; "
+                        "gate like with like (save a baseline with these settings), or pass "
+                        "--allow-different")
+    for line in unlike:
+        print(f"warning: compared although {line}")
+    checks = check_cells(baseline.cells, current.cells, rule)
     for check in checks:
         print(("PASS " if check.passed else "FAIL ") + check.name + ": " + check.reason)
     failed = [c for c in checks if not c.passed]
@@ -98,6 +110,23 @@ def run(args: argparse.Namespace) -> int:
     if args.summary:
         write_text(Path(args.summary), summary_markdown(checks, rule), append=True)
     return 1 if failed else 0
+
+
+def differences(baseline, current) -> list[str]:
+    """Why the run and the baseline are not like with like: other models, or common cells
+    sampled with other settings (a revision unknown to one side is not compared)."""
+    models = sorted({key[0] for key in baseline.cells}), sorted({key[0] for key in current.cells})
+    if not set(models[0]) & set(models[1]):
+        return [f"model is {', '.join(models[1])} in the run, {', '.join(models[0])} in the baseline"]
+    cells: dict[tuple, list[str]] = {}
+    for key in sorted(set(baseline.settings) & set(current.settings)):
+        before, now = baseline.settings[key], current.settings[key]
+        for name in sorted(set(before) & set(now)):
+            if before[name] != now[name] and "" not in (before[name], now[name]):
+                cells.setdefault((name, now[name], before[name]), []).append("/".join(key))
+    return [f"{name} is {now!r} in the run, {before!r} in the baseline "
+            f"({keys[0]}{f' and {len(keys) - 1} more cells' if len(keys) > 1 else ''})"
+            for (name, now, before), keys in cells.items()]
 
 
 def check_cells(baseline: dict, current: dict, rule: Rule) -> list[CellCheck]:

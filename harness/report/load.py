@@ -1,13 +1,13 @@
-"""Read a run directory once into what the report needs: per-problem counts, status counts, the
+"""Read a run directory once into what the report needs: its score records (the numbers), the
 manifest, and a capped digest of each problem's samples for the HTML drill-down.
 
-A full run is 161 problems × 100 samples × adapters × languages; keeping every program would
-cost gigabytes, so each results file is reduced here to its distinct programs (most frequent
-first) with their text capped."""
+The numbers come from the score stage's records (`scores.csv`, written first when missing or
+older than the results). A full run is 161 problems × 100 samples × adapters × languages;
+keeping every program would cost gigabytes, so each results file is reduced here to its
+distinct programs (most frequent first) with their text capped."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 
 from harness.files import read_results
-from harness.records import ExecResult, ProblemResults
-from harness.report.labels import declared_methods
-from harness.runs import RunDir, safe_name
+from harness.records import ExecResult, ProblemResults, ProblemScore
+from harness.runs import RunDir
+from harness.score import SCORES_FILE, read_scores, score_run, scores_current
 
 # Text kept for the drill-down: the whole report aims at about this many characters of
 # samples, spread over its (problem, adapter) cells, within these bounds per field.
@@ -62,23 +62,31 @@ class RunData:
     label: str
     root: Path
     manifest: dict[str, Any]
+    scores: tuple[ProblemScore, ...]
     digests: tuple[ProblemDigest, ...]
     prompts: dict[tuple[str, str], str]  # (lang, problem) → prompt
-    methods: dict[str, str]  # adapter folder → declared method
+
+    @property
+    def methods(self) -> dict[str, str]:
+        """adapter → method, as the score records say."""
+        return {s.adapter: s.provenance.method for s in self.scores}
 
     def counts(self) -> pd.DataFrame:
-        """One row per (model, adapter, lang, problem): n and c, tagged with the run."""
-        return pd.DataFrame(
-            [{"run": self.label, "model": d.model, "adapter": d.adapter, "lang": d.lang,
-              "problem": d.problem, "n": d.n, "c": d.c} for d in self.digests],
-            columns=["run", "model", "adapter", "lang", "problem", "n", "c"],
-        )
+        """One row per (model, adapter, lang, problem): n, c and every pass@k (percent, NaN
+        where n < k) of the score records, tagged with the run."""
+        ks = sorted({k for s in self.scores for k in s.pass_at})
+        rows = [{"run": self.label, "model": s.model, "adapter": s.adapter, "lang": s.lang,
+                 "problem": s.problem, "n": s.n, "c": s.c,
+                 **{f"pass@{k}": s.pass_at[k] * 100 if k in s.pass_at else float("nan") for k in ks}}
+                for s in self.scores]
+        return pd.DataFrame(rows, columns=["run", "model", "adapter", "lang", "problem", "n", "c",
+                                           *(f"pass@{k}" for k in ks)])
 
     def statuses(self) -> pd.DataFrame:
         """One row per (model, adapter, lang, status) with its sample count."""
-        rows = [{"run": self.label, "model": d.model, "adapter": d.adapter, "lang": d.lang,
+        rows = [{"run": self.label, "model": s.model, "adapter": s.adapter, "lang": s.lang,
                  "status": status, "count": count}
-                for d in self.digests for status, count in d.statuses.items()]
+                for s in self.scores for status, count in s.statuses.items()]
         return pd.DataFrame(rows, columns=["run", "model", "adapter", "lang", "status", "count"])
 
 
@@ -106,8 +114,7 @@ def completion_of(program: str, results: ProblemResults) -> str:
     return program[start:end] if start <= end else program
 
 
-def digest(results: ProblemResults, model: str, adapter: str, lang: str,
-           limits: dict[str, int]) -> ProblemDigest:
+def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
     """Reduce one results file: counts per status and the most frequent distinct programs,
     the most frequent passing one first when there is one, then the failing ones."""
     by_program: dict[str, list[ExecResult]] = {}
@@ -124,36 +131,27 @@ def digest(results: ProblemResults, model: str, adapter: str, lang: str,
         )
         for rs in shown
     )
-    return ProblemDigest(model, adapter, lang, results.name, results.n, results.n_passed,
+    p = results.provenance
+    return ProblemDigest(p.model, p.adapter, p.lang, results.name, results.n, results.n_passed,
                          len(by_program), dict(Counter(r.status for r in results.results)), programs)
 
 
+def run_scores(run: RunDir) -> list[ProblemScore]:
+    """The run's score records: scores.csv, scored first when missing or stale."""
+    if scores_current(run):
+        return read_scores(run.root / SCORES_FILE)
+    return score_run(run)
+
+
 def load_run(run: RunDir, label: str | None = None) -> RunData:
-    """Read every results file of `run` (folder layout names model/adapter/lang)."""
+    """The run's score records, its manifest and a digest of every results file."""
+    scores = run_scores(run)
     paths = run.result_files()
     limits = text_limits(len(paths))
     digests, prompts = [], {}
     for path in paths:
         results = read_results(path)
-        lang, adapter, model = path.parent.name, path.parent.parent.name, path.parent.parent.parent.name
-        digests.append(digest(results, model, adapter, lang, limits))
-        prompts.setdefault((lang, results.name), cap(results.prompt, limits["prompt"]))
-    manifest = run.read_manifest()
-    return RunData(label or run.root.name, run.root, manifest, tuple(digests), prompts,
-                   {**adapter_config_methods(manifest), **declared_methods(manifest)})
-
-
-def adapter_config_methods(manifest: dict[str, Any]) -> dict[str, str]:
-    """adapter folder → `peft_type` of the adapter_config.json at a config.adapters[].path."""
-    found = {}
-    for entry in (manifest.get("config") or {}).get("adapters") or []:
-        path = entry.get("path") if isinstance(entry, dict) else None
-        config = Path(path) / "adapter_config.json" if path else None
-        if config and config.is_file() and entry.get("name"):
-            try:
-                peft_type = json.loads(config.read_text(encoding="utf-8")).get("peft_type")
-            except (OSError, ValueError):
-                continue
-            if peft_type:
-                found[safe_name(str(entry["name"]))] = str(peft_type)
-    return found
+        digests.append(digest(results, limits))
+        prompts.setdefault((results.provenance.lang, results.name), cap(results.prompt, limits["prompt"]))
+    return RunData(label or run.root.name, run.root, run.read_manifest(), tuple(scores), tuple(digests),
+                   prompts)

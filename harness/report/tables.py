@@ -11,17 +11,17 @@ import numpy as np
 import pandas as pd
 
 from harness.report.labels import column_sort_key, language_name
-from harness.score import align, estimate, paired, pass_at_k, relative_improvement
+from harness.score import align, estimate, paired, relative_improvement
 
 CELL = ["run", "model", "adapter", "lang"]
 STATUS_ORDER = ("OK", "SyntaxError", "Exception", "Timeout")
 
 
 def with_pass_at(counts: pd.DataFrame, k: int) -> pd.DataFrame:
-    """`counts` plus a `score` column: pass@k in percent (NaN where a problem has n < k)."""
-    score = [pass_at_k(n, c, k) * 100 if n >= k else math.nan
-             for n, c in zip(counts["n"], counts["c"], strict=True)]
-    return counts.assign(score=score)
+    """`counts` plus a `score` column: the score records' pass@k in percent (NaN where a
+    problem has n < k)."""
+    column = f"pass@{k}"
+    return counts.assign(score=counts[column] if column in counts else math.nan)
 
 
 def problem_scores(counts: pd.DataFrame, k: int) -> dict[tuple, dict[str, float]]:

@@ -1,4 +1,4 @@
-"""Score stage: the unbiased pass@k estimator, uncertainty over problems and paired comparisons.
+"""The unbiased pass@k estimator, uncertainty over problems and paired comparisons.
 
 Pure: every function takes numbers or records and returns numbers or frozen records; the only
 randomness is a numpy Generator seeded by the caller's `seed`, so a report is reproducible.
@@ -7,6 +7,7 @@ randomness is a numpy Generator seeded by the caller's `seed`, so a report is re
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,16 +34,19 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def score_problem(results: ProblemResults, ks: Iterable[int]) -> ProblemScore:
+def score_problem(results: ProblemResults, ks: Iterable[int] | None = None) -> ProblemScore:
+    """One results file's score record: n, c, pass@k for each k (default: `default_ks(n)`)
+    that n allows, and the count of every status."""
     n, c = results.n, results.n_passed
+    ks = default_ks(n) if ks is None else ks
     return ProblemScore(
-        model=results.model,
-        adapter=results.adapter,
-        language=results.language,
+        provenance=results.provenance,
         problem=results.name,
         n=n,
         c=c,
         pass_at={k: pass_at_k(n, c, k) for k in ks if k <= n},
+        statuses=dict(Counter(r.status for r in results.results)),
+        image_id=results.image_id,
     )
 
 

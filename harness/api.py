@@ -1,0 +1,225 @@
+"""flora-eval's Python API, for notebooks and other tools. The CLI is a thin layer over it.
+
+    from harness import api as fe
+    run = fe.evaluate("tiny", adapters=["pl-r1-flora"], langs=["pl"], n=4,
+                      dataset="../shared/multipl-e/humaneval", limit=5, run_dir="results/nb")
+    run.scores()      # [ProblemScore, ...]: pass@k of every (model, adapter, language, problem)
+    run.table1()      # pandas: the paper's Table 1 (rows model × language, columns base/FLoRA/...)
+    fe.open_run("results/nb").frame()   # one row per score record, provenance included
+
+Each stage is a function of its own — `generate`, `execute`, `score`, `report` — taking and
+returning plain values, and `evaluate` is them in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.records import BASE, ProblemScore, SamplingConfig
+from harness.runs import RunDir, new_run_id
+
+RESULTS_ROOT = Path("results")
+DEFAULT_LANG = "py"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What to evaluate: a model, its adapters (the base model is always a column), the
+    languages (empty: the languages the adapters were trained on, else Python), the sampling
+    settings and the problems (`dataset`: local MultiPL-E data, None: the hub)."""
+
+    model: str = "tiny"
+    adapters: tuple[str, ...] = ()
+    langs: tuple[str, ...] = ()
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    dataset: str | None = None
+    limit: int | None = None
+    adapters_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory, read through its records."""
+
+    root: Path
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir.existing(self.root)
+
+    def manifest(self) -> dict[str, Any]:
+        return self.dir.read_manifest()
+
+    def scores(self) -> list[ProblemScore]:
+        """The score records (scores.csv; scored first when missing or older than the results)."""
+        from harness.report.load import run_scores
+
+        return run_scores(self.dir)
+
+    def frame(self):
+        """One row per score record: provenance, problem, n, c, pass@k (fractions), statuses."""
+        import pandas as pd
+
+        rows = []
+        for s in self.scores():
+            p = s.provenance
+            rows.append({"model": p.model, "model_revision": p.model_revision, "adapter": p.adapter,
+                         "method": p.method, "rank": p.rank, "adapter_hash": p.adapter_hash,
+                         "lang": p.lang, "benchmark": p.benchmark, "dataset_revision": p.dataset_revision,
+                         **{f"sampling_{k}": v for k, v in vars(p.sampling).items()},
+                         "problem": s.problem, "n": s.n, "c": s.c,
+                         **{f"pass@{k}": v for k, v in s.pass_at.items()}, "statuses": s.statuses})
+        return pd.DataFrame(rows)
+
+    def table1(self, k: int = 1):
+        """The paper's Table 1 for pass@k: mean over problems in percent, relative to base."""
+        from harness.report.build import assemble
+        from harness.report.load import load_run
+        from harness.report.tables import cell_estimates, table1
+
+        report = assemble([load_run(self.dir)])
+        return report.table1 if k == 1 else table1(cell_estimates(report.counts, k))
+
+    def report(self) -> dict[str, Path]:
+        return report(self.root)
+
+
+def open_run(path: str | Path) -> Run:
+    RunDir.existing(path)
+    return Run(Path(path))
+
+
+# ---------------------------------------------------------------------------------------
+# The stages
+# ---------------------------------------------------------------------------------------
+def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch_size: int | None = None,
+             device: str | None = None, load_8bit: bool = False, overwrite: bool = False,
+             stage: str = "generate"):
+    """Sample the completions of `evaluation` into a run directory (resuming what is there;
+    files made with other settings stop it, or with `overwrite` are made again). Returns the
+    run, its invocation in the manifest and the generation telemetry."""
+    from harness.adapters import adapter_languages
+    from harness.generate import generate_run
+    from harness.generate.run import check_run, work_items
+    from harness.models import load_model
+
+    loaded = load_model(evaluation.model, device=generation_device(device), load_8bit=load_8bit)
+    adapters = resolve_adapters(evaluation, loaded)
+    langs = resolve_langs(evaluation.langs, adapter_languages([a.spec for a in adapters if a.spec]))
+    problem_sets = [load_problem_set(lang, evaluation) for lang in langs]
+    run = RunDir.open(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
+    check_run(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run, overwrite)
+    invocation = run.begin(
+        stage,
+        config={"model": evaluation.model, "adapters": [adapter_entry(a) for a in adapters],
+                "langs": langs, "sampling": vars(evaluation.sampling), "limit": evaluation.limit,
+                "overwrite": overwrite},
+        dataset={ps.lang: {"benchmark": ps.benchmark, "source": ps.source, "revision": ps.revision,
+                           "problems": len(ps.problems)} for ps in problem_sets},
+        model={"name": loaded.name, "source": loaded.source, "revision": loaded.revision},
+    ) if is_rank0() else None
+    telemetry = generate_run(loaded, problem_sets, adapters, evaluation.sampling, run,
+                             batch_size=batch_size, overwrite=overwrite)
+    if invocation is not None:
+        invocation.update(telemetry={"generate": telemetry.as_dict()})
+    return Run(run.root), invocation, telemetry
+
+
+def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None):
+    """Run every completion's tests in Docker, writing results files (resumable)."""
+    from harness.execute import execute_run
+
+    run_dir = run.dir
+    invocation = invocation or run_dir.begin("execute", config={"jobs": jobs, "use_cache": use_cache})
+    execution = execute_run(run_dir, jobs=jobs, use_cache=use_cache)
+    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry})
+    return execution
+
+
+def score(run: Run) -> list[ProblemScore]:
+    """Per-problem score records of every results file, written to scores.csv."""
+    from harness.score import score_run
+
+    return score_run(run.dir)
+
+
+def report(path: str | Path) -> dict[str, Path]:
+    """Table 1 (markdown, CSV, LaTeX), the other tables and report.html in the run directory."""
+    from harness.report import write_reports
+
+    return write_reports(RunDir.existing(path))
+
+
+def evaluate(model: str = "tiny", adapters: list[str] | tuple[str, ...] = (),
+             langs: list[str] | tuple[str, ...] = (), *, n: int = 100, temperature: float = 0.1,
+             top_p: float = 0.95, max_tokens: int = 1024, seed: int = 0, dataset: str | None = None,
+             limit: int | None = None, run_dir: str | Path | None = None, jobs: int | None = None,
+             use_cache: bool = True, overwrite: bool = False, **generation: Any) -> Run:
+    """The whole pipeline: problems → generate → execute → score → report. Returns the run."""
+    evaluation = Evaluation(model, tuple(adapters), tuple(langs),
+                            SamplingConfig(n, temperature, top_p, max_tokens, seed), dataset, limit)
+    run, invocation, _ = generate(evaluation, run_dir, overwrite=overwrite, stage="evaluate", **generation)
+    if not is_rank0():
+        return run
+    execute(run, jobs=jobs, use_cache=use_cache, invocation=invocation)
+    score(run)
+    report(run.root)
+    invocation.update(finished=True)
+    return run
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------
+def resolve_langs(langs: tuple[str, ...] | list[str], trained_on: list[str]) -> list[str]:
+    """Language keys from keys or aliases; none given: the adapters' languages, else Python."""
+    from harness.execute.languages import load_language
+
+    wanted = list(langs) or trained_on or [DEFAULT_LANG]
+    return list(dict.fromkeys(load_language(lang).key for lang in wanted))
+
+
+def load_problem_set(lang: str, evaluation: Evaluation):
+    from harness.problems import load_problems
+
+    return load_problems(lang, evaluation.dataset, limit=evaluation.limit)
+
+
+def resolve_adapters(evaluation: Evaluation, loaded) -> list:
+    """The evaluation's columns: the base model, then each adapter, loaded and checked
+    against the base model's shapes now, so a bad adapter stops the run before generation."""
+    from harness.adapters import load_adapter
+    from harness.generate import AdapterChoice
+
+    adapters_dir = Path(evaluation.adapters_dir) if evaluation.adapters_dir else None
+    choices = [AdapterChoice(BASE)]
+    for name in dict.fromkeys(evaluation.adapters):
+        if name == BASE:
+            continue
+        spec = load_adapter(name, base_model=loaded.model, adapters_dir=adapters_dir)
+        choices.append(AdapterChoice(name, spec.content_hash, spec))
+    return choices
+
+
+def adapter_entry(choice) -> dict:
+    """What the manifest records of one evaluated column."""
+    if choice.spec is None:
+        return {"name": choice.name, "method": BASE, "hash": ""}
+    spec = choice.spec
+    return {"name": choice.name, "method": spec.method, "rank": spec.rank, "hash": choice.content_hash,
+            "path": str(spec.path), "language": spec.metadata.get("language")}
+
+
+def generation_device(device: str | None) -> str | None:
+    """`device`, else under torchrun this process's own GPU (or the CPU), else automatic."""
+    from harness.generate.distributed import launched_size, local_device
+
+    return device or (local_device() if launched_size() > 1 else None)
+
+
+def is_rank0() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0

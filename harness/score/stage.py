@@ -1,0 +1,104 @@
+"""The score stage over a run directory: every results file → one `ProblemScore` record,
+written to `scores.csv` (and nothing else). Reports, the CI gate and the Python API read
+these records back with `read_scores`; none of them computes pass@k again.
+
+scores.csv has one row per (model, adapter, language, problem): the provenance fields,
+`n`, `c`, one `pass@k` column per k (empty where n < k) and `statuses` (JSON counts).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from tqdm import tqdm
+
+from harness.errors import UserError
+from harness.files import read_results, write_text
+from harness.records import ProblemScore, Provenance, SamplingConfig
+from harness.runs import RunDir
+from harness.score.estimators import score_problem
+
+SCORES_FILE = "scores.csv"
+PROVENANCE_COLUMNS = [f.name for f in fields(Provenance) if f.name != "sampling"]
+SAMPLING_COLUMNS = [f"sampling_{f.name}" for f in fields(SamplingConfig)]
+COLUMNS = [*PROVENANCE_COLUMNS, *SAMPLING_COLUMNS, "image_id", "problem", "n", "c"]
+
+
+def score_run(run: RunDir) -> list[ProblemScore]:
+    """Score every results file of `run` and write `scores.csv`; returns the records."""
+    paths = run.result_files()
+    scores = [score_problem(read_results(path))
+              for path in tqdm(paths, desc="score", unit="file", disable=len(paths) < 500)]
+    write_scores(run.root / SCORES_FILE, scores)
+    return scores
+
+
+def scores_current(run: RunDir) -> bool:
+    """Whether scores.csv exists and is newer than every results file."""
+    path = run.root / SCORES_FILE
+    if not path.exists():
+        return False
+    written = path.stat().st_mtime_ns
+    return all(p.stat().st_mtime_ns <= written for p in run.result_files())
+
+
+def write_scores(path: Path, scores: list[ProblemScore]) -> None:
+    ks = sorted({k for s in scores for k in s.pass_at})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*COLUMNS, *(f"pass@{k}" for k in ks), "statuses"])
+    for s in sorted(scores, key=_order):
+        p = s.provenance
+        row = [_cell(getattr(p, name)) for name in PROVENANCE_COLUMNS]
+        row += [getattr(p.sampling, name.removeprefix("sampling_")) for name in SAMPLING_COLUMNS]
+        row += [s.image_id, s.problem, s.n, s.c]
+        row += [repr(s.pass_at[k]) if k in s.pass_at else "" for k in ks]
+        row.append(json.dumps(s.statuses, sort_keys=True))
+        writer.writerow(row)
+    write_text(path, buffer.getvalue())
+
+
+def read_scores(path: Path) -> list[ProblemScore]:
+    """The records of a scores.csv; a file that is not one is a one-line UserError."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            return [_record(row) for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; run `flora-eval score {path.parent}` first") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{path}: not a flora-eval scores file ({type(exc).__name__}: {exc}); "
+                        f"write it again with `flora-eval score {path.parent}`") from None
+
+
+def _record(row: dict[str, str]) -> ProblemScore:
+    sampling = SamplingConfig(n=int(row["sampling_n"]), temperature=float(row["sampling_temperature"]),
+                              top_p=float(row["sampling_top_p"]), max_tokens=int(row["sampling_max_tokens"]),
+                              seed=int(row["sampling_seed"]))
+    kw = {name: row[name] for name in PROVENANCE_COLUMNS}
+    kw["rank"] = int(kw["rank"]) if kw["rank"] else None
+    pass_at = {int(key[5:]): float(value) for key, value in row.items()
+               if key.startswith("pass@") and value != ""}
+    return ProblemScore(provenance=Provenance(**kw, sampling=sampling), problem=row["problem"],
+                        n=int(row["n"]), c=int(row["c"]), pass_at=pass_at,
+                        statuses={k: int(v) for k, v in json.loads(row["statuses"]).items()},
+                        image_id=row["image_id"])
+
+
+def _cell(value: object) -> object:
+    return "" if value is None else value
+
+
+def _order(s: ProblemScore) -> tuple:
+    p = s.provenance
+    return (p.benchmark, p.model, p.adapter != "base", p.adapter, p.lang, _problem_number(s.problem),
+            s.problem)
+
+
+def _problem_number(name: str) -> int:
+    parts = name.split("_")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
+

@@ -1,0 +1,44 @@
+"""The Python API: evaluate → a run; open a run → its score records and Table 1 as pandas.
+End to end on the tiny model and the real py image (the CLI is a thin layer over the same
+functions)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from harness import api
+from harness.records import ProblemScore
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_evaluate_then_open_run(tmp_path, humaneval_dir, monkeypatch):
+    monkeypatch.setenv("FLORA_EVAL_CACHE", str(tmp_path / "cache.sqlite"))
+    run = api.evaluate("tiny", langs=["python"], n=2, temperature=0.8, max_tokens=16, seed=3,
+                       dataset=str(humaneval_dir), limit=2, run_dir=tmp_path / "run", device="cpu")
+    scores = run.scores()
+    assert len(scores) == 2 and all(isinstance(s, ProblemScore) for s in scores)
+    assert {s.lang for s in scores} == {"py"} and all(s.n == 2 for s in scores)
+    assert all(s.provenance.sampling.seed == 3 and s.provenance.model == "tiny" for s in scores)
+
+    opened = api.open_run(tmp_path / "run")
+    frame = opened.frame()
+    assert list(frame["problem"]) == [s.problem for s in scores]
+    assert {"model", "adapter", "method", "lang", "n", "c", "pass@1", "sampling_temperature"} <= set(frame)
+    table = opened.table1()
+    assert isinstance(table, pd.DataFrame) and list(table.columns) == ["base"]
+    assert table.index.tolist() == [("tiny", "Python")]
+    expected = sum(s.pass_at[1] for s in scores) / 2 * 100
+    assert table.loc[("tiny", "Python"), "base"] == f"{expected:.2f}"
+
+    history = opened.manifest()["invocations"]
+    assert [h["stage"] for h in history] == ["evaluate"] and history[0]["finished"]
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_open_run_of_a_missing_folder_is_one_line(tmp_path):
+    from harness.errors import UserError
+
+    with pytest.raises(UserError, match="run directory not found"):
+        api.open_run(tmp_path / "nothing")
