@@ -14,7 +14,7 @@ from test_report_build import MODEL, demo_counts, write_run
 
 from harness.files import read_results
 from harness.report import write_combined_report, write_reports
-from harness.report.labels import column_labels, declared_methods, method_label
+from harness.report.labels import column_labels, method_label
 from harness.report.tables import table1
 
 # ---------------------------------------------------------------------------------------
@@ -176,13 +176,9 @@ def test_markdown_report_has_every_section(demo):
     assert pd.read_csv(StringIO(scores.read_text())).shape[0] == 144
 
 
-def test_methods_from_the_manifest_win_over_names():
-    manifest = {"config": {"adapters": [{"name": "base"}, {"name": "org/a1", "method": "flora"},
-                                        {"name": "a2", "peft_type": "IA3"}, {"name": "a3"}]}}
-    methods = declared_methods(manifest)
-    assert methods == {"org--a1": "flora", "a2": "IA3"}
-    assert method_label("org--a1", methods["org--a1"]) == "FLoRA"
-    assert method_label("a2", methods["a2"]) == "IA3" and method_label("x", "dora") == "dora"
+def test_a_column_is_its_declared_method_never_a_guess_from_its_name():
+    assert method_label("org--a1", "flora") == "FLoRA" and method_label("a2", "IA3") == "IA3"
+    assert method_label("x", "dora") == "dora"
     assert method_label("a3") == "a3" and method_label("my-lora-r4") == "my-lora-r4"
     assert method_label("flora_r1") == "flora_r1" and method_label("base") == "base"
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from harness.execute.languages import display_name
 from harness.records import BASE
-from harness.runs import safe_name
 
 COLUMN_ORDER = ("base", "FLoRA", "IA3", "LoRA")  # the paper's Table 1 columns
 
@@ -30,20 +29,6 @@ def method_label(adapter: str, method: str | None = None) -> str:
     from harness.adapters.methods import method_label as label_of  # torch: only when asked
 
     return label_of(method)
-
-
-def declared_methods(manifest: Mapping[str, Any]) -> dict[str, str]:
-    """adapter folder name → method, from the manifest's config.adapters entries (`method`,
-    or `peft_type`); entries without one are left to the name."""
-    entries = (manifest.get("config") or {}).get("adapters") or []
-    found = {}
-    for entry in entries:
-        if not isinstance(entry, Mapping) or not entry.get("name"):
-            continue
-        method = entry.get("method") or entry.get("peft_type")
-        if method:
-            found[safe_name(str(entry["name"]))] = str(method)
-    return found
 
 
 def column_labels(keys: Iterable[tuple[str, str]],
