@@ -104,6 +104,8 @@ def test_a_near_miss_lists_the_closest_adapters(lib):
     assert message.endswith("; did you mean rb-r1-flora?")
     with pytest.raises(UserError, match=r"did you mean rb-r1-flora\?$"):
         resolve_adapter("ruby-r1-flor", lib)  # compared in its key spelling
+    with pytest.raises(UserError, match=r"did you mean rb-r1-flora\?$"):
+        resolve_adapter("ruby-r2", lib)  # and without the method
 
 
 def test_adapters_say_which_languages_they_were_trained_on(lib):

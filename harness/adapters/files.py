@@ -93,7 +93,7 @@ def resolve_adapter(name: str, adapters_dir: Path | None = None) -> tuple[Path, 
     raise UserError(
         f"adapter {name!r} not found: not a directory and not under {root}; pass a path, a name "
         f"under the adapters directory (--adapters-dir or ${ENV_DIR}), or a hub id org/name"
-        + did_you_mean(_spellings(name)[-1], adapter_names(root))
+        + did_you_mean(_spellings(name)[-1], _forms(adapter_names(root)))
     )
 
 
@@ -102,6 +102,14 @@ def _spellings(name: str) -> list[str]:
     lang, sep, rest = name.partition("-")
     key = language_key(lang) if sep and lang else None
     return [name, f"{key}-{rest}"] if key and key != lang else [name]
+
+
+def _forms(names: list[str]) -> dict[str, list[str]]:
+    """Each adapter's name, and its name without the method (`rb-r1`), → the adapters it names."""
+    forms: dict[str, list[str]] = {name: [name] for name in names}
+    for name in names:
+        forms.setdefault(name.rpartition("-")[0] or name, []).append(name)
+    return forms
 
 
 def adapter_names(root: Path) -> list[str]:
