@@ -25,7 +25,8 @@ Public surface (the generation engine and the trainer code against it):
 `attach(..., lora_impl="gather"|"bmm")` picks LoRA's mixed-batch form (grouped by adapter, or
 the paper's bmm baseline). Bad files raise `harness.errors.UserError` with one line naming
 the file and the problem. Modules: `bank` (stacked tensors, shared), `flora`/`lora`/`ia3`
-(one per method: its bank carries label, default_lr, has_rank), `methods` (name or peft_type -> bank), `layer` (the Linear wrapper), `handle`
+(one per method; its bank carries the method's label, default_lr and has_rank), `methods`
+(name or peft_type -> bank), `layer` (the Linear wrapper), `handle`
 (attach/set_rows/merge/export), `files` (PEFT layout, names, hashes), `validate` (checks).
 """
 
