@@ -103,6 +103,14 @@ def all_benchmarks() -> list[Benchmark]:
     return [_load(stem) for stem in sorted(benchmark_files())]
 
 
+def benchmark_defect(benchmark: str, lang: str, problem: str) -> KnownDefect | None:
+    """The known upstream defect of a row, if its benchmark lists one (None for unknown
+    benchmarks: a run written by other tools)."""
+    if benchmark not in benchmark_files():
+        return None
+    return _load(benchmark).defect(lang, problem)
+
+
 def load_benchmark(key: str) -> Benchmark:
     stems = benchmark_files()
     if key in stems:
