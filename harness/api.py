@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.records import BASE, ProblemScore, SamplingConfig
+from harness.records import BASE, BENCHMARK, ProblemScore, SamplingConfig
 from harness.runs import RunDir, new_run_id
 
 RESULTS_ROOT = Path("results")
@@ -28,12 +28,14 @@ DEFAULT_LANG = "py"
 class Evaluation:
     """What to evaluate: a model, its adapters (the base model is always a column), the
     languages (empty: the languages the adapters were trained on, else Python), the sampling
-    settings and the problems (`dataset`: local MultiPL-E data, None: the hub)."""
+    settings, the benchmarks and where their problems come from (`dataset`: local MultiPL-E
+    data, None: the hub)."""
 
     model: str = "tiny"
     adapters: tuple[str, ...] = ()
     langs: tuple[str, ...] = ()
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    benchmarks: tuple[str, ...] = (BENCHMARK,)
     dataset: str | None = None
     limit: int | None = None
     adapters_dir: str | None = None
@@ -108,16 +110,16 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     loaded = load_model(evaluation.model, device=generation_device(device), load_8bit=load_8bit)
     adapters = resolve_adapters(evaluation, loaded)
     langs = resolve_langs(evaluation.langs, adapter_languages([a.spec for a in adapters if a.spec]))
-    problem_sets = [load_problem_set(lang, evaluation) for lang in langs]
+    problem_sets = [load_problem_set(benchmark, lang, evaluation)
+                    for benchmark in dict.fromkeys(evaluation.benchmarks) for lang in langs]
     run = RunDir.open(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
     check_run(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run, overwrite)
     invocation = run.begin(
         stage,
         config={"model": evaluation.model, "adapters": [adapter_entry(a) for a in adapters],
-                "langs": langs, "sampling": vars(evaluation.sampling), "limit": evaluation.limit,
-                "overwrite": overwrite},
-        dataset={ps.lang: {"benchmark": ps.benchmark, "source": ps.source, "revision": ps.revision,
-                           "problems": len(ps.problems)} for ps in problem_sets},
+                "langs": langs, "benchmarks": list(dict.fromkeys(evaluation.benchmarks)),
+                "sampling": vars(evaluation.sampling), "limit": evaluation.limit, "overwrite": overwrite},
+        dataset={f"{ps.benchmark}-{ps.lang}": dataset_entry(ps) for ps in problem_sets},
         model={"name": loaded.name, "source": loaded.source, "revision": loaded.revision},
     ) if is_rank0() else None
     telemetry = generate_run(loaded, problem_sets, adapters, evaluation.sampling, run,
@@ -153,13 +155,15 @@ def report(path: str | Path) -> dict[str, Path]:
 
 
 def evaluate(model: str = "tiny", adapters: list[str] | tuple[str, ...] = (),
-             langs: list[str] | tuple[str, ...] = (), *, n: int = 100, temperature: float = 0.1,
-             top_p: float = 0.95, max_tokens: int = 1024, seed: int = 0, dataset: str | None = None,
-             limit: int | None = None, run_dir: str | Path | None = None, jobs: int | None = None,
-             use_cache: bool = True, overwrite: bool = False, **generation: Any) -> Run:
+             langs: list[str] | tuple[str, ...] = (), *, benchmarks: tuple[str, ...] = (BENCHMARK,),
+             n: int = 100, temperature: float = 0.1, top_p: float = 0.95, max_tokens: int = 1024,
+             seed: int = 0, dataset: str | None = None, limit: int | None = None,
+             run_dir: str | Path | None = None, jobs: int | None = None, use_cache: bool = True,
+             overwrite: bool = False, **generation: Any) -> Run:
     """The whole pipeline: problems → generate → execute → score → report. Returns the run."""
     evaluation = Evaluation(model, tuple(adapters), tuple(langs),
-                            SamplingConfig(n, temperature, top_p, max_tokens, seed), dataset, limit)
+                            SamplingConfig(n, temperature, top_p, max_tokens, seed), tuple(benchmarks),
+                            dataset, limit)
     run, invocation, _ = generate(evaluation, run_dir, overwrite=overwrite, stage="evaluate", **generation)
     if not is_rank0():
         return run
@@ -181,10 +185,10 @@ def resolve_langs(langs: tuple[str, ...] | list[str], trained_on: list[str]) -> 
     return list(dict.fromkeys(load_language(lang).key for lang in wanted))
 
 
-def load_problem_set(lang: str, evaluation: Evaluation):
+def load_problem_set(benchmark: str, lang: str, evaluation: Evaluation):
     from harness.problems import load_problems
 
-    return load_problems(lang, evaluation.dataset, limit=evaluation.limit)
+    return load_problems(lang, evaluation.dataset, limit=evaluation.limit, benchmark=benchmark)
 
 
 def resolve_adapters(evaluation: Evaluation, loaded) -> list:
@@ -201,6 +205,12 @@ def resolve_adapters(evaluation: Evaluation, loaded) -> list:
         spec = load_adapter(name, base_model=loaded.model, adapters_dir=adapters_dir)
         choices.append(AdapterChoice(name, spec.content_hash, spec))
     return choices
+
+
+def dataset_entry(problem_set) -> dict:
+    ps = problem_set
+    return {"benchmark": ps.benchmark, "lang": ps.lang, "source": ps.source, "revision": ps.revision,
+            "problems": len(ps.problems)}
 
 
 def adapter_entry(choice) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness import api
 from harness.errors import UserError
-from harness.records import SamplingConfig
+from harness.records import BENCHMARK, SamplingConfig
 
 RESULTS_ROOT = api.RESULTS_ROOT
 
@@ -54,8 +54,8 @@ def evaluation_from(args: argparse.Namespace) -> api.Evaluation:
     sampling = SamplingConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                               max_tokens=args.max_tokens, seed=args.seed)
     return api.Evaluation(model=args.model, adapters=tuple(args.adapter or ()), langs=tuple(args.lang or ()),
-                          sampling=sampling, dataset=args.dataset, limit=args.limit,
-                          adapters_dir=args.adapters_dir)
+                          sampling=sampling, benchmarks=tuple(args.benchmark or (BENCHMARK,)),
+                          dataset=args.dataset, limit=args.limit, adapters_dir=args.adapters_dir)
 
 
 def generation_options(args: argparse.Namespace) -> dict:
@@ -93,7 +93,8 @@ def cmd_execute(args: argparse.Namespace) -> int:
         print(f"results in {inputs[0]} ({execution.telemetry.get('programs', 0)} programs)")
         return 0
     written = execute_paths(inputs, jobs=args.jobs, out_dir=Path(args.out) if args.out else None,
-                            lang=args.exec_lang, dataset=args.exec_dataset, use_cache=not args.no_cache)
+                            lang=args.exec_lang, dataset=args.exec_dataset, benchmark=args.exec_benchmark,
+                            use_cache=not args.no_cache)
     for path in written:
         print(path)
     return 0
@@ -138,9 +139,12 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--lang", action="append", metavar="LANG",
                         help="MultiPL-E language key or alias, e.g. py, rb, ruby, rs (repeatable; "
                              "default: the languages the adapters were trained on, else py)")
+    parser.add_argument("--benchmark", action="append", metavar="NAME",
+                        help="MultiPL-E benchmark: humaneval or mbpp (repeatable; default humaneval)")
     parser.add_argument("--dataset", metavar="PATH",
-                        help="local MultiPL-E data: a .jsonl/.json file or a directory of "
-                             "humaneval-<lang>.jsonl (default: the hub, pinned revision)")
+                        help="local MultiPL-E data: a .jsonl/.json file, a directory of "
+                             "<benchmark>-<lang>.jsonl, or one holding a folder per benchmark "
+                             "(e.g. ../shared/multipl-e; default: the hub, pinned revision)")
     parser.add_argument("--limit", type=int, help="only the first N problems per language")
     parser.add_argument("-n", "--n", type=int, default=100, help="samples per problem")
     parser.add_argument("--temperature", type=float, default=0.1)
@@ -186,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="language of a bigcode generations.json (e.g. py)")
     exe.add_argument("--dataset", dest="exec_dataset",
                      help="MultiPL-E data for a generations.json's tests (a file or a directory "
-                          "of humaneval-<lang>.jsonl; default: the hub)")
+                          "of <benchmark>-<lang>.jsonl; default: the hub)")
+    exe.add_argument("--benchmark", dest="exec_benchmark", default=BENCHMARK,
+                     help="the benchmark of a generations.json (humaneval or mbpp)")
     exe.set_defaults(handler=cmd_execute)
 
     sco = sub.add_parser("score", help="per-problem pass@k of a run's results into scores.csv")

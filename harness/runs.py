@@ -2,8 +2,8 @@
 
     results/<run-id>/
       manifest.json
-      <model>/<adapter|base>/<lang>/<problem>.json.gz          completions
-      <model>/<adapter|base>/<lang>/<problem>.results.json.gz  execution results
+      <model>/<adapter|base>/<benchmark>-<lang>/<problem>.json.gz          completions
+      <model>/<adapter|base>/<benchmark>-<lang>/<problem>.results.json.gz  execution results
       scores.csv · cells.csv · comparisons.csv · statuses.csv   tables (CSV)
       table.md · table1.csv · table1.tex · report.html           reports
 
@@ -28,6 +28,7 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.files import read_json, write_json
+from harness.records import BENCHMARK
 
 MANIFEST = "manifest.json"
 COMPLETIONS_SUFFIX = ".json.gz"
@@ -68,15 +69,18 @@ class RunDir:
             raise UserError(f"run directory not found: {path}")
         return cls(path)
 
-    def cell(self, model: str, adapter: str, lang: str) -> Path:
-        """The folder of one (model, adapter, language)."""
-        return self.root / safe_name(model) / safe_name(adapter) / lang
+    def cell(self, model: str, adapter: str, lang: str, benchmark: str = BENCHMARK) -> Path:
+        """The folder of one (model, adapter, benchmark, language): `<benchmark>-<lang>` is
+        MultiPL-E's own config name (`humaneval-rb`, `mbpp-rb`)."""
+        return self.root / safe_name(model) / safe_name(adapter) / f"{benchmark}-{lang}"
 
-    def completions_path(self, model: str, adapter: str, lang: str, problem: str) -> Path:
-        return self.cell(model, adapter, lang) / f"{problem}{COMPLETIONS_SUFFIX}"
+    def completions_path(self, model: str, adapter: str, lang: str, problem: str,
+                         benchmark: str = BENCHMARK) -> Path:
+        return self.cell(model, adapter, lang, benchmark) / f"{problem}{COMPLETIONS_SUFFIX}"
 
-    def results_path(self, model: str, adapter: str, lang: str, problem: str) -> Path:
-        return self.cell(model, adapter, lang) / f"{problem}{RESULTS_SUFFIX}"
+    def results_path(self, model: str, adapter: str, lang: str, problem: str,
+                     benchmark: str = BENCHMARK) -> Path:
+        return self.cell(model, adapter, lang, benchmark) / f"{problem}{RESULTS_SUFFIX}"
 
     def completion_files(self) -> list[Path]:
         return sorted(

@@ -72,15 +72,15 @@ def test_pipeline_end_to_end_and_resume(capsys, tmp_path, humaneval_dir, monkeyp
     argv = ["--model", "tiny", "--lang", "py", "--dataset", str(humaneval_dir), "--limit", "2",
             "-n", "3", "--max-tokens", "24", "--run-dir", str(run_dir)]
     assert main(argv) == 0
-    results = sorted(run_dir.glob("tiny/base/py/*.results.json.gz"))
+    results = sorted(run_dir.glob("tiny/base/humaneval-py/*.results.json.gz"))
     assert len(results) == 2
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["dataset"]["py"]["problems"] == 2
+    assert manifest["dataset"]["humaneval-py"]["problems"] == 2
     assert manifest["images"]["py"].startswith("sha256:")
     assert {"generate", "execute"} <= set(manifest["telemetry"])
     assert (run_dir / "report.html").is_file() and (run_dir / "table.md").is_file()
-    before = {p: p.stat().st_mtime_ns for p in run_dir.glob("tiny/base/py/*.json.gz")}
+    before = {p: p.stat().st_mtime_ns for p in run_dir.glob("tiny/base/humaneval-py/*.json.gz")}
     assert main(argv) == 0
-    after = {p: p.stat().st_mtime_ns for p in run_dir.glob("tiny/base/py/*.json.gz")}
+    after = {p: p.stat().st_mtime_ns for p in run_dir.glob("tiny/base/humaneval-py/*.json.gz")}
     assert before == after
     capsys.readouterr()

@@ -40,6 +40,11 @@ def perturbed(counts, cell, change):
     return out
 
 
+def cells_of(counts):
+    """The fixture's (model, adapter, lang) counts as gate cells (model, adapter, benchmark, lang)."""
+    return {(m, a, "humaneval", lang): cell for (m, a, lang), cell in counts.items()}
+
+
 def failures(junit):
     return [case.get("classname") + "/" + case.get("name") for case in junit.iter("testcase")
             if case.find("failure") is not None]
@@ -48,7 +53,7 @@ def failures(junit):
 def test_baseline_file_round_trips_the_counts(baseline):
     counts, path = baseline
     baseline = load_baseline(path)
-    assert baseline.cells == counts
+    assert baseline.cells == cells_of(counts)
     assert {s["temperature"] for s in baseline.settings.values()} == {0.1}
 
 
@@ -70,8 +75,8 @@ def test_seeded_regression_fails_with_a_reason(tmp_path, baseline, capsys, flags
     code, junit, summary = check(tmp_path, worse, path, *flags)
     out = capsys.readouterr().out
     assert code == 1
-    assert failures(junit) == [f"flora-eval.{MODEL}.flora-r1/rb pass@1"]
-    assert f"FAIL {MODEL}/flora-r1/rb: pass@1" in out and "1 of 4 cells regressed" in out
+    assert failures(junit) == [f"flora-eval.{MODEL}.flora-r1/humaneval-rb pass@1"]
+    assert f"FAIL {MODEL}/flora-r1/humaneval-rb: pass@1" in out and "1 of 4 cells regressed" in out
     assert "**FAIL**" in summary and "regression" in summary
     drop = np.mean([c - worse[cell][p][1] for p, (_, c) in counts[cell].items()])
     assert f"({-drop:+.2f} pts" in out  # the reason names the measured drop
@@ -113,7 +118,7 @@ def test_a_missing_cell_or_problem_fails(tmp_path, baseline, capsys):
     code, junit, _ = check(tmp_path, partial, path)
     out = capsys.readouterr().out
     assert code == 1 and len(failures(junit)) == 2
-    assert f"FAIL {MODEL}/base/rb: no results in the run" in out
+    assert f"FAIL {MODEL}/base/humaneval-rb: no results in the run" in out
     assert "2 of 12 baseline problems have no results" in out
 
 
@@ -133,7 +138,7 @@ def test_run_cells_come_from_the_records_not_folder_names(tmp_path, humaneval_di
     counts = demo_counts(langs=("rs",), adapters=("base",), problems_per_lang=3, n=5)
     run = write_run(tmp_path / "r", counts)
     (run.root / MODEL).rename(run.root / "renamed-folder")  # folders are not read for names
-    assert run_cells(run) == counts
+    assert run_cells(run) == cells_of(counts)
 
 
 def test_check_refuses_a_run_sampled_at_another_temperature(tmp_path, baseline, capsys):

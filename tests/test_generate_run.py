@@ -45,11 +45,11 @@ def test_every_problem_gets_one_file_of_n_completions_and_telemetry(loaded, prob
     telemetry = generate_run(loaded, problem_sets, [AdapterChoice()], SAMPLING, RunDir.open(tmp_path),
                              batch_size=5)
     files = completions(tmp_path)
-    assert sorted(files) == ["tiny/base/py/HumanEval_0_has_close_elements.json.gz",
-                             "tiny/base/py/HumanEval_100_make_a_pile.json.gz",
-                             "tiny/base/rb/HumanEval_0_has_close_elements.json.gz"]
+    assert sorted(files) == ["tiny/base/humaneval-py/HumanEval_0_has_close_elements.json.gz",
+                             "tiny/base/humaneval-py/HumanEval_100_make_a_pile.json.gz",
+                             "tiny/base/humaneval-rb/HumanEval_0_has_close_elements.json.gz"]
     assert all(len(texts) == 4 for texts in files.values())
-    record = read_completions(tmp_path / "tiny/base/rb/HumanEval_0_has_close_elements.json.gz")
+    record = read_completions(tmp_path / "tiny/base/humaneval-rb/HumanEval_0_has_close_elements.json.gz")
     assert record.language == "rb" and record.stop_tokens
     provenance = record.provenance
     assert provenance.lang == "rb" and provenance.sampling == SAMPLING and provenance.model == "tiny"

@@ -3,7 +3,10 @@ import json
 import pytest
 
 from harness.errors import UserError
-from harness.problems import REVISION_PRE_V3, REVISION_V3_3, hub_revision, load_problems
+from harness.problems import all_benchmarks, load_benchmark, load_problems, parse_benchmark
+
+V3_3 = "28441b6024e71d4a1c1c0f6bf171c935cd5a43f2"
+PRE_V3 = "d23b094346c5dbda1080a74bb2a24c18adbf7409"
 
 
 def test_local_directory_loads_all_rows(humaneval_dir):
@@ -27,6 +30,8 @@ def test_missing_file_is_one_clear_line(tmp_path):
         load_problems("py", tmp_path / "nope.jsonl")
     with pytest.raises(UserError, match="humaneval-py.jsonl"):
         load_problems("py", tmp_path)
+    with pytest.raises(UserError, match="mbpp-py.jsonl"):
+        load_problems("py", tmp_path, benchmark="mbpp")
 
 
 def test_row_without_fields_is_refused(tmp_path):
@@ -37,8 +42,39 @@ def test_row_without_fields_is_refused(tmp_path):
 
 
 def test_pinned_revisions():
-    assert hub_revision("py") == REVISION_PRE_V3
-    assert hub_revision("rb") == REVISION_V3_3
+    for key in ("humaneval", "mbpp"):
+        benchmark = load_benchmark(key)
+        assert benchmark.revision_for("py") == PRE_V3  # v3 dropped Python
+        assert benchmark.revision_for("rb") == V3_3  # v3.3 fixed Lua's stop token
+        assert benchmark.config("rb") == f"{key}-rb" and benchmark.hub_dataset == "nuprl/MultiPL-E"
+
+
+def test_every_benchmark_definition_is_complete():
+    keys = [b.key for b in all_benchmarks()]
+    assert keys == ["humaneval", "mbpp"]
+    for benchmark in all_benchmarks():
+        assert benchmark.name and benchmark.file_name("rb") == f"{benchmark.key}-rb.jsonl"
+        for defect in benchmark.known_defects:
+            assert defect.problem.startswith(f"{benchmark.key}_") and defect.why
+
+
+def test_a_bad_definition_or_name_is_one_line():
+    with pytest.raises(ValueError, match="unknown keys"):
+        parse_benchmark({"key": "x", "colour": "red"}, "benchmarks/x.toml")
+    with pytest.raises(UserError, match="unknown benchmark 'mbbp'.*did you mean mbpp"):
+        load_benchmark("mbbp")
+
+
+def test_mbpp_loads_from_its_file_or_the_folder_of_benchmarks(humaneval_dir):
+    shared = humaneval_dir.parent
+    from_folder = load_problems("rb", shared, benchmark="mbpp")
+    from_dir = load_problems("rb", shared / "mbpp", benchmark="mbpp")
+    assert len(from_folder.problems) == len(from_dir.problems) == 397
+    assert from_folder.problems[0].name == "mbpp_3_is_not_prime" and from_folder.benchmark == "mbpp"
+    assert load_problems("rs", shared, benchmark="mbpp", limit=None).problems[-1].name.startswith("mbpp_")
+    assert len(load_problems("rs", shared, benchmark="mbpp").problems) == 354
+    assert load_problems("py", shared).benchmark == "humaneval"  # the default benchmark
+    assert len(load_problems("py", shared).problems) == 161
 
 
 def test_hub_unreachable_says_how_to_pass_local_data(monkeypatch):

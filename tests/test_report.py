@@ -44,8 +44,8 @@ ADAPTER_OF = {"base": "base", "FLoRA": "flora-r1", "IA3": "ia3", "LoRA": "lora-r
 
 
 def paper_cells() -> pd.DataFrame:
-    rows = [{"run": "paper", "model": model, "adapter": ADAPTER_OF[column], "lang": lang,
-             "column": column, "mean": value}
+    rows = [{"run": "paper", "model": model, "adapter": ADAPTER_OF[column], "benchmark": "humaneval",
+             "lang": lang, "column": column, "mean": value}
             for model, table in PAPER_VALUES.items()
             for lang, values in zip(PAPER_LANGS, table, strict=True)
             for column, value in zip(("base", "FLoRA", "IA3", "LoRA"), values, strict=True)]
@@ -58,7 +58,7 @@ def rounding_interval(value: float, base: float) -> tuple[float, float]:
 
 
 def test_table1_reproduces_the_papers_relative_column():
-    table = table1(paper_cells())
+    table = table1(paper_cells()).xs("HumanEval", level="benchmark")
     assert list(table.columns) == ["base", "FLoRA", "IA3", "LoRA"]
     assert list(table.index) == [(m, lang) for m in PAPER_VALUES
                                  for lang in ("D", "Perl", "Ruby", "Rust", "Racket", "Swift")]
@@ -90,7 +90,8 @@ def test_table1_to_latex_and_markdown():
     table = table1(paper_cells())
     latex = latex_table1(table)
     assert r"\toprule" in latex and r"17.26 (22.15\%)" in latex and "StarCoder 15B" in latex
-    md = _markdown(table)
+    assert "HumanEval" in latex
+    md = _markdown(table.xs("HumanEval", level="benchmark"))
     assert "| StarCoder 15B" in md and "| 17.26 (22.15%)" in md and md.count("StarCoder 15B") == 1
 
 
@@ -113,6 +114,7 @@ def test_cells_match_the_pass_counts(demo):
     cells = pd.read_csv(paths["cells"])
     assert set(cells["k"]) == {1, 10}
     one = cells[cells["k"] == 1].set_index(["model", "adapter", "lang"])
+    assert set(cells["benchmark"]) == {"humaneval"}
     for key, mean in expected_means(counts).items():
         row = one.loc[key]
         assert row["mean"] == pytest.approx(mean)
@@ -129,7 +131,8 @@ def test_cells_match_the_pass_counts(demo):
 def test_table1_of_the_run(demo):
     counts, _, paths = demo
     means = expected_means(counts)
-    table = pd.read_csv(paths["table1_csv"], index_col=[0, 1], dtype=str)
+    table = pd.read_csv(paths["table1_csv"], index_col=[0, 1, 2], dtype=str)
+    table = table.xs("HumanEval", level="benchmark")
     assert list(table.columns) == ["base", "FLoRA", "IA3", "LoRA"]
     for lang, name in (("py", "Python"), ("rb", "Ruby"), ("rs", "Rust")):
         base = means[(MODEL, "base", lang)]
@@ -156,8 +159,9 @@ def test_status_breakdown_counts_every_sample(demo):
     statuses = pd.read_csv(paths["statuses"]).set_index(["adapter", "lang"])
     seen: dict = {}
     for path in run.result_files():
-        key = (path.parent.parent.name, path.parent.name)
-        for r in read_results(path).results:
+        results = read_results(path)
+        key = (results.provenance.adapter, results.provenance.lang)
+        for r in results.results:
             seen.setdefault(key, {}).setdefault(r.status, 0)
             seen[key][r.status] += 1
     for key, by_status in seen.items():
@@ -207,7 +211,7 @@ def test_combined_report_compares_runs(tmp_path, humaneval_dir):
                           for p, (n, c) in counts[k].items()])
         assert across.loc[adapter, "diff"] == pytest.approx(change)
     assert across.loc["base", "diff"] < 0 < across.loc["flora-r1", "diff"]
-    table = pd.read_csv(paths["table1_csv"], index_col=[0, 1])
+    table = pd.read_csv(paths["table1_csv"], index_col=[0, 1, 2])
     assert list(table.columns) == ["base [night-1]", "base [night-2]", "FLoRA [night-1]", "FLoRA [night-2]"]
     row = table.iloc[0]  # each run's FLoRA is relative to its own run's base
     for night in ("night-1", "night-2"):

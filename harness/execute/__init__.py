@@ -109,12 +109,12 @@ def execute_run(run, jobs: int | None = None, use_cache: bool = True) -> Executi
 
 def execute_paths(inputs: list[Path], jobs: int | None = None, out_dir: Path | None = None,
                   lang: str | list[str] | None = None, dataset: str | None = None,
-                  use_cache: bool = True) -> list[Path]:
+                  benchmark: str = "humaneval", use_cache: bool = True) -> list[Path]:
     """`flora-eval execute`: run dirs, MultiPL-E completions files or bigcode generations."""
     from harness.execute.inputs import tasks_for
 
     if isinstance(lang, list):  # the top-level `--lang` is repeatable
         lang = lang[-1] if lang else None
-    tasks = [task for path in inputs for task in tasks_for(Path(path), out_dir, lang, dataset)]
+    tasks = [task for path in inputs for task in tasks_for(Path(path), out_dir, lang, dataset, benchmark)]
     execute_tasks(tasks, jobs=jobs, use_cache=use_cache)
     return [task.out for task in tasks]

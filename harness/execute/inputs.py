@@ -37,17 +37,18 @@ def task_of(completions: Completions, out: Path, lang: str | None = None) -> Tas
     return Task(key, completions, out)
 
 
-def tasks_for(path: Path, out_dir: Path | None, lang: str | None, dataset: str | None) -> list[Task]:
+def tasks_for(path: Path, out_dir: Path | None, lang: str | None, dataset: str | None,
+              benchmark: str = "humaneval") -> list[Task]:
     if path.is_dir():
         if RunDir(path).completion_files():
             return run_tasks(path, out_dir)
         files = sorted(p for p in path.iterdir() if _is_completions_name(p.name))
         if not files:
             raise UserError(f"{path}: no completions files (.json/.json.gz) or run folders in it")
-        return [task for p in files for task in tasks_for(p, out_dir, lang, dataset)]
+        return [task for p in files for task in tasks_for(p, out_dir, lang, dataset, benchmark)]
     data = read_json(path)
     if isinstance(data, list):
-        return generations_tasks(path, data, out_dir, lang, dataset)
+        return generations_tasks(path, data, out_dir, lang, dataset, benchmark)
     return [task_of(read_completions(path), _out(path, out_dir, None), lang)]
 
 
@@ -63,7 +64,7 @@ def _out(path: Path, out_dir: Path | None, root: Path | None) -> Path:
 
 
 def generations_tasks(path: Path, data: list, out_dir: Path | None, lang: str | None,
-                      dataset: str | None) -> list[Task]:
+                      dataset: str | None, benchmark: str = "humaneval") -> list[Task]:
     """bigcode-evaluation-harness output: generations[i] are full programs for problem i of
     the MultiPL-E dataset (in its order); the tests come from the dataset."""
     from harness.execute.languages import load_language
@@ -74,7 +75,7 @@ def generations_tasks(path: Path, data: list, out_dir: Path | None, lang: str | 
     if lang is None:
         raise UserError(f"{path}: a bigcode generations.json does not name its language; pass --lang LANG")
     key = load_language(lang).key
-    problem_set = load_problems(key, dataset)
+    problem_set = load_problems(key, dataset, benchmark=benchmark)
     problems = problem_set.problems
     if len(data) > len(problems):
         raise UserError(f"{path}: {len(data)} problems but the {key} dataset has {len(problems)}; "

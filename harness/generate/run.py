@@ -153,7 +153,8 @@ def work_items(loaded: LoadedModel, problem_sets: list[ProblemSet], adapters: li
     problems = [(ps, problem) for ps in problem_sets for problem in ps.problems]
     return [
         (position, WorkItem(ps.lang, problem, adapter,
-                            run.completions_path(loaded.name, adapter.name, ps.lang, problem.name),
+                            run.completions_path(loaded.name, adapter.name, ps.lang, problem.name,
+                                                 ps.benchmark),
                             provenance_of(loaded, ps, adapter, sampling)))
         for position, (ps, problem) in enumerate(problems) for adapter in adapters
     ]
@@ -174,8 +175,8 @@ def check_run(items: list[tuple[int, WorkItem]], run: RunDir, overwrite: bool) -
     return held
 
 
-def _key(item: WorkItem) -> tuple[str, str, str]:
-    return (item.lang, item.problem.name, item.adapter.name)
+def _key(item: WorkItem) -> tuple[str, str, str, str]:
+    return (item.provenance.benchmark, item.lang, item.problem.name, item.adapter.name)
 
 
 def _requests(loaded, todo: list[WorkItem], held: dict[Path, Holding], sampling: SamplingConfig,

@@ -15,9 +15,9 @@ from typing import Any
 
 FORMAT = "flora-eval-baseline"
 VERSION = 2
-Key = tuple[str, str, str]  # (model, adapter, lang)
-Cells = dict[Key, dict[str, tuple[int, int]]]  # (model, adapter, lang) → {problem: (n, c)}
-Settings = dict[Key, dict[str, Any]]  # (model, adapter, lang) → what the cell was sampled with
+Key = tuple[str, str, str, str]  # (model, adapter, benchmark, lang): one gate cell
+Cells = dict[Key, dict[str, tuple[int, int]]]  # cell → {problem: (n, c)}
+Settings = dict[Key, dict[str, Any]]  # cell → what it was sampled with
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.output)
     save_baseline(path, baseline)
     problems = sum(len(c) for c in baseline.cells.values())
-    print(f"baseline: {path} ({len(baseline.cells)} model/adapter/language cells, {problems} problems)")
+    print(f"baseline: {path} ({len(baseline.cells)} model/adapter/benchmark/language cells, "
+          f"{problems} problems)")
     return 0
 
 
@@ -65,7 +66,7 @@ def run_baseline(run) -> Baseline:
     cells: Cells = {}
     settings: Settings = {}
     for s in run_scores(run):
-        key = (s.model, s.adapter, s.lang)
+        key = (s.model, s.adapter, s.provenance.benchmark, s.lang)
         cells.setdefault(key, {})[s.problem] = (s.n, s.c)
         settings.setdefault(key, cell_settings(s.provenance))
     if not cells:
@@ -81,10 +82,10 @@ def run_cells(run) -> Cells:
 def to_json(baseline: Baseline) -> dict[str, Any]:
     return {
         "format": FORMAT, "version": VERSION, "source": baseline.source,
-        "cells": [{"model": m, "adapter": a, "lang": lang,
-                   "settings": baseline.settings.get((m, a, lang), {}),
+        "cells": [{"model": m, "adapter": a, "benchmark": b, "lang": lang,
+                   "settings": baseline.settings.get((m, a, b, lang), {}),
                    "problems": {p: [n, c] for p, (n, c) in sorted(problems.items())}}
-                  for (m, a, lang), problems in sorted(baseline.cells.items())],
+                  for (m, a, b, lang), problems in sorted(baseline.cells.items())],
     }
 
 
@@ -99,7 +100,7 @@ def from_json(data: Any, where: str = "baseline") -> Baseline:
         raise UserError(f"{where} has baseline version {data.get('version')}, this flora-eval reads "
                         f"{VERSION}; save the baseline again with `flora-eval baseline save RUN -o FILE`")
     try:
-        keys = [(c["model"], c["adapter"], c["lang"]) for c in data["cells"]]
+        keys = [(c["model"], c["adapter"], c["benchmark"], c["lang"]) for c in data["cells"]]
         cells = {key: {p: (int(n), int(k)) for p, (n, k) in c["problems"].items()}
                  for key, c in zip(keys, data["cells"], strict=True)}
         settings = {key: dict(c.get("settings") or {}) for key, c in zip(keys, data["cells"], strict=True)}

@@ -13,6 +13,7 @@ from harness.report.tables import (
     cell_estimates,
     comparisons,
     interval_table,
+    known_defects,
     latex_table1,
     markdown_report,
     status_table,
@@ -36,7 +37,7 @@ def assemble(runs: list[RunData], seed: int = SEED) -> Report:
         runs=tuple(runs), counts=counts, ks=ks, cells=cells,
         comparisons=comparisons(counts, 1, seed),
         table1=table1(cells[1]), intervals=interval_table(cells[1]),
-        statuses=status_table(statuses, counts),
+        statuses=status_table(statuses, counts), defects=known_defects(counts),
     )
 
 
@@ -55,7 +56,7 @@ def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
     report.statuses.to_csv(paths["statuses"], index=False)
     report.table1.to_csv(paths["table1_csv"])
     paths["table"].write_text(markdown_report(report.table1, report.intervals, report.comparisons,
-                                              report.statuses), encoding="utf-8")
+                                              report.statuses, report.defects), encoding="utf-8")
     paths["latex"].write_text(latex_table1(report.table1) if not report.table1.empty else "",
                               encoding="utf-8")
     paths["html"].write_text(render_html(report), encoding="utf-8")

@@ -13,10 +13,11 @@ from harness.report.load import RunData
 @dataclass(frozen=True)
 class Report:
     runs: tuple[RunData, ...]
-    counts: pd.DataFrame  # per problem: run, model, adapter, lang, problem, n, c, column
+    counts: pd.DataFrame  # per problem: run, model, adapter, benchmark, lang, problem, n, c, pass@k, column
     ks: tuple[int, ...]
     cells: dict[int, pd.DataFrame]  # k → cell estimates
     comparisons: pd.DataFrame  # pass@1, paired
     table1: pd.DataFrame
     intervals: pd.DataFrame
     statuses: pd.DataFrame  # status shares per cell
+    defects: pd.DataFrame  # the run's problems that are broken upstream

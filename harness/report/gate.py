@@ -1,5 +1,6 @@
 """`flora-eval check RUN --baseline FILE`: the CI gate. Exit 1 when a (model, adapter,
-language) cell got worse than the baseline, 0 otherwise, with one reason per failing cell.
+benchmark, language) cell got worse than the baseline, 0 otherwise, with one reason per
+failing cell (each benchmark is gated on its own).
 
 A cell regresses when its mean pass@k over the baseline's problems drops by more than
 `--tolerance` points, or, with `--alpha`, when a one-sided paired permutation test on the
@@ -34,10 +35,11 @@ class Rule:
 
 @dataclass(frozen=True)
 class CellCheck:
-    """The verdict on one (model, adapter, language) cell."""
+    """The verdict on one (model, adapter, benchmark, language) cell."""
 
     model: str
     adapter: str
+    benchmark: str
     lang: str
     passed: bool
     reason: str
@@ -51,7 +53,7 @@ class CellCheck:
 
     @property
     def name(self) -> str:
-        return f"{self.model}/{self.adapter}/{self.lang}"
+        return cell_name((self.model, self.adapter, self.benchmark, self.lang))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,10 +125,16 @@ def differences(baseline, current) -> list[str]:
         before, now = baseline.settings[key], current.settings[key]
         for name in sorted(set(before) & set(now)):
             if before[name] != now[name] and "" not in (before[name], now[name]):
-                cells.setdefault((name, now[name], before[name]), []).append("/".join(key))
+                cells.setdefault((name, now[name], before[name]), []).append(cell_name(key))
     return [f"{name} is {now!r} in the run, {before!r} in the baseline "
             f"({keys[0]}{f' and {len(keys) - 1} more cells' if len(keys) > 1 else ''})"
             for (name, now, before), keys in cells.items()]
+
+
+def cell_name(key: tuple[str, str, str, str]) -> str:
+    """`model/adapter/benchmark-lang`, as the run layout names the cell's folder."""
+    model, adapter, benchmark, lang = key
+    return f"{model}/{adapter}/{benchmark}-{lang}"
 
 
 def check_cells(baseline: dict, current: dict, rule: Rule) -> list[CellCheck]:
@@ -137,7 +145,7 @@ def check_cells(baseline: dict, current: dict, rule: Rule) -> list[CellCheck]:
     return checks
 
 
-def check_cell(key: tuple[str, str, str], base: dict, cur: dict | None, rule: Rule) -> CellCheck:
+def check_cell(key: tuple[str, str, str, str], base: dict, cur: dict | None, rule: Rule) -> CellCheck:
     """Compare one cell on the baseline's problems."""
     from harness.score import align, paired, pass_at_k
 
@@ -185,7 +193,7 @@ def junit_xml(checks: list[CellCheck], rule: Rule) -> str:
     ET.SubElement(props, "property", name="rule", value=rule.describe())
     for check in checks:
         case = ET.SubElement(suite, "testcase", classname=f"flora-eval.{check.model}.{check.adapter}",
-                             name=f"{check.lang} pass@{rule.k}")
+                             name=f"{check.benchmark}-{check.lang} pass@{rule.k}")
         if check.passed:
             ET.SubElement(case, "system-out").text = check.reason
         else:

@@ -10,17 +10,18 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from harness.problems import benchmark_defect
 from harness.report.charts import STATUS_COLORS, bar_chart, colors_for, heatmap, status_bar
 from harness.report.contents import Report
-from harness.report.labels import column_sort_key, language_name
+from harness.report.labels import benchmark_name, column_sort_key, language_name
 
 MANIFEST_VALUE_CHARS = 400
 SIGNIFICANCE = 0.05
 
 
 def problem_order(name: str) -> tuple[int, str]:
-    """HumanEval_<N>_... by N, others after, by name."""
-    m = re.match(r"HumanEval_(\d+)_", name)
+    """HumanEval_<N>_... and mbpp_<N>_... by N, others after, by name."""
+    m = re.match(r"[A-Za-z]+_(\d+)_", name)
     return (int(m.group(1)) if m else 1 << 30, name)
 
 
@@ -48,45 +49,50 @@ def summary_rows(report: Report, k: int) -> tuple[list[str], list[dict]]:
     cells = report.cells[k]
     columns = _columns(cells)
     comps = report.comparisons
+    against_base = comps[comps["comparison"] == "vs base"] if not comps.empty else comps
     vs_base = {} if comps.empty or k != 1 else {
-        (r.model, r.lang, r.column): r for r in comps[comps["comparison"] == "vs base"].itertuples()}
+        (r.benchmark, r.model, r.lang, r.column): r for r in against_base.itertuples()}
     rows = []
-    for (model, lang), group in cells.groupby(["model", "lang"], sort=False):
+    for (benchmark, model, lang), group in cells.groupby(["benchmark", "model", "lang"], sort=False):
         by_column = {r.column: r for r in group.itertuples()}
         entries = []
         for column in columns:
             r = by_column.get(column)
-            c = vs_base.get((model, lang, column))
+            c = vs_base.get((benchmark, model, lang, column))
             entries.append(None if r is None else {
                 "mean": r.mean, "se": r.se, "lo": r.lo, "hi": r.hi, "problems": r.problems,
                 "relative": None if c is None else c.relative,
                 "diff": None if c is None else c.diff, "p": None if c is None else c.p_permutation,
                 "significant": c is not None and c.p_permutation < SIGNIFICANCE,
             })
-        rows.append({"model": model, "lang": language_name(lang), "cells": entries})
+        rows.append({"benchmark": benchmark_name(benchmark), "model": model, "lang": language_name(lang),
+                     "cells": entries})
     return columns, rows
 
 
 def charts(report: Report) -> list[dict]:
-    """One grouped bar chart of pass@1 per model: languages × columns, with 95% intervals."""
+    """One grouped bar chart of pass@1 per (benchmark, model): languages × columns, with 95%
+    intervals."""
     cells = report.cells[1]
     out = []
-    for model, group in cells.groupby("model", sort=False):
+    for (benchmark, model), group in cells.groupby(["benchmark", "model"], sort=False):
         langs = list(dict.fromkeys(group["lang"].map(language_name)))
         values = {(language_name(r.lang), r.column): (r.mean, r.lo, r.hi) for r in group.itertuples()}
-        out.append({"model": model, "svg": Markup(bar_chart(
-            langs, _columns(group), values, f"pass@1 per language, {model}"))})
+        title = f"{benchmark_name(benchmark)} · {model}"
+        out.append({"model": title, "svg": Markup(bar_chart(
+            langs, _columns(group), values, f"pass@1 per language, {title}"))})
     return out
 
 
 def heatmaps(report: Report) -> list[dict]:
-    """Per (model, language): adapters × problems, pass rate c / n."""
+    """Per (benchmark, model, language): adapters × problems, pass rate c / n."""
     out = []
-    for (model, lang), group in report.counts.groupby(["model", "lang"], sort=False):
+    for (benchmark, model, lang), group in report.counts.groupby(["benchmark", "model", "lang"], sort=False):
         problems = sorted(dict.fromkeys(group["problem"]), key=problem_order)
         rates = {(r.column, r.problem): r.c / r.n for r in group.itertuples() if r.n}
-        out.append({"model": model, "lang": language_name(lang), "svg": Markup(heatmap(
-            _columns(group), problems, rates, f"pass rate per problem, {model} {lang}"))})
+        title = f"{benchmark_name(benchmark)} · {model}"
+        out.append({"model": title, "lang": language_name(lang), "svg": Markup(heatmap(
+            _columns(group), problems, rates, f"pass rate per problem, {title} {lang}"))})
     return out
 
 
@@ -94,9 +100,10 @@ def status_rows(report: Report) -> tuple[list[str], list[dict]]:
     frame = report.statuses
     if frame.empty:
         return [], []
-    statuses = [c for c in frame.columns if c not in ("run", "model", "adapter", "lang", "column",
-                                                       "samples")]
-    rows = [{"model": r["model"], "lang": language_name(r["lang"]), "column": r["column"],
+    statuses = [c for c in frame.columns if c not in ("run", "model", "adapter", "benchmark", "lang",
+                                                       "column", "samples")]
+    rows = [{"benchmark": benchmark_name(r["benchmark"]), "model": r["model"],
+             "lang": language_name(r["lang"]), "column": r["column"],
              "samples": int(r["samples"]), "shares": [r[s] for s in statuses],
              "bar": Markup(status_bar({s: r[s] for s in statuses}))}
             for _, r in frame.iterrows()]
@@ -107,21 +114,23 @@ def drill_down(report: Report) -> list[dict]:
     """Per (model, language), per problem: the prompt and each column's distinct programs."""
     label = dict(zip(zip(report.counts["run"], report.counts["adapter"], strict=True),
                      report.counts["column"], strict=True))
-    sections: dict[tuple[str, str], dict[str, dict]] = {}
+    sections: dict[tuple[str, str, str], dict[str, dict]] = {}
     prompts = {}
     for run in report.runs:
         prompts.update(run.prompts)
         for d in run.digests:
-            problems = sections.setdefault((d.model, d.lang), {})
+            problems = sections.setdefault((d.benchmark, d.model, d.lang), {})
             entry = problems.setdefault(d.problem, {"name": d.problem, "cells": []})
             entry["cells"].append({"column": label[(run.label, d.adapter)], "digest": d})
     out = []
-    for (model, lang), problems in sections.items():
+    for (benchmark, model, lang), problems in sections.items():
         ordered = [problems[p] for p in sorted(problems, key=problem_order)]
         for entry in ordered:
             entry["cells"].sort(key=lambda c: column_sort_key(c["column"]))
             entry["prompt"] = prompts.get((lang, entry["name"]), "")
-        out.append({"model": model, "lang": language_name(lang), "problems": ordered})
+            entry["defect"] = benchmark_defect(benchmark, lang, entry["name"])
+        out.append({"model": f"{benchmark_name(benchmark)} · {model}", "lang": language_name(lang),
+                    "problems": ordered})
     return out
 
 
@@ -161,8 +170,14 @@ def render_html(report: Report) -> str:
         "other_ks": [(k, *summary_rows(report, k)) for k in report.ks if k != 1],
         "charts": charts(report) if len(report.counts) else [],
         "comparisons": [] if report.comparisons.empty else
-        list(report.comparisons.assign(language=report.comparisons["lang"].map(language_name))
+        list(report.comparisons.assign(language=report.comparisons["lang"].map(language_name),
+                                       benchmark_name=report.comparisons["benchmark"].map(benchmark_name))
              .itertuples()),
+        "benchmarks": [benchmark_name(b) for b in dict.fromkeys(report.counts["benchmark"])]
+        if len(report.counts) else [],
+        "defects": [] if report.defects.empty else
+        list(report.defects.assign(benchmark=report.defects["benchmark"].map(benchmark_name),
+                                   language=report.defects["lang"].map(language_name)).itertuples()),
         "heatmaps": heatmaps(report) if len(report.counts) else [],
         "statuses": statuses, "status_rows": status_table,
         "status_colors": {s: STATUS_COLORS.get(s, "#94a3b8") for s in statuses},

@@ -19,6 +19,13 @@ def language_name(lang: str) -> str:
     return display_name(lang)
 
 
+def benchmark_name(key: str) -> str:
+    """A benchmark's display name from its definition (benchmarks/<key>.toml), else the key."""
+    from harness.problems import benchmark_files, load_benchmark
+
+    return load_benchmark(key).name if key in benchmark_files() else key
+
+
 def method_label(adapter: str, method: str | None = None) -> str:
     """The Table 1 column of an adapter: its declared method's label; without a declared
     method, the adapter's own name."""

@@ -46,6 +46,7 @@ class ProblemDigest:
 
     model: str
     adapter: str
+    benchmark: str
     lang: str
     problem: str
     n: int
@@ -75,19 +76,20 @@ class RunData:
         """One row per (model, adapter, lang, problem): n, c and every pass@k (percent, NaN
         where n < k) of the score records, tagged with the run."""
         ks = sorted({k for s in self.scores for k in s.pass_at})
-        rows = [{"run": self.label, "model": s.model, "adapter": s.adapter, "lang": s.lang,
-                 "problem": s.problem, "n": s.n, "c": s.c,
+        rows = [{"run": self.label, "model": s.model, "adapter": s.adapter,
+                 "benchmark": s.provenance.benchmark, "lang": s.lang, "problem": s.problem,
+                 "n": s.n, "c": s.c,
                  **{f"pass@{k}": s.pass_at[k] * 100 if k in s.pass_at else float("nan") for k in ks}}
                 for s in self.scores]
-        return pd.DataFrame(rows, columns=["run", "model", "adapter", "lang", "problem", "n", "c",
-                                           *(f"pass@{k}" for k in ks)])
+        return pd.DataFrame(rows, columns=["run", "model", "adapter", "benchmark", "lang", "problem",
+                                           "n", "c", *(f"pass@{k}" for k in ks)])
 
     def statuses(self) -> pd.DataFrame:
         """One row per (model, adapter, lang, status) with its sample count."""
-        rows = [{"run": self.label, "model": s.model, "adapter": s.adapter, "lang": s.lang,
-                 "status": status, "count": count}
+        rows = [{"run": self.label, "model": s.model, "adapter": s.adapter,
+                 "benchmark": s.provenance.benchmark, "lang": s.lang, "status": status, "count": count}
                 for s in self.scores for status, count in s.statuses.items()]
-        return pd.DataFrame(rows, columns=["run", "model", "adapter", "lang", "status", "count"])
+        return pd.DataFrame(rows, columns=["run", "model", "adapter", "benchmark", "lang", "status", "count"])
 
 
 def text_limits(cells: int, budget: int = DRILL_BUDGET_CHARS) -> dict[str, int]:
@@ -132,7 +134,7 @@ def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
         for rs in shown
     )
     p = results.provenance
-    return ProblemDigest(p.model, p.adapter, p.lang, results.name, results.n, results.n_passed,
+    return ProblemDigest(p.model, p.adapter, p.benchmark, p.lang, results.name, results.n, results.n_passed,
                          len(by_program), dict(Counter(r.status for r in results.results)), programs)
 
 

@@ -1,7 +1,8 @@
 """The report's tables as pandas frames (pure: frames in, frames out), and their text forms.
 
 Every score is a mean over problems in percent. `counts` frames have one row per
-(run, model, adapter, lang, problem) with n and c, plus the `column` label of Table 1."""
+(run, model, adapter, benchmark, lang, problem) with n, c and pass@k, plus the `column` label
+of Table 1. Table 1 has a row per (benchmark, model, language)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness.report.labels import column_sort_key, language_name
+from harness.report.labels import benchmark_name, column_sort_key, language_name
 from harness.score import align, estimate, paired, relative_improvement
 
-CELL = ["run", "model", "adapter", "lang"]
+CELL = ["run", "model", "adapter", "benchmark", "lang"]
+ROW = ["benchmark", "model", "lang"]  # a row of Table 1
 STATUS_ORDER = ("OK", "SyntaxError", "Exception", "Timeout")
 
 
@@ -25,7 +27,7 @@ def with_pass_at(counts: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def problem_scores(counts: pd.DataFrame, k: int) -> dict[tuple, dict[str, float]]:
-    """(run, model, adapter, lang) → {problem: pass@k %}, problems with n < k left out."""
+    """(run, model, adapter, benchmark, lang) → {problem: pass@k %}, problems with n < k left out."""
     frame = with_pass_at(counts, k).dropna(subset=["score"])
     return {key: dict(zip(g["problem"], g["score"], strict=True))
             for key, g in frame.groupby(CELL, sort=False)}
@@ -45,18 +47,18 @@ def cell_estimates(counts: pd.DataFrame, k: int = 1, seed: int = 0) -> pd.DataFr
 
 
 def base_of(cells: pd.DataFrame) -> dict[tuple[str, str, str], tuple]:
-    """(run, model, lang) → the cell key of the base model to compare against: the same
-    run's base, else the first run's base for that model and language."""
+    """(run, model, benchmark, lang) → the cell key of the base model to compare against: the
+    same run's base, else the first run's base for that model, benchmark and language."""
     bases = cells[cells["adapter"] == "base"]
-    first: dict[tuple[str, str], tuple] = {}
-    own: dict[tuple[str, str, str], tuple] = {}
+    first: dict[tuple[str, str, str], tuple] = {}
+    own: dict[tuple[str, str, str, str], tuple] = {}
     for row in bases.itertuples(index=False):
-        key = (row.run, row.model, row.adapter, row.lang)
-        own[(row.run, row.model, row.lang)] = key
-        first.setdefault((row.model, row.lang), key)
-    return {(r, m, lang): own.get((r, m, lang), first.get((m, lang)))
-            for r, m, lang in cells[["run", "model", "lang"]].itertuples(index=False)
-            if (m, lang) in first}
+        key = (row.run, row.model, row.adapter, row.benchmark, row.lang)
+        own[(row.run, row.model, row.benchmark, row.lang)] = key
+        first.setdefault((row.model, row.benchmark, row.lang), key)
+    return {(r, m, b, lang): own.get((r, m, b, lang), first.get((m, b, lang)))
+            for r, m, b, lang in cells[["run", "model", "benchmark", "lang"]].itertuples(index=False)
+            if (m, b, lang) in first}
 
 
 def comparisons(counts: pd.DataFrame, k: int = 1, seed: int = 0) -> pd.DataFrame:
@@ -67,8 +69,8 @@ def comparisons(counts: pd.DataFrame, k: int = 1, seed: int = 0) -> pd.DataFrame
     cells = pd.DataFrame([dict(zip(CELL, key, strict=True)) for key in scores], columns=CELL)
     labels = counts.drop_duplicates(CELL).set_index(CELL)["column"]
     bases = base_of(cells)
-    pairs = [(key, bases[(key[0], key[1], key[3])], "vs base") for key in scores
-             if key[2] != "base" and bases.get((key[0], key[1], key[3]))]
+    pairs = [(key, bases[(key[0], key[1], key[3], key[4])], "vs base") for key in scores
+             if key[2] != "base" and bases.get((key[0], key[1], key[3], key[4]))]
     first_run = counts["run"].iloc[0] if len(counts) else None
     pairs += [(key, (first_run, *key[1:]), "vs run " + str(first_run)) for key in scores
               if key[0] != first_run and (first_run, *key[1:]) in scores]
@@ -89,23 +91,28 @@ def comparisons(counts: pd.DataFrame, k: int = 1, seed: int = 0) -> pd.DataFrame
 
 
 def table1(cells: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
-    """The paper's Table 1: rows (model, language), columns base / FLoRA / IA3 / LoRA / ...,
-    cells "value (relative %)" against the row's base, relative from unrounded values."""
+    """The paper's Table 1, per benchmark: rows (benchmark, model, language), columns base /
+    FLoRA / IA3 / LoRA / ..., cells "value (relative %)" against the row's base, relative from
+    unrounded values."""
     if cells.empty:
         return pd.DataFrame()
-    values = cells.pivot_table(index=["model", "lang"], columns="column", values="mean",
-                               aggfunc="first", sort=False)
+    values = cells.pivot_table(index=ROW, columns="column", values="mean", aggfunc="first", sort=False)
     columns = sorted(values.columns, key=column_sort_key)
     base = {column: _base_column(column, columns) for column in columns}
     text = pd.DataFrame(index=values.index, columns=columns, dtype=object)
-    for (model, lang), row in values.iterrows():
+    for key, row in values.iterrows():
         for column in columns:
             base_value = row[base[column]] if base[column] else math.nan
-            text.loc[(model, lang), column] = _cell(row[column], base_value, column == base[column], digits)
-    text.index = pd.MultiIndex.from_tuples([(m, language_name(lang)) for m, lang in text.index],
-                                           names=["model", "language"])
+            text.loc[key, column] = _cell(row[column], base_value, column == base[column], digits)
+    text.index = _row_names(text.index)
     text.columns.name = None
     return text
+
+
+def _row_names(index: pd.Index) -> pd.MultiIndex:
+    """(benchmark, model, lang) keys → (benchmark, model, language) display names."""
+    return pd.MultiIndex.from_tuples([(benchmark_name(b), m, language_name(lang)) for b, m, lang in index],
+                                     names=["benchmark", "model", "language"])
 
 
 def _base_column(column: str, columns: list[str]) -> str | None:
@@ -129,7 +136,7 @@ def _cell(value: float, base: float, is_base: bool, digits: int) -> str:
 
 
 def status_table(statuses: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
-    """Share of samples (%) per status, one row per (run, model, lang, column)."""
+    """Share of samples (%) per status, one row per (run, model, benchmark, lang, column)."""
     labels = counts.drop_duplicates(CELL).set_index(CELL)["column"]
     if statuses.empty:
         return pd.DataFrame()
@@ -146,12 +153,12 @@ def status_table(statuses: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows by run order, model, language, then Table 1 column order."""
+    """Rows by run order, benchmark, model, language, then Table 1 column order."""
     if frame.empty:
         return frame
     runs = {r: i for i, r in enumerate(dict.fromkeys(frame["run"]))}
-    key = frame.apply(lambda r: (runs[r["run"]], r["model"], r["lang"], column_sort_key(r["column"])),
-                      axis=1)
+    key = frame.apply(lambda r: (runs[r["run"]], r["benchmark"], r["model"], r["lang"],
+                                 column_sort_key(r["column"])), axis=1)
     return frame.iloc[sorted(range(len(frame)), key=lambda i: key.iloc[i])].reset_index(drop=True)
 
 
@@ -164,11 +171,9 @@ def interval_table(cells: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     text = cells.assign(cell=[f"{r.mean:.2f} ± {r.se:.2f} [{r.lo:.2f}, {r.hi:.2f}]"
                               for r in cells.itertuples(index=False)])
-    table = text.pivot_table(index=["model", "lang"], columns="column", values="cell",
-                             aggfunc="first", sort=False)
+    table = text.pivot_table(index=ROW, columns="column", values="cell", aggfunc="first", sort=False)
     table = table[sorted(table.columns, key=column_sort_key)]
-    table.index = pd.MultiIndex.from_tuples([(m, language_name(lang)) for m, lang in table.index],
-                                            names=["model", "language"])
+    table.index = _row_names(table.index)
     table.columns.name = None
     return table.fillna("–")
 
@@ -178,7 +183,8 @@ def comparisons_text(comps: pd.DataFrame) -> pd.DataFrame:
     if comps.empty:
         return comps
     return pd.DataFrame({
-        "model": comps["model"], "language": comps["lang"].map(language_name),
+        "benchmark": comps["benchmark"].map(benchmark_name), "model": comps["model"],
+        "language": comps["lang"].map(language_name),
         "adapter": comps["column"], "comparison": comps["comparison"], "problems": comps["problems"],
         "Δ pts": comps["diff"].round(2),
         "95% CI": [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(comps["diff_lo"], comps["diff_hi"],
@@ -193,22 +199,55 @@ def _p(p: float) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def known_defects(counts: pd.DataFrame) -> pd.DataFrame:
+    """The run's problems that their benchmark lists as broken upstream (no completion can
+    pass): one row per (benchmark, model, language, problem), with the samples that passed
+    in each column. They are scored as published, and shown so nobody reads them as the
+    model's failures."""
+    from harness.problems import benchmark_defect
+
+    rows = []
+    for (benchmark, model, lang, problem), group in counts.groupby(["benchmark", "model", "lang", "problem"],
+                                                                   sort=False):
+        defect = benchmark_defect(benchmark, lang, problem)
+        if defect is not None:
+            rows.append({"benchmark": benchmark, "model": model, "lang": lang, "problem": problem,
+                         "why": defect.why, "passed": int(group["c"].sum()),
+                         "samples": int(group["n"].sum())})
+    return pd.DataFrame(rows, columns=["benchmark", "model", "lang", "problem", "why", "passed", "samples"])
+
+
 def markdown_report(table: pd.DataFrame, intervals: pd.DataFrame, comps: pd.DataFrame,
-                    statuses: pd.DataFrame, k: int = 1) -> str:
-    """table.md: Table 1, intervals, paired comparisons and status breakdown."""
-    parts = [f"# pass@{k} (%) — Table 1 layout, value (relative improvement over base)", "",
-             _markdown(table) if not table.empty else "no results yet", ""]
+                    statuses: pd.DataFrame, defects: pd.DataFrame | None = None, k: int = 1) -> str:
+    """table.md: Table 1 (one per benchmark), intervals, paired comparisons, the status
+    breakdown and the known upstream defects among the run's problems."""
+    parts = [f"# pass@{k} (%) — Table 1 layout, value (relative improvement over base)", ""]
+    parts += _per_benchmark(table) if not table.empty else ["no results yet", ""]
     if not intervals.empty:
-        parts += [f"## pass@{k} (%): mean ± standard error [95% bootstrap interval over problems]",
-                  "", _markdown(intervals), ""]
+        parts += [f"## pass@{k} (%): mean ± standard error [95% bootstrap interval over problems]", "",
+                  *_per_benchmark(intervals, level="###")]
     if not comps.empty:
         parts += ["## Paired comparisons (percentage points, same problems)", "",
                   comparisons_text(comps).to_markdown(index=False), ""]
     if not statuses.empty:
-        shown = statuses.drop(columns=["adapter"]).assign(lang=statuses["lang"].map(language_name))
+        shown = statuses.drop(columns=["adapter"]).assign(lang=statuses["lang"].map(language_name),
+                                                          benchmark=statuses["benchmark"].map(benchmark_name))
         parts += ["## Status breakdown (% of samples)", "",
                   shown.to_markdown(index=False, floatfmt=".1f"), ""]
+    if defects is not None and not defects.empty:
+        shown = defects.assign(benchmark=defects["benchmark"].map(benchmark_name),
+                               lang=defects["lang"].map(language_name))
+        parts += ["## Known upstream defects (scored as published: no completion can pass)", "",
+                  shown.to_markdown(index=False), ""]
     return "\n".join(parts)
+
+
+def _per_benchmark(table: pd.DataFrame, level: str = "##") -> list[str]:
+    """One markdown table per benchmark of a (benchmark, model, language)-indexed table."""
+    parts = []
+    for name in dict.fromkeys(table.index.get_level_values("benchmark")):
+        parts += [f"{level} {name}", "", _markdown(table.xs(name, level="benchmark")), ""]
+    return parts
 
 
 def _markdown(table: pd.DataFrame) -> str:
