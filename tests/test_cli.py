@@ -84,3 +84,32 @@ def test_pipeline_end_to_end_and_resume(capsys, tmp_path, humaneval_dir, monkeyp
     after = {p: p.stat().st_mtime_ns for p in run_dir.glob("tiny/base/humaneval-py/*.json.gz")}
     assert before == after
     capsys.readouterr()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_both_benchmarks_in_one_run_and_gated_separately(capsys, tmp_path, humaneval_dir, monkeypatch):
+    """`--benchmark humaneval --benchmark mbpp`: one run, one report with both; `check` has a
+    cell per benchmark × language × adapter."""
+    monkeypatch.setenv("FLORA_EVAL_CACHE", str(tmp_path / "cache.sqlite"))
+    run_dir = tmp_path / "run"
+    argv = ["--model", "tiny", "--benchmark", "humaneval", "--benchmark", "mbpp", "--lang", "py",
+            "--lang", "rb", "--dataset", str(humaneval_dir.parent), "--limit", "5", "-n", "2",
+            "--max-tokens", "16", "--run-dir", str(run_dir)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "## HumanEval" in out and "## MBPP" in out
+    for cell in ("humaneval-py", "humaneval-rb", "mbpp-py", "mbpp-rb"):
+        assert len(list((run_dir / "tiny" / "base" / cell).glob("*.results.json.gz"))) == 5
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["dataset"]) == {"humaneval-py", "humaneval-rb", "mbpp-py", "mbpp-rb"}
+    assert manifest["config"]["benchmarks"] == ["humaneval", "mbpp"]
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "<td class=\"l\">HumanEval</td>" in html and "<td class=\"l\">MBPP</td>" in html
+    baseline = tmp_path / "baseline.json"
+    assert main(["baseline", "save", str(run_dir), "-o", str(baseline)]) == 0
+    assert main(["check", str(run_dir), "--baseline", str(baseline)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PASS ")]
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "PASS tiny/base/humaneval-py", "PASS tiny/base/humaneval-rb", "PASS tiny/base/mbpp-py",
+        "PASS tiny/base/mbpp-rb"]
