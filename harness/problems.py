@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import tomllib
 from dataclasses import dataclass, replace
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from harness.definitions import definition_files, load_definition
 from harness.errors import UserError
 from harness.records import BENCHMARK, Problem
 
@@ -82,21 +81,12 @@ def parse_benchmark(data: dict[str, Any], where: str) -> Benchmark:
 
 
 def benchmark_files() -> dict[str, Any]:
-    root = resources.files("harness.benchmarks")
-    return {p.name[: -len(".toml")]: p for p in root.iterdir() if p.name.endswith(".toml")}
+    return definition_files("harness.benchmarks")
 
 
 @cache
 def _load(stem: str) -> Benchmark:
-    path = benchmark_files()[stem]
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        benchmark = parse_benchmark(data, f"benchmarks/{stem}.toml")
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise UserError(f"benchmarks/{stem}.toml is invalid: {exc}") from None
-    if benchmark.key != stem:
-        raise UserError(f"benchmarks/{stem}.toml declares key '{benchmark.key}'; it must equal the file name")
-    return benchmark
+    return load_definition("harness.benchmarks", "benchmarks", stem, parse_benchmark)
 
 
 def all_benchmarks() -> list[Benchmark]:

@@ -10,7 +10,7 @@ never folder names.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 BASE = "base"  # the adapter name (and method) of the base model (no adapter)
@@ -90,8 +90,26 @@ class Provenance:
         return cls(**kw)
 
 
+class Traced:
+    """Records that carry a `provenance`: who made them, read through these names."""
+
+    provenance: Provenance
+
+    @property
+    def model(self) -> str:
+        return self.provenance.model
+
+    @property
+    def adapter(self) -> str:
+        return self.provenance.adapter
+
+    @property
+    def lang(self) -> str:
+        return self.provenance.lang
+
+
 @dataclass(frozen=True, kw_only=True)
-class ProblemFile:
+class ProblemFile(Traced):
     """The fields every MultiPL-E per-problem file carries, plus our provenance."""
 
     name: str
@@ -103,14 +121,6 @@ class ProblemFile:
     tests: str
     stop_tokens: tuple[str, ...]
     provenance: Provenance = field(default_factory=Provenance)
-
-    @property
-    def model(self) -> str:
-        return self.provenance.model
-
-    @property
-    def adapter(self) -> str:
-        return self.provenance.adapter
 
     @classmethod
     def _header_from_json(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +238,7 @@ def _result_fields(r: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ProblemScore:
+class ProblemScore(Traced):
     """The score stage's record: pass@k of one problem for one (model, adapter, language),
     with the counts it rests on, the status of every sample, and the provenance."""
 
@@ -239,18 +249,3 @@ class ProblemScore:
     pass_at: dict[int, float] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     image_id: str = ""
-
-    @property
-    def model(self) -> str:
-        return self.provenance.model
-
-    @property
-    def adapter(self) -> str:
-        return self.provenance.adapter
-
-    @property
-    def lang(self) -> str:
-        return self.provenance.lang
-
-    def with_provenance(self, **changes: Any) -> ProblemScore:
-        return replace(self, provenance=replace(self.provenance, **changes))

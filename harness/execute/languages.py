@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from importlib import resources
 from typing import Any
 
+from harness.definitions import definition_files, load_definition
 from harness.errors import UserError, did_you_mean
 
 DEFAULT_STATUS = "Exception"
@@ -269,21 +268,12 @@ def parse_language(data: dict[str, Any], where: str) -> Language:
 
 def language_files() -> dict[str, Any]:
     """The TOML files shipped in `harness.languages`, by file stem."""
-    root = resources.files("harness.languages")
-    return {p.name[: -len(".toml")]: p for p in root.iterdir() if p.name.endswith(".toml")}
+    return definition_files("harness.languages")
 
 
 @cache
 def _load_file(stem: str) -> Language:
-    path = language_files()[stem]
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        lang = parse_language(data, f"languages/{stem}.toml")
-    except (tomllib.TOMLDecodeError, ValueError) as exc:
-        raise UserError(f"languages/{stem}.toml is invalid: {exc}") from None
-    if lang.key != stem:
-        raise UserError(f"languages/{stem}.toml declares key '{lang.key}'; it must equal the file name")
-    return lang
+    return load_definition("harness.languages", "languages", stem, parse_language)
 
 
 def all_languages() -> list[Language]:
