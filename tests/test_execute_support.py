@@ -32,6 +32,30 @@ def py_image(docker_client) -> str:
     return ensure_language(docker_client, load_language("py"))
 
 
+def offered_language(key: str) -> Language:
+    """The language `key` with its image built, for a test that executes its programs.
+
+    A dataset language with no `languages/<key>.toml` (jl, dart) is not offered: skipped, and
+    the reason says so. An offered language whose image is not built FAILS: CI builds every
+    image (`make images`), so a missing one means CI did not execute that language. No
+    Docker engine at all skips, as every Docker test does."""
+    from harness.execute.images import language_image
+    from harness.execute.languages import language_files
+    from harness.execute.sandbox import docker_client as connect
+
+    if key not in language_files():
+        pytest.skip(f"{key}: not offered (no languages/{key}.toml; docs/languages.md says why)")
+    lang = load_language(key)
+    try:
+        client = connect()
+    except UserError as exc:
+        pytest.skip(str(exc))
+    if language_image(client, lang) is None:
+        pytest.fail(f"{key}: image {lang.image_tag} is not built; run `make images` "
+                    f"or `flora-eval images build {key}`", pytrace=False)
+    return lang
+
+
 @pytest.fixture
 def exec_cache(tmp_path, monkeypatch):
     """A private execution cache (FLORA_EVAL_CACHE), so tests neither share nor pollute one."""

@@ -1,26 +1,16 @@
-"""Images: the CLI, labels, and (Docker) every built language image's canaries — a contract
-test, so a language's image is checked the moment it is built."""
+"""Images: the CLI, labels, and (Docker) every offered language image's canaries — a contract
+test over every `languages/*.toml`: an offered language whose image is not built fails."""
 
 from __future__ import annotations
 
 import pytest
+from test_execute_support import offered_language
 
 from harness.cli import main
 from harness.execute import images
 from harness.execute.languages import all_languages, load_language
 
 pytest_plugins = ("test_execute_support",)
-
-
-def built_languages() -> list[str]:
-    """Languages whose image exists on this engine (none without Docker)."""
-    try:
-        from harness.execute.sandbox import docker_client
-
-        client = docker_client()
-    except Exception:
-        return []
-    return [lang.key for lang in all_languages() if images.language_image(client, lang) is not None]
 
 
 def test_build_contexts_exist_for_base_and_every_language():
@@ -59,10 +49,22 @@ def test_build_is_a_no_op_when_built_and_list_shows_it(py_image, capsys):
 
 @pytest.mark.docker
 @pytest.mark.slow
-@pytest.mark.parametrize("key", built_languages() or ["py"])
-def test_built_image_canaries(key, docker_client, py_image, capsys):
+@pytest.mark.parametrize("key", [lang.key for lang in all_languages()])
+def test_image_canaries(key, docker_client, capsys):
     """`flora-eval images check LANG` passes: known-good OK, known-bad not OK."""
+    offered_language(key)
     code = main(["images", "check", key])
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.startswith(f"{key}\tok")
+
+
+def test_an_offered_language_without_its_image_fails_and_only_jl_dart_skip(monkeypatch):
+    """CI must execute every offered language: a missing image is a failure, never a skip."""
+    monkeypatch.setattr("harness.execute.sandbox.docker_client", lambda: object())
+    monkeypatch.setattr("harness.execute.images.language_image", lambda client, lang: None)
+    with pytest.raises(pytest.fail.Exception, match=r"`make images` or `flora-eval images build rb`"):
+        offered_language("rb")
+    for key in ("jl", "dart"):
+        with pytest.raises(pytest.skip.Exception, match=f"{key}: not offered"):
+            offered_language(key)

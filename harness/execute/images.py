@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -126,13 +127,14 @@ def ensure_language(client, lang: Language, rebuild: bool = False) -> str:
         return image.id
     base = ensure_base(client)
     log(f"building {lang.image_tag} from containers/{lang.key}/Dockerfile")
+    started = time.monotonic()
     staged = _build(client, context_dir(lang.key), f"{lang.image_tag}:staging", {"BASE": BASE_TAG})
     version = toolchain_version(client, staged, lang)
     labels = {f"{LABEL_PREFIX}.image": lang.key, f"{LABEL_PREFIX}.toolchain": version,
               f"{LABEL_PREFIX}.dockerfile": dockerfile_hash(lang.key), f"{LABEL_PREFIX}.base": base}
     image_id = _label(client, staged, lang.image_tag, labels)
     client.images.remove(f"{lang.image_tag}:staging", noprune=True)
-    log(f"{lang.image_tag}: {version}")
+    log(f"{lang.image_tag}: {version} (built in {time.monotonic() - started:.0f} s)")
     return image_id
 
 
