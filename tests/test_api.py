@@ -28,9 +28,9 @@ def test_evaluate_then_open_run(tmp_path, humaneval_dir, monkeypatch):
     assert {"model", "adapter", "method", "lang", "n", "c", "pass@1", "sampling_temperature"} <= set(frame)
     table = opened.table1()
     assert isinstance(table, pd.DataFrame) and list(table.columns) == ["base"]
-    assert table.index.tolist() == [("tiny", "Python")]
+    assert table.index.tolist() == [("HumanEval", "tiny", "Python")]
     expected = sum(s.pass_at[1] for s in scores) / 2 * 100
-    assert table.loc[("tiny", "Python"), "base"] == f"{expected:.2f}"
+    assert table.loc[("HumanEval", "tiny", "Python"), "base"] == f"{expected:.2f}"
 
     history = opened.manifest()["invocations"]
     assert [h["stage"] for h in history] == ["evaluate"] and history[0]["finished"]
