@@ -19,6 +19,7 @@ from harness.records import BASE, SamplingConfig
 
 DEFAULT_LANGS = ["py"]
 RESULTS_ROOT = Path("results")
+NO_CACHE_HELP = "execute every program again instead of reusing cached results (which it refreshes)"
 
 # Tool subcommands: name → module exposing `add_arguments(parser)` and `run(args) -> int`.
 TOOL_COMMANDS = {
@@ -61,7 +62,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         return 0
     run.update_manifest(telemetry={"generate": telemetry.as_dict()})
     del loaded
-    execution = execute_run(run, jobs=args.jobs)  # 3. execute
+    execution = execute_run(run, jobs=args.jobs, use_cache=not args.no_cache)  # 3. execute
     run.update_manifest(images=execution.images, telemetry={"execute": execution.telemetry})
     paths = write_reports(run)  # 4. score + 5. report
     print(paths["table"].read_text(encoding="utf-8"))
@@ -159,7 +160,8 @@ def cmd_execute(args: argparse.Namespace) -> int:
 
     written = execute_paths([Path(p) for p in args.inputs], jobs=args.jobs,
                             out_dir=Path(args.out) if args.out else None,
-                            lang=args.exec_lang, dataset=args.exec_dataset)
+                            lang=args.exec_lang, dataset=args.exec_dataset,
+                            use_cache=not args.no_cache)
     for path in written:
         print(path)
     return 0
@@ -229,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", help="name of the run under results/ (same id resumes)")
     parser.add_argument("--run-dir", help="explicit run directory (overrides --run-id)")
     parser.add_argument("--jobs", type=int, default=None, help="programs run in parallel")
+    parser.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="sample completions into a run directory")
@@ -240,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("inputs", nargs="+", help="run directories, completions files "
                      "(MultiPL-E .json/.json.gz) or bigcode generations.json")
     exe.add_argument("--jobs", type=int, default=None)
+    exe.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     exe.add_argument("--out", help="where to write results (default: beside each input)")
     exe.add_argument("--lang", dest="exec_lang",
                      help="language of a bigcode generations.json (e.g. py)")

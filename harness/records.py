@@ -127,6 +127,7 @@ class ProblemResults(ProblemFile):
 
     results: tuple[ExecResult, ...]
     image_id: str = ""
+    limits: str = ""  # the language definition's and the sandbox's limits that made them
 
     @property
     def n(self) -> int:
@@ -138,7 +139,7 @@ class ProblemResults(ProblemFile):
 
     def to_json(self) -> dict[str, Any]:
         return {**self._header_json(), "results": [asdict(r) for r in self.results],
-                "image_id": self.image_id}
+                "image_id": self.image_id, "limits": self.limits}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ProblemResults:
@@ -147,9 +148,9 @@ class ProblemResults(ProblemFile):
         return cls(**kw)
 
     @classmethod
-    def of(cls, completions: Completions, results: list[ExecResult], image_id: str = ""):
+    def of(cls, completions: Completions, results: list[ExecResult], image_id: str = "", limits: str = ""):
         header = {f.name: getattr(completions, f.name) for f in fields(ProblemFile)}
-        return cls(**header, results=tuple(results), image_id=image_id)
+        return cls(**header, results=tuple(results), image_id=image_id, limits=limits)
 
 
 def _result_fields(r: dict[str, Any]) -> dict[str, Any]:

@@ -42,8 +42,10 @@ def program_of(completions: Completions, completion: str) -> str:
     return completions.prompt + completion + "\n" + completions.tests
 
 
-def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None) -> ExecutionSummary:
-    """Run every task's programs, writing each results file once all its programs are done."""
+def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None,
+                  use_cache: bool = True) -> ExecutionSummary:
+    """Run every task's programs, writing each results file once all its programs are done.
+    `use_cache=False` (`--no-cache`) runs every program again."""
     from harness.execute.cache import ExecCache
     from harness.execute.engine import Executor
     from harness.execute.languages import load_language
@@ -54,7 +56,7 @@ def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None)
     if not by_lang:
         return ExecutionSummary()
     own = executor is None
-    executor = executor or Executor(jobs=jobs, cache=ExecCache())
+    executor = executor or Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache)
     try:
         for key, lang_tasks in by_lang.items():
             _execute_language(executor, load_language(key), lang_tasks)
@@ -75,12 +77,13 @@ def _execute_language(executor, lang, tasks: list[Task]) -> None:
             owner.append((t, c))
     results: list[list[ExecResult | None]] = [[None] * len(t.completions.completions) for t in tasks]
     missing = [len(t.completions.completions) for t in tasks]
+    image_id = executor.image_id(lang)  # connects to Docker (or fails in one line) before the bar shows
+    limits = executor.limits_key(lang)
     for t, task in enumerate(tasks):
         if missing[t] == 0:
-            _write(task, [], "")
+            _write(task, [], image_id, limits)
     if not programs:
         return
-    executor.image_id(lang)  # connects to Docker (or fails in one line) before the bar shows
     bar = tqdm(total=len(programs), desc=f"execute {lang.key}", unit="prog", file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
     try:
@@ -89,30 +92,39 @@ def _execute_language(executor, lang, tasks: list[Task]) -> None:
             results[t][c] = result
             missing[t] -= 1
             if missing[t] == 0:
-                _write(tasks[t], results[t], executor.images.get(lang.key, ""))
+                _write(tasks[t], results[t], image_id, limits)
             bar.update(1)
     finally:
         bar.close()
 
 
-def _write(task: Task, results: list, image_id: str) -> None:
-    write_results(task.out, ProblemResults.of(task.completions, list(results), image_id=image_id))
+def _write(task: Task, results: list, image_id: str, limits: str) -> None:
+    write_results(task.out, ProblemResults.of(task.completions, list(results), image_id=image_id,
+                                              limits=limits))
 
 
-def execute_run(run, jobs: int | None = None) -> ExecutionSummary:
-    """Execute every completions file of a run that has no results file yet (resumable)."""
+def execute_run(run, jobs: int | None = None, use_cache: bool = True) -> ExecutionSummary:
+    """Execute every completions file of a run that has no results file yet, or one made by
+    another image or other limits (resumable)."""
+    from harness.execute.cache import ExecCache
+    from harness.execute.engine import Executor
     from harness.execute.inputs import run_tasks
 
-    return execute_tasks(run_tasks(run.root, out_dir=None), jobs=jobs)
+    with Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache) as executor:
+        return execute_tasks(run_tasks(run.root, out_dir=None, executor=executor), executor=executor)
 
 
 def execute_paths(inputs: list[Path], jobs: int | None = None, out_dir: Path | None = None,
-                  lang: str | list[str] | None = None, dataset: str | None = None) -> list[Path]:
+                  lang: str | list[str] | None = None, dataset: str | None = None,
+                  use_cache: bool = True) -> list[Path]:
     """`flora-eval execute`: run dirs, MultiPL-E completions files or bigcode generations."""
+    from harness.execute.cache import ExecCache
+    from harness.execute.engine import Executor
     from harness.execute.inputs import tasks_for
 
     if isinstance(lang, list):  # the top-level `--lang` is repeatable
         lang = lang[-1] if lang else None
-    tasks = [task for path in inputs for task in tasks_for(Path(path), out_dir, lang, dataset)]
-    execute_tasks(tasks, jobs=jobs)
+    with Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache) as executor:
+        tasks = [task for path in inputs for task in tasks_for(Path(path), out_dir, lang, dataset, executor)]
+        execute_tasks(tasks, executor=executor)
     return [task.out for task in tasks]
