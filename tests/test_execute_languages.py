@@ -127,10 +127,10 @@ def test_every_test_input_language_is_known(test_inputs_dir):
 
 # -- a program the sandbox stopped is never OK ------------------------------------------
 @pytest.mark.parametrize("key", ALL)
-@pytest.mark.parametrize("stopped", ["memory", "file_size"])
+@pytest.mark.parametrize("stopped", ["memory", "file_size", "pids"])
 def test_a_stopped_program_is_never_ok(key, stopped):
-    """Killed for memory (exit -9) or by the file-size limit, with output that the
-    language's rules alone would call OK (go reads stdout only)."""
+    """Killed for memory (exit -9), by the file-size limit or failed at the pids limit, with
+    output that the language's rules alone would call OK (go reads stdout only)."""
     lang = load_language(key)
     ok = {"exit_code": 0, "stdout": "ok\n0 failures, 0 errors.\n", "stderr": "", "timed_out": False}
     steps = [dict(ok, stopped=None) for _ in lang.compile_steps]

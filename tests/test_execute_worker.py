@@ -158,3 +158,15 @@ def test_step_outcomes_say_why_the_sandbox_stopped_them(tmp_path):
     ], lanes=1)
     assert [got[str(i)][0]["stopped"] for i in range(4)] == ["time", "memory", "file_size", None]
     assert "survivors" not in got["3"][0]
+
+
+def test_stop_reasons_from_exit_status_and_cgroup_counters():
+    none = (None, None)
+    assert worker.stop_reason(-9, True, none, none) == "time"
+    assert worker.stop_reason(-9, False, none, none) == "memory"
+    assert worker.stop_reason(137, False, (0, 0), (1, 0)) == "memory"  # a child of a shell, OOM-killed
+    assert worker.stop_reason(-25, False, none, none) == "file_size"
+    assert worker.stop_reason(2, False, (0, 3), (0, 4)) == "pids"  # failed after hitting the pids limit
+    assert worker.stop_reason(0, False, (0, 3), (0, 4)) is None  # hit it, coped, and succeeded
+    assert worker.stop_reason(1, False, (0, 3), (0, 3)) is None
+    assert worker.stop_reason(1, False, none, none) is None

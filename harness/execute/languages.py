@@ -5,8 +5,8 @@ file a program is written to, its steps (compile steps, then one run step, each 
 own timeout), ordered (condition → status) rules for the final step, canaries and the
 container's resources. `status_of` turns one step's outcome into MultiPL-E's status; it is
 a pure function, so every language's rules are testable without Docker. A program that the
-sandbox stopped (time limit, memory, file size) is never OK, whatever the rules say (go's
-rule, for one, reads stdout only).
+sandbox stopped (time limit, memory, file size, or a failure after hitting the process
+limit) is never OK, whatever the rules say (go's rule, for one, reads stdout only).
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ def status_of(lang: Language, step_index: int, exit_code: int, stdout: str, stde
               timed_out: bool, stopped: str | None = None) -> str:
     """MultiPL-E's status of a program whose last step run was `step_index`: a compile step
     that failed gives its fail/timeout status; the final step goes through the rules.
-    `stopped` is why the sandbox ended the step ("time", "memory", "file_size"), if it did:
-    such a step is never OK (a time limit gives Timeout, anything else Exception)."""
+    `stopped` is why the sandbox ended the step ("time", "memory", "file_size", "pids"), if
+    it did: such a step is never OK (a time limit gives Timeout, anything else Exception)."""
     step = lang.steps[step_index]
     if step_index < len(lang.steps) - 1:
         if timed_out:

@@ -14,7 +14,8 @@ Steps run in order; a step stops the program when it timed out, the sandbox stop
 its exit code is not in its `ok_exit` (null: any). The harness decides the status from the
 outcomes. `stopped` says why the sandbox ended a step: "time" (its limit), "memory" (killed
 by SIGKILL, which only the OOM killer sends, or the container's OOM-kill count rose during
-it), "file_size" (SIGXFSZ) or null.
+it), "file_size" (SIGXFSZ), "pids" (it failed after hitting the process limit) or null. The
+cgroup's counters name the program only when it runs alone in its container (one lane).
 
 Harness faults are never a program's result. A program that cannot be started for a reason
 other than a missing toolchain (EAGAIN/ENOMEM from fork under pids or memory pressure) is
@@ -50,7 +51,9 @@ WORKER_ONLY_ENV = ("HOSTNAME",)  # the container's id: would differ between runs
 # exec errors that mean "this toolchain is not there": the program's outcome (exit 127)
 TOOLCHAIN_MISSING = (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR)
 CLEANUP_DEADLINE_S = 3.0
-OOM_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+# (cgroup v2 file, cgroup v1 file) and the counter's name in them
+OOM_KILLS = (("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"), "oom_kill")
+PIDS_LIMIT_HITS = (("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"), "max")
 
 
 class SpawnFailed(Exception):
@@ -152,37 +155,49 @@ def kill_all(proc, uid, deadline_s=CLEANUP_DEADLINE_S):
         time.sleep(0.005)
 
 
-def oom_kills():
-    """The container's OOM-kill count (cgroup v2 or v1), or None where it cannot be read."""
-    for path in OOM_COUNTERS:
+def cgroup_count(counter):
+    """A counter of the container's cgroup (v2 or v1), or None where it cannot be read."""
+    paths, wanted = counter
+    for path in paths:
         try:
             with open(path) as f:
                 for line in f:
                     name, _, value = line.partition(" ")
-                    if name == "oom_kill":
+                    if name == wanted:
                         return int(value)
         except (OSError, ValueError):
             continue
     return None
 
 
-def stop_reason(returncode, timed_out, oom_before, oom_after):
-    """Why the sandbox ended the step, or None when the program ended by itself."""
+def rose(before, after):
+    return before is not None and after is not None and after > before
+
+
+def stop_reason(returncode, timed_out, counts_before, counts_after):
+    """Why the sandbox ended the step, or None when the program ended by itself. The counts
+    are (OOM kills, pids-limit hits) around the step, or Nones."""
+    (oom_before, pids_before), (oom_after, pids_after) = counts_before, counts_after
     if timed_out:
         return "time"
-    if returncode == -signal.SIGKILL or (oom_before is not None and oom_after is not None
-                                         and oom_after > oom_before):
+    if returncode == -signal.SIGKILL or rose(oom_before, oom_after):
         return "memory"
     if returncode == -signal.SIGXFSZ:
         return "file_size"
+    if returncode != 0 and rose(pids_before, pids_after):
+        return "pids"
     return None
 
 
-def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, count_oom=False):
+def limit_counts(alone):
+    return (cgroup_count(OOM_KILLS), cgroup_count(PIDS_LIMIT_HITS)) if alone else (None, None)
+
+
+def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone=False):
     start = time.monotonic()
     deadline = start + timeout_s
     ids = {} if uid is None else {"user": uid, "group": gid, "extra_groups": []}
-    oom_before = oom_kills() if count_oom else None
+    counts_before = limit_counts(alone)
     try:
         proc = subprocess.Popen((OOM_WRAPPER if oom_adj else []) + argv, cwd=cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -203,7 +218,7 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, count
         running.discard(proc)
         proc.stdout.close()
         proc.stderr.close()
-    stopped = stop_reason(proc.returncode, timed_out, oom_before, oom_kills() if count_oom else None)
+    stopped = stop_reason(proc.returncode, timed_out, counts_before, limit_counts(alone))
     return {"exit_code": proc.returncode, "stdout": cap_text(out, limit), "stderr": cap_text(err, limit),
             "timed_out": timed_out, "stopped": stopped, "seconds": round(time.monotonic() - start, 4),
             "survivors": survivors}
@@ -297,7 +312,7 @@ def run_program(config, lane, source, running):
     try:
         for step in config["steps"]:
             argv = [fill(a, names) for a in step["argv"]]
-            # the OOM-kill count names this program only when it runs alone in the container
+            # the cgroup's counters name this program only when it runs alone in the container
             outcome = run_step(argv, work, env, step["timeout_s"], uid, gid, config["output_limit"],
                                config.get("oom_adj", False), running, config.get("lanes", 1) == 1)
             outcomes.append(outcome)
