@@ -206,8 +206,11 @@ class WorkerConnection:
         return bytes(self.stderr).decode(errors="replace").strip()[-300:]
 
     def close(self) -> None:
-        """Stop and remove the container (closing stdin alone would also end it)."""
+        """Stop and remove the container (closing stdin alone would also end it). A second
+        caller (the pool closing while a slot drops the same connection) also waits until the
+        container is gone."""
         if self._closed:
+            self._wait_until_removed()
             return
         self._closed = True
         try:
