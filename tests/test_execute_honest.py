@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_execute_support import engine_containers, small_run, with_timeout
+from test_execute_support import own_containers, small_run, with_timeout
 
 from harness.cli import build_parser, main
 from harness.execute import execute_run
 from harness.execute.cache import ExecCache, cache_key
 from harness.execute.engine import Executor, timeout_jump
 from harness.execute.languages import load_language
-from harness.execute.sandbox import OWNER_LABEL, owner_id
 from harness.files import read_results, write_results
 
 pytest_plugins = ("test_execute_support",)
@@ -100,8 +99,7 @@ def test_no_cache_executes_everything_again(tmp_path, humaneval_dir, py_image, e
         path.unlink()
     again = execute_run(run, jobs=2, use_cache=False).telemetry
     assert again["cache_hits"] == 0 and again["executed"] == 4 and again["programs"] == 6
-    mine = [c for c in engine_containers(docker_client) if c["Labels"].get(OWNER_LABEL) == owner_id()]
-    assert mine == [], "every container of this process was removed"
+    assert own_containers(docker_client) == [], "every container of this process was removed"
 
 
 @pytest.mark.docker

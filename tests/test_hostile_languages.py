@@ -11,11 +11,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from test_execute_support import engine_containers, with_timeout
+from test_execute_support import own_containers, with_timeout
 
 from harness.execute.engine import Executor
 from harness.execute.languages import TIMEOUT_EXIT_CODE, language_files, load_language, status_of
-from harness.execute.sandbox import OWNER_LABEL, owner_id
 
 pytest_plugins = ("test_execute_support",)
 
@@ -86,5 +85,4 @@ def test_hostile_programs_are_contained_and_neighbours_unharmed(key, docker_clie
     assert wrong == [], "\n".join(wrong)
     assert stats["sandbox_restarts"] == 0, "no hostile program brought its container down"
     assert stats["containers_retired"] == 0, "cleanup killed every process each time"
-    mine = [c for c in engine_containers(docker_client) if c["Labels"].get(OWNER_LABEL) == owner_id()]
-    assert mine == []
+    assert own_containers(docker_client) == []
