@@ -36,6 +36,25 @@ def test_timeout_jump_needs_five_points_and_twice_the_median():
     assert timeout_jump(0.21, [0.10, 0.12, 0.08]) == 0.10
 
 
+def test_a_jump_in_the_timeout_share_warns_and_the_history_grows(tmp_path, capsys):
+    from harness.execute.engine import LanguageCounts
+
+    lang = load_language("py")
+    executor = Executor(cache=ExecCache(tmp_path / "exec.sqlite"))
+    for timeouts in (1, 0, 2):  # earlier executions: 1 %, 0 %, 2 %
+        executor._timeout_history(lang, "sha256:img", LanguageCounts(programs=100, timeouts=timeouts))
+    assert capsys.readouterr().err == ""
+    counts = LanguageCounts(programs=100, timeouts=9)
+    executor._timeout_history(lang, "sha256:img", counts)
+    err = capsys.readouterr().err
+    assert err.startswith("flora-eval: warning: py: 9.0% of programs timed out") and err.count("\n") == 1
+    assert "median of 1.0%" in err and "--no-cache" in err
+    assert counts.as_dict()["timeout_share_before"] == 0.01
+    executor._timeout_history(lang, "sha256:other", LanguageCounts(programs=100, timeouts=9))
+    assert capsys.readouterr().err == "", "another image has its own history"
+    assert executor.cache.timeout_shares("py", "sha256:img") == [0.01, 0.0, 0.02, 0.09]
+
+
 def test_no_cache_flag_on_execute_and_the_main_command():
     parser = build_parser()
     assert parser.parse_args(["--no-cache"]).no_cache
@@ -58,6 +77,53 @@ def test_spawn_failure_is_retried_in_a_fresh_container_not_scored(py_image, exec
     failed = {i: (r.status, r.exit_code, r.stderr[-200:]) for i, r in results.items() if i and not r.passed}
     assert failed == {}, "a program that could not be started was scored"
     assert stats["infra_retries"] >= 1 and stats["containers_retired"] >= 1, stats
+
+
+ESCAPE = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    null = os.open('/dev/null', os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    time.sleep(10 ** 6)
+print('parent done')
+"""
+# the programs' own uid: its other live processes (a survivor of the program before)
+OTHERS = """
+import os
+others = []
+for pid in os.listdir('/proc'):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            status = open(f'/proc/{pid}/status').read()
+        except OSError:
+            continue
+        if int(status.split('Uid:')[1].split()[0]) == os.getuid() and 'zombie' not in status:
+            others.append(pid)
+assert others == [], others
+print('alone')
+"""
+
+
+class NoCleanupExecutor(Executor):
+    """The worker gives up killing at once: any process a program leaves survives cleanup."""
+
+    def limits(self, lang):
+        return dataclasses.replace(super().limits(lang), cleanup_s=0.0)
+
+
+@pytest.mark.docker
+def test_a_container_whose_cleanup_left_processes_is_replaced(py_image):
+    """A program leaves an escaped process that cleanup does not kill: its result is kept,
+    and the next program runs in a fresh container, never beside the survivor."""
+    lang = load_language("py")
+    with NoCleanupExecutor(jobs=1, cache=None) as executor:
+        results = dict(executor.run_programs(lang, [ESCAPE, OTHERS]))
+        stats = executor.stats.as_dict()
+    assert results[0].passed and results[0].stdout == "parent done\n"
+    assert results[1].passed and results[1].stdout == "alone\n", results[1].stderr[-300:]
+    assert stats["containers_retired"] >= 1 and stats["sandbox_restarts"] == 0, stats
 
 
 class LoadedExecutor(Executor):

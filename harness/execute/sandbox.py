@@ -67,6 +67,7 @@ class Limits:
     cpus: float = 1.0
     lanes: int = 1
     nofile: int = 4096
+    cleanup_s: float = 3.0  # how long the worker tries to kill a program's processes
 
     @classmethod
     def of(cls, lang: Language, lanes: int = 1) -> Limits:
@@ -116,6 +117,7 @@ def worker_config(lang: Language, limits: Limits) -> dict:
         "gid": RUNNER_GID,
         "root": WORK_ROOT,
         "oom_adj": True,
+        "cleanup_s": limits.cleanup_s,
     }
 
 

@@ -4,7 +4,8 @@ one file: the harness passes this file's text to `python3 -c` when a container s
 
 Protocol
   first line  {"config": {"file", "steps": [{"argv", "timeout_s", "ok_exit"}], "env",
-               "output_limit", "lanes", "uids": [..] | null, "gid", "root", "oom_adj"}}
+               "output_limit", "lanes", "uids": [..] | null, "gid", "root", "oom_adj",
+               "cleanup_s"}}
   then        {"id": str, "source": str}                       one per program
   answers     {"ready": true, "python": "3.13.5"}               once, after the config
               {"id": str, "steps": [{"exit_code", "stdout", "stderr", "timed_out", "stopped",
@@ -193,7 +194,8 @@ def limit_counts(alone):
     return (cgroup_count(OOM_KILLS), cgroup_count(PIDS_LIMIT_HITS)) if alone else (None, None)
 
 
-def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone=False):
+def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone=False,
+             cleanup_s=CLEANUP_DEADLINE_S):
     start = time.monotonic()
     deadline = start + timeout_s
     ids = {} if uid is None else {"user": uid, "group": gid, "extra_groups": []}
@@ -213,7 +215,7 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone
         if not timed_out:
             timed_out = not wait_until(proc, deadline)
     finally:
-        survivors = kill_all(proc, uid)
+        survivors = kill_all(proc, uid, cleanup_s)
         proc.wait()
         running.discard(proc)
         proc.stdout.close()
@@ -314,7 +316,8 @@ def run_program(config, lane, source, running):
             argv = [fill(a, names) for a in step["argv"]]
             # the cgroup's counters name this program only when it runs alone in the container
             outcome = run_step(argv, work, env, step["timeout_s"], uid, gid, config["output_limit"],
-                               config.get("oom_adj", False), running, config.get("lanes", 1) == 1)
+                               config.get("oom_adj", False), running, config.get("lanes", 1) == 1,
+                               config.get("cleanup_s", CLEANUP_DEADLINE_S))
             outcomes.append(outcome)
             ok_exit = step.get("ok_exit")
             if outcome["stopped"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):
