@@ -21,6 +21,7 @@ from harness.errors import UserError
 from harness.records import BENCHMARK, SamplingConfig
 
 RESULTS_ROOT = api.RESULTS_ROOT
+NO_CACHE_HELP = "execute every program again instead of reusing cached results (which it refreshes)"
 
 # Tool subcommands: name → module exposing `add_arguments(parser)` and `run(args) -> int`.
 TOOL_COMMANDS = {
@@ -170,8 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", help="name of the run under results/ (same id resumes)")
     parser.add_argument("--run-dir", help="explicit run directory (overrides --run-id)")
     parser.add_argument("--jobs", type=int, default=None, help="programs run in parallel")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="execute every program again (ignore the execution cache)")
+    parser.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="sample completions into a run directory")
@@ -183,8 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     exe.add_argument("inputs", nargs="+", help="run directories, completions files "
                      "(MultiPL-E .json/.json.gz) or bigcode generations.json")
     exe.add_argument("--jobs", type=int, default=None)
-    exe.add_argument("--no-cache", action="store_true",
-                     help="execute every program again (ignore the execution cache)")
+    exe.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
     exe.add_argument("--out", help="where to write results (default: beside each input)")
     exe.add_argument("--lang", dest="exec_lang",
                      help="language of a bigcode generations.json (e.g. py)")

@@ -199,7 +199,7 @@ class ProblemResults(ProblemFile):
 
     results: tuple[ExecResult, ...]
     image_id: str = ""
-    limits: str = ""
+    limits: str = ""  # the language definition's and the sandbox's limits that made them
 
     @property
     def n(self) -> int:

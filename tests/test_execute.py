@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_execute_support import engine_containers, small_run
+from test_execute_support import own_containers, small_run
 
 from harness.cli import main
 from harness.errors import UserError
@@ -85,7 +85,7 @@ def test_run_dir_cache_and_dedup(tmp_path, humaneval_dir, py_image, exec_cache, 
     again = execute_run(run, jobs=2).telemetry
     assert again["cache_hits"] == again["programs"] == 12 and again["executed"] == 0
     assert [read_results(p) for p in run.result_files()] == before
-    assert engine_containers(docker_client) == []
+    assert own_containers(docker_client) == []
 
 
 @pytest.mark.docker
@@ -126,7 +126,7 @@ def test_worker_killed_from_outside_is_retried_not_scored(py_image, docker_clien
         def kill_soon():
             while len(results) < 2:
                 time.sleep(0.05)
-            for c in engine_containers(docker_client):
+            for c in own_containers(docker_client):  # never another harness's
                 docker_client.api.kill(c["Id"])
 
         killer = threading.Thread(target=kill_soon)

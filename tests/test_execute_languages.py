@@ -123,3 +123,26 @@ def test_every_test_input_language_is_known(test_inputs_dir):
         if key in ALL:
             language = json.loads(path.read_text())["language"]
             assert load_language(language).key == key
+
+
+# -- a program the sandbox stopped is never OK ------------------------------------------
+@pytest.mark.parametrize("key", ALL)
+@pytest.mark.parametrize("stopped", ["memory", "file_size", "pids"])
+def test_a_stopped_program_is_never_ok(key, stopped):
+    """Killed for memory (exit -9), by the file-size limit or failed at the pids limit, with
+    output that the language's rules alone would call OK (go reads stdout only)."""
+    lang = load_language(key)
+    ok = {"exit_code": 0, "stdout": "ok\n0 failures, 0 errors.\n", "stderr": "", "timed_out": False}
+    steps = [dict(ok, stopped=None) for _ in lang.compile_steps]
+    assert result_of(lang, "p", [*steps, dict(ok, stopped=None)]).status == "OK", "the rules call it OK"
+    killed = dict(ok, exit_code=-9, stopped=stopped)
+    assert result_of(lang, "p", [*steps, killed]).status != "OK"
+    if lang.compile_steps:  # a compiler that the sandbox stopped fails its step
+        assert result_of(lang, "p", [dict(ok, stopped=stopped)]).status == lang.steps[0].fail_status
+
+
+def test_go_killed_for_memory_is_an_exception_not_ok():
+    go = load_language("go")
+    assert status_of(go, 0, -9, "", "", False) == "OK"  # upstream's stdout-only rule
+    assert status_of(go, 0, -9, "", "", False, stopped="memory") == "Exception"
+    assert status_of(go, 0, -9, "", "", True, stopped="time") == "Timeout"

@@ -68,9 +68,11 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, humaneval_dir, py_ima
         time.sleep(0.2)
     assert not mine, "the killed harness's containers went away on their own"
 
-    assert execute_cli(run.root, cache).wait(timeout=300) == 0
+    resumed = execute_cli(run.root, cache)
+    assert resumed.wait(timeout=300) == 0
     assert comparable(run) == expected
-    assert engine_containers(docker_client) == []
+    owner = f"{socket.gethostname()}:{resumed.pid}"
+    assert [c for c in engine_containers(docker_client) if c["Labels"].get(OWNER_LABEL) == owner] == []
 
 
 @pytest.mark.docker

@@ -76,6 +76,13 @@ def engine_containers(client) -> list:
     return client.api.containers(all=True, filters={"label": LABEL})
 
 
+def own_containers(client) -> list:
+    """The engine's containers started by this process (other harnesses may share the engine)."""
+    from harness.execute.sandbox import OWNER_LABEL, owner_id
+
+    return [c for c in engine_containers(client) if c["Labels"].get(OWNER_LABEL) == owner_id()]
+
+
 def small_run(root: Path, humaneval_dir: Path, problems: int = 4, slow_variants: int = 0,
               hold_last: float = 0.0) -> RunDir:
     """A run directory for a few py problems: the canonical solution twice, a wrong one, and

@@ -17,8 +17,8 @@ from harness.execute import worker
 
 WORKER = Path(worker.__file__)
 # Debian's python3-minimal (what language images carry) lacks shutil, queue, ...
-MINIMAL_OK = {"json", "os", "select", "selectors", "signal", "subprocess", "sys", "threading", "time",
-              "collections"}
+MINIMAL_OK = {"errno", "json", "os", "select", "selectors", "signal", "subprocess", "sys", "threading",
+              "time", "collections"}
 
 
 def run_worker(tmp_path: Path, steps: list[dict], sources: list[str], limit: int = 2048, lanes: int = 2,
@@ -117,3 +117,56 @@ def test_programs_see_the_image_env_with_a_private_home(tmp_path):
         "os.environ['HOME'] == os.getcwd(), os.environ['GREETING'])",
     ], worker_env=image_env)
     assert got["0"][0]["stdout"] == "from-image False True hi main.py\n"
+
+
+def run_worker_answers(tmp_path: Path, steps: list[dict], sources: list[str], lanes: int = 1) -> dict:
+    """Like run_worker, but every answer object (errors included), by id."""
+    config = {"file": "main.py", "steps": steps, "env": {}, "output_limit": 2048, "lanes": lanes,
+              "uids": None, "gid": None, "root": str(tmp_path / "work"), "oom_adj": False}
+    lines = [json.dumps({"config": config})] + [json.dumps({"id": str(i), "source": s})
+                                                for i, s in enumerate(sources)]
+    proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    proc.stdin.write("\n".join(lines) + "\n")
+    proc.stdin.flush()  # stdin stays open: closing it ends the worker
+    answers = [json.loads(proc.stdout.readline()) for _ in range(len(sources) + 1)]
+    proc.stdin.close()
+    proc.wait(timeout=10)
+    assert answers[0]["ready"]
+    return {a["id"]: a for a in answers[1:]}
+
+
+def test_spawn_failure_is_a_harness_fault_and_retires_the_worker(tmp_path):
+    """exec failing with E2BIG (an argument over the kernel's 128 KiB per-string limit) is
+    not a missing toolchain: the program is answered with an error (the harness runs it
+    again elsewhere), never with an exit code, and the worker runs nothing more."""
+    step = {"argv": [sys.executable, "-c", "pass", "x" * (1 << 18)], "timeout_s": 5, "ok_exit": [0]}
+    got = run_worker_answers(tmp_path, [step], ["print(1)", "print(2)"])
+    first, second = got["0"], got["1"]
+    assert "steps" not in first and "cannot start" in first["error"] and first["bounced"] is False
+    assert "steps" not in second and "retired" in second["error"] and second["bounced"] is True
+
+
+def test_step_outcomes_say_why_the_sandbox_stopped_them(tmp_path):
+    got = run_worker(tmp_path, [py_step(1.0)], [
+        "import time; time.sleep(10)",
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",  # what the OOM killer sends
+        # Python ignores SIGXFSZ (it sees EFBIG); programs in other languages die of it
+        "import os, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_DFL)\n"
+        "os.kill(os.getpid(), signal.SIGXFSZ)",
+        "print('ok')",
+    ], lanes=1)
+    assert [got[str(i)][0]["stopped"] for i in range(4)] == ["time", "memory", "file_size", None]
+    assert "survivors" not in got["3"][0]
+
+
+def test_stop_reasons_from_exit_status_and_cgroup_counters():
+    none = (None, None)
+    assert worker.stop_reason(-9, True, none, none) == "time"
+    assert worker.stop_reason(-9, False, none, none) == "memory"
+    assert worker.stop_reason(137, False, (0, 0), (1, 0)) == "memory"  # a child of a shell, OOM-killed
+    assert worker.stop_reason(-25, False, none, none) == "file_size"
+    assert worker.stop_reason(2, False, (0, 3), (0, 4)) == "pids"  # failed after hitting the pids limit
+    assert worker.stop_reason(0, False, (0, 3), (0, 4)) is None  # hit it, coped, and succeeded
+    assert worker.stop_reason(1, False, (0, 3), (0, 3)) is None
+    assert worker.stop_reason(1, False, none, none) is None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from test_execute_support import engine_containers, with_timeout
+from test_execute_support import own_containers, with_timeout
 
 from harness.execute.engine import Executor
 from harness.execute.languages import load_language
@@ -149,6 +149,6 @@ def test_engine_and_host_unharmed(outcome):
     probe = outcome["results"]["probe"]
     assert probe.passed and probe.stdout == "clean\n", probe.stderr[-500:]
     assert outcome["restarts"] == 0, "no hostile program brought its container down"
-    assert engine_containers(outcome["client"]) == []  # all removed when the executor closed
+    assert own_containers(outcome["client"]) == []  # all removed when the executor closed
     socket.gethostbyname("localhost")  # the host still resolves names; the engine still answers
     assert outcome["client"].ping()

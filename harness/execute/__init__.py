@@ -44,7 +44,8 @@ def program_of(completions: Completions, completion: str) -> str:
 
 def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None,
                   use_cache: bool = True) -> ExecutionSummary:
-    """Run every task's programs, writing each results file once all its programs are done."""
+    """Run every task's programs, writing each results file once all its programs are done.
+    `use_cache=False` (`--no-cache`) runs every program again."""
     from harness.execute.cache import ExecCache
     from harness.execute.engine import Executor
     from harness.execute.languages import load_language
@@ -76,12 +77,13 @@ def _execute_language(executor, lang, tasks: list[Task]) -> None:
             owner.append((t, c))
     results: list[list[ExecResult | None]] = [[None] * len(t.completions.completions) for t in tasks]
     missing = [len(t.completions.completions) for t in tasks]
+    image_id = executor.image_id(lang)  # connects to Docker (or fails in one line) before the bar shows
+    limits = executor.limits_key(lang)
     for t, task in enumerate(tasks):
         if missing[t] == 0:
-            _write(task, [], "")
+            _write(task, [], image_id, limits)
     if not programs:
         return
-    executor.image_id(lang)  # connects to Docker (or fails in one line) before the bar shows
     bar = tqdm(total=len(programs), desc=f"execute {lang.key}", unit="prog", file=sys.stderr,
                dynamic_ncols=True, mininterval=0.5)
     try:
@@ -90,31 +92,40 @@ def _execute_language(executor, lang, tasks: list[Task]) -> None:
             results[t][c] = result
             missing[t] -= 1
             if missing[t] == 0:
-                _write(tasks[t], results[t], executor.images.get(lang.key, ""))
+                _write(tasks[t], results[t], image_id, limits)
             bar.update(1)
     finally:
         bar.close()
 
 
-def _write(task: Task, results: list, image_id: str) -> None:
-    write_results(task.out, ProblemResults.of(task.completions, list(results), image_id=image_id))
+def _write(task: Task, results: list, image_id: str, limits: str) -> None:
+    write_results(task.out, ProblemResults.of(task.completions, list(results), image_id=image_id,
+                                              limits=limits))
 
 
 def execute_run(run, jobs: int | None = None, use_cache: bool = True) -> ExecutionSummary:
-    """Execute every completions file of a run that has no results file yet (resumable)."""
+    """Execute every completions file of a run that has no results file yet, or one made by
+    another image or other limits (resumable)."""
+    from harness.execute.cache import ExecCache
+    from harness.execute.engine import Executor
     from harness.execute.inputs import run_tasks
 
-    return execute_tasks(run_tasks(run.root, out_dir=None), jobs=jobs, use_cache=use_cache)
+    with Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache) as executor:
+        return execute_tasks(run_tasks(run.root, out_dir=None, executor=executor), executor=executor)
 
 
 def execute_paths(inputs: list[Path], jobs: int | None = None, out_dir: Path | None = None,
                   lang: str | list[str] | None = None, dataset: str | None = None,
                   benchmark: str = "humaneval", use_cache: bool = True) -> list[Path]:
     """`flora-eval execute`: run dirs, MultiPL-E completions files or bigcode generations."""
+    from harness.execute.cache import ExecCache
+    from harness.execute.engine import Executor
     from harness.execute.inputs import tasks_for
 
     if isinstance(lang, list):  # the top-level `--lang` is repeatable
         lang = lang[-1] if lang else None
-    tasks = [task for path in inputs for task in tasks_for(Path(path), out_dir, lang, dataset, benchmark)]
-    execute_tasks(tasks, jobs=jobs, use_cache=use_cache)
+    with Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache) as executor:
+        tasks = [task for path in inputs
+                 for task in tasks_for(Path(path), out_dir, lang, dataset, benchmark, executor)]
+        execute_tasks(tasks, executor=executor)
     return [task.out for task in tasks]

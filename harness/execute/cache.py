@@ -1,5 +1,7 @@
 """The persistent execution cache: one sqlite3 database shared by every run, keyed by
-(sha256 of the program, image id, limits), so re-scoring a run executes nothing."""
+(sha256 of the program, image id, limits), so re-scoring a run executes nothing. It also
+keeps each execution's Timeout share per (language, image), the history that a jump in the
+share is measured against."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 ENV_VAR = "FLORA_EVAL_CACHE"
@@ -37,6 +40,9 @@ class ExecCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, result TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS timeout_history (lang TEXT NOT NULL, "
+                         "image TEXT NOT NULL, programs INTEGER NOT NULL, timeouts INTEGER NOT NULL, "
+                         "at REAL NOT NULL)")
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         found: dict[str, dict] = {}
@@ -53,6 +59,18 @@ class ExecCache:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO results (key, result) VALUES (?, ?)",
                              (key, json.dumps(result)))
+
+    def timeout_shares(self, lang: str, image: str) -> list[float]:
+        """The Timeout shares of earlier executions of `lang` on `image`, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT programs, timeouts FROM timeout_history WHERE lang = ? "
+                                    "AND image = ? AND programs > 0 ORDER BY at", (lang, image)).fetchall()
+        return [timeouts / programs for programs, timeouts in rows]
+
+    def record_timeouts(self, lang: str, image: str, programs: int, timeouts: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO timeout_history (lang, image, programs, timeouts, at) "
+                             "VALUES (?, ?, ?, ?, ?)", (lang, image, programs, timeouts, time.time()))
 
     def __len__(self) -> int:
         with self._lock:

@@ -4,7 +4,10 @@ before its first program, so a broken image fails loudly instead of scoring 0 %.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,13 +20,16 @@ from harness.execute.sandbox import Limits, docker_client, remove_leftovers
 from harness.records import ExecResult
 
 CANARY_ATTEMPTS = 2  # a timed-out canary is run once more before the image is called broken
+SHARE_JUMP = 0.05  # a Timeout share this far above the earlier median (and twice it) is a jump
+MIN_PROGRAMS_TO_WARN = 20  # fewer results say little about a share
 
 
 def result_of(lang: Language, program: str, steps: list[dict], timestamp: int | None = None) -> ExecResult:
     """MultiPL-E's result record from the worker's step outcomes: the first compile step
-    that failed decides, else the final step's rules."""
+    that failed decides, else the final step's rules (never OK for a step the sandbox
+    stopped)."""
     for index, step in enumerate(steps):
-        args = (step["exit_code"], step["stdout"], step["stderr"], step["timed_out"])
+        args = (step["exit_code"], step["stdout"], step["stderr"], step["timed_out"], step.get("stopped"))
         if index == len(lang.steps) - 1 or not compile_step_ok(lang, index, *args):
             status = status_of(lang, index, *args)
         elif index == len(steps) - 1:
@@ -38,6 +44,35 @@ def result_of(lang: Language, program: str, steps: list[dict], timestamp: int | 
 
 
 @dataclass
+class LanguageCounts:
+    """One language's Timeout share: results (duplicates and cache hits included), those that
+    timed out, and the first-run timeouts run again alone and timed out again."""
+
+    programs: int = 0
+    timeouts: int = 0
+    reruns: int = 0
+    confirmed: int = 0
+    median_before: float | None = None  # the earlier executions' share (same image)
+
+    def add(self, other: LanguageCounts) -> None:
+        self.programs += other.programs
+        self.timeouts += other.timeouts
+        self.reruns += other.reruns
+        self.confirmed += other.confirmed
+        if other.median_before is not None:
+            self.median_before = other.median_before
+
+    @property
+    def share(self) -> float:
+        return self.timeouts / self.programs if self.programs else 0.0
+
+    def as_dict(self) -> dict:
+        return {"programs": self.programs, "timeouts": self.timeouts, "timeout_share": round(self.share, 4),
+                "timeout_reruns": self.reruns, "timeouts_confirmed": self.confirmed,
+                "timeout_share_before": None if self.median_before is None else round(self.median_before, 4)}
+
+
+@dataclass
 class Stats:
     programs: int = 0
     distinct: int = 0
@@ -45,23 +80,44 @@ class Stats:
     executed: int = 0
     seconds: float = 0.0
     restarts: int = 0
+    retired: int = 0
+    infra_retries: int = 0
+    languages: dict[str, LanguageCounts] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"programs": self.programs, "distinct_programs": self.distinct, "cache_hits": self.cache_hits,
                 "executed": self.executed, "seconds": round(self.seconds, 2),
                 "programs_per_s": round(self.programs / self.seconds, 2) if self.seconds else None,
-                "sandbox_restarts": self.restarts}
+                "sandbox_restarts": self.restarts, "containers_retired": self.retired,
+                "infra_retries": self.infra_retries,
+                "languages": {key: counts.as_dict() for key, counts in self.languages.items()}}
+
+
+def timeout_jump(share: float, history: list[float]) -> float | None:
+    """The earlier executions' median share when `share` jumped above it (by more than
+    `SHARE_JUMP` and to more than twice it), else None."""
+    if not history:
+        return None
+    median = statistics.median(history)
+    return median if share > median + SHARE_JUMP and share > 2 * median else None
 
 
 @dataclass
 class Executor:
     """Owns the Docker client, one pool per language and the cache. Use as a context
-    manager: leaving it (normally, on Ctrl-C or on an error) removes every container."""
+    manager: leaving it (normally, on Ctrl-C or on an error) removes every container.
+
+    `use_cache=False` (`--no-cache`) executes every program again (results still refresh the
+    cache). `lanes` programs run at once in each container. A program that timed out runs
+    once more, alone in a one-lane container, after the language's other programs: only
+    that second result is recorded, and only a confirmed Timeout is cached."""
 
     jobs: int | None = None
     cache: ExecCache | None = None
     use_cache: bool = True
     build_missing: bool = True
+    lanes: int = 1
+    confirm_timeouts: bool = True
     stats: Stats = field(default_factory=Stats)
     images: dict[str, str] = field(default_factory=dict)
     _client: object = None
@@ -98,7 +154,12 @@ class Executor:
         return self.images[lang.key]
 
     def limits(self, lang: Language) -> Limits:
-        return Limits.of(lang)
+        return Limits.of(lang, self.lanes)
+
+    def limits_key(self, lang: Language) -> str:
+        """Everything besides the image that decides a result: part of the cache key and
+        recorded in results files (`limits`)."""
+        return f"{lang.fingerprint()}|{self.limits(lang).key()}"
 
     def pool(self, lang: Language, canary: bool = True) -> Pool:
         if lang.key not in self._pools:
@@ -107,6 +168,18 @@ class Executor:
             if canary:
                 self.check_canary(lang)
         return self._pools[lang.key]
+
+    def confirm_pool(self, lang: Language) -> Pool:
+        """Where timed-out programs run again: one program per container (the language's own
+        pool when it has one lane, idle by then)."""
+        limits = self.limits(lang)
+        if limits.lanes == 1:
+            return self.pool(lang)
+        key = f"{lang.key}#confirm"
+        if key not in self._pools:
+            alone = dataclasses.replace(limits, lanes=1, cpus=1.0)
+            self._pools[key] = Pool(self.client, lang, self.image_id(lang), self.slots, alone)
+        return self._pools[key]
 
     def canary_results(self, lang: Language) -> tuple[ExecResult, ExecResult]:
         """The known-good and known-bad programs' results. A canary that timed out runs once
@@ -128,17 +201,18 @@ class Executor:
                             f"`flora-eval images build --rebuild {lang.key}`")
 
     def run_programs(self, lang: Language, programs: list[str]) -> Iterator[tuple[int, ExecResult]]:
-        """Yield (index, result) for every program, as results become available."""
+        """Yield (index, result) for every program, as results become available (a program
+        that timed out only once it timed out again, alone)."""
         start = time.monotonic()
         self.stats.programs += len(programs)
+        counts = LanguageCounts()
         where: dict[str, list[int]] = {}
         for i, program in enumerate(programs):
             where.setdefault(program, []).append(i)
         distinct = list(where)
         self.stats.distinct += len(distinct)
         image = self.image_id(lang)
-        limits = f"{lang.fingerprint()}|{self.limits(lang).key()}"
-        keys = [cache_key(p, image, limits) for p in distinct]
+        keys = [cache_key(p, image, self.limits_key(lang)) for p in distinct]
         cached = self.cache.get_many(keys) if (self.cache and self.use_cache) else {}
         todo = []
         for program, key in zip(distinct, keys, strict=True):
@@ -147,22 +221,56 @@ class Executor:
                 todo.append((program, key))
                 continue
             self.stats.cache_hits += len(where[program])
-            result = ExecResult(program=program, **hit)
-            for i in where[program]:
-                yield i, result
+            yield from self._deliver(counts, where[program], ExecResult(program=program, **hit))
         if todo:
-            pool = self.pool(lang)
-            for index, steps in pool.run([p for p, _ in todo]):
+            again = []
+            for index, steps in self.pool(lang).run([p for p, _ in todo]):
                 program, key = todo[index]
-                result = result_of(lang, program, steps)
                 self.stats.executed += 1
-                if self.cache is not None:
-                    self.cache.put(key, {k: getattr(result, k)
-                                         for k in ("stdout", "stderr", "exit_code", "status", "timestamp")})
-                for i in where[program]:
-                    yield i, result
-            self.stats.restarts = sum(p.restarts for p in self._pools.values())
+                if self.confirm_timeouts and any(step["timed_out"] for step in steps):
+                    again.append((program, key))
+                    continue
+                yield from self._store(counts, where[program], key, result_of(lang, program, steps))
+            counts.reruns += len(again)
+            for index, steps in (self.confirm_pool(lang).run([p for p, _ in again]) if again else ()):
+                program, key = again[index]
+                counts.confirmed += any(step["timed_out"] for step in steps)
+                yield from self._store(counts, where[program], key, result_of(lang, program, steps))
+            pools = self._pools.values()
+            self.stats.restarts = sum(p.restarts for p in pools)
+            self.stats.retired = sum(p.retired for p in pools)
+            self.stats.infra_retries = sum(p.infra_retries for p in pools)
+            self._timeout_history(lang, image, counts)
+        self.stats.languages.setdefault(lang.key, LanguageCounts()).add(counts)
         self.stats.seconds += time.monotonic() - start
+
+    def _deliver(self, counts: LanguageCounts, indices: list[int], result: ExecResult):
+        counts.programs += len(indices)
+        counts.timeouts += len(indices) * (result.exit_code == TIMEOUT_EXIT_CODE)
+        return [(i, result) for i in indices]
+
+    def _store(self, counts: LanguageCounts, indices: list[int], key: str, result: ExecResult):
+        if self.cache is not None:
+            self.cache.put(key, {k: getattr(result, k) for k in ("stdout", "stderr", "exit_code", "status",
+                                                                 "timestamp")})
+        return self._deliver(counts, indices, result)
+
+    def _timeout_history(self, lang: Language, image: str, counts: LanguageCounts) -> None:
+        """Compare this execution's Timeout share with earlier ones of the language on the
+        same image (a jump: warn on stderr), then add it to the history."""
+        if self.cache is None or not counts.programs:
+            return
+        history = self.cache.timeout_shares(lang.key, image)
+        if history:
+            counts.median_before = statistics.median(history)
+        median = timeout_jump(counts.share, history)
+        if median is not None and counts.programs >= MIN_PROGRAMS_TO_WARN:
+            print(f"flora-eval: warning: {lang.key}: {counts.share:.1%} of programs timed out "
+                  f"({counts.timeouts}/{counts.programs}) against a median of {median:.1%} in "
+                  f"{len(history)} earlier executions on this image; a loaded machine turns correct "
+                  "programs into timeouts: lower --jobs or stop other work, then run again with --no-cache",
+                  file=sys.stderr)
+        self.cache.record_timeouts(lang.key, image, counts.programs, counts.timeouts)
 
     def close(self) -> None:
         for pool in self._pools.values():

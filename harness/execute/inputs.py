@@ -10,19 +10,21 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.execute import Task
-from harness.files import read_completions, read_json, results_path_for
+from harness.files import read_completions, read_json, read_results, results_path_for
 from harness.records import Completions, Provenance, SamplingConfig
 from harness.runs import RESULTS_SUFFIX, RunDir
 
 
-def run_tasks(root: Path, out_dir: Path | None) -> list[Task]:
-    """The run's completions files that have no results file yet; the language is the one
-    the completions record names (its provenance, else MultiPL-E's `language` field)."""
+def run_tasks(root: Path, out_dir: Path | None, executor=None) -> list[Task]:
+    """The run's completions files that have no results file yet, or (given the executor)
+    one made by another image or other limits than the executor's now; the language is the
+    one the completions record names (its provenance, else MultiPL-E's `language` field)."""
     tasks = []
     for path in RunDir(root).completion_files():
         out = _out(path, out_dir, root)
-        if not out.exists():
-            tasks.append(task_of(read_completions(path), out))
+        task = task_of(read_completions(path), out)
+        if not out.exists() or (executor is not None and _stale(out, task.lang, executor)):
+            tasks.append(task)
     return tasks
 
 
@@ -37,15 +39,23 @@ def task_of(completions: Completions, out: Path, lang: str | None = None) -> Tas
     return Task(key, completions, out)
 
 
+def _stale(results_path: Path, lang_key: str, executor) -> bool:
+    from harness.execute.languages import load_language
+
+    lang = load_language(lang_key)
+    done = read_results(results_path)
+    return (done.image_id, done.limits) != (executor.image_id(lang), executor.limits_key(lang))
+
+
 def tasks_for(path: Path, out_dir: Path | None, lang: str | None, dataset: str | None,
-              benchmark: str = "humaneval") -> list[Task]:
+              benchmark: str = "humaneval", executor=None) -> list[Task]:
     if path.is_dir():
         if RunDir(path).completion_files():
-            return run_tasks(path, out_dir)
+            return run_tasks(path, out_dir, executor)
         files = sorted(p for p in path.iterdir() if _is_completions_name(p.name))
         if not files:
             raise UserError(f"{path}: no completions files (.json/.json.gz) or run folders in it")
-        return [task for p in files for task in tasks_for(p, out_dir, lang, dataset, benchmark)]
+        return [task for p in files for task in tasks_for(p, out_dir, lang, dataset, benchmark, executor)]
     data = read_json(path)
     if isinstance(data, list):
         return generations_tasks(path, data, out_dir, lang, dataset, benchmark)

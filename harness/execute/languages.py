@@ -4,7 +4,9 @@ The schema is documented at the top of `languages/py.toml`. In short: a language
 file a program is written to, its steps (compile steps, then one run step, each with its
 own timeout), ordered (condition → status) rules for the final step, canaries and the
 container's resources. `status_of` turns one step's outcome into MultiPL-E's status; it is
-a pure function, so every language's rules are testable without Docker.
+a pure function, so every language's rules are testable without Docker. A program that the
+sandbox stopped (time limit, memory, file size, or a failure after hitting the process
+limit) is never OK, whatever the rules say (go's rule, for one, reads stdout only).
 """
 
 from __future__ import annotations
@@ -130,26 +132,31 @@ class Language:
 
 
 def status_of(lang: Language, step_index: int, exit_code: int, stdout: str, stderr: str,
-              timed_out: bool) -> str:
+              timed_out: bool, stopped: str | None = None) -> str:
     """MultiPL-E's status of a program whose last step run was `step_index`: a compile step
-    that failed gives its fail/timeout status; the final step goes through the rules."""
+    that failed gives its fail/timeout status; the final step goes through the rules.
+    `stopped` is why the sandbox ended the step ("time", "memory", "file_size", "pids"), if
+    it did: such a step is never OK (a time limit gives Timeout, anything else Exception)."""
     step = lang.steps[step_index]
     if step_index < len(lang.steps) - 1:
         if timed_out:
             return step.timeout_status
-        if not step.ok_when.holds(exit_code, stdout, stderr, timed_out):
+        if stopped or not step.ok_when.holds(exit_code, stdout, stderr, timed_out):
             return step.fail_status
         return "OK"  # a compile step that succeeded is not a final outcome; callers go on
-    for rule in lang.rules:
-        if rule.when.holds(exit_code, stdout, stderr, timed_out):
-            return rule.status
-    return DEFAULT_STATUS
+    status = next((rule.status for rule in lang.rules
+                   if rule.when.holds(exit_code, stdout, stderr, timed_out)), DEFAULT_STATUS)
+    if status == "OK" and timed_out:
+        return "Timeout"
+    if status == "OK" and stopped:
+        return DEFAULT_STATUS
+    return status
 
 
 def compile_step_ok(lang: Language, step_index: int, exit_code: int, stdout: str, stderr: str,
-                    timed_out: bool) -> bool:
+                    timed_out: bool, stopped: str | None = None) -> bool:
     step = lang.steps[step_index]
-    return not timed_out and step.ok_when.holds(exit_code, stdout, stderr, timed_out)
+    return not timed_out and not stopped and step.ok_when.holds(exit_code, stdout, stderr, timed_out)
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,6 +5,11 @@ Infrastructure failures (the engine refused, the worker died or stopped answerin
 slot's unfinished programs back in the queue and start a fresh container; a program is
 never scored from a failure of the sandbox. After `MAX_ATTEMPTS` such failures on one
 program, the run stops with an error instead.
+
+A worker that reports a harness fault (a program it could not start, say EAGAIN from fork
+under pids pressure, or a cleanup that left processes of a program's uid alive) is retired:
+the slot sends it nothing more, takes the answers of what it is running, puts back what it
+bounced and goes on in a fresh container.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class Item:
     index: int  # position in the caller's list
     source: str
     out: queue.Queue
-    attempts: int = 0  # infrastructure failures so far
+    attempts: int = 0  # infrastructure failures so far (a bounce, never run, is not one)
 
 
 class Pool:
@@ -44,7 +49,9 @@ class Pool:
         self.conns: set[WorkerConnection] = set()
         self.drivers: list[threading.Thread] = []
         self.max_program_s = sum(s.timeout_s for s in lang.steps) + WATCHDOG_GRACE_S
-        self.restarts = 0
+        self.restarts = 0  # containers that died or stopped answering
+        self.retired = 0  # containers retired after a harness fault their worker reported
+        self.infra_retries = 0  # programs run again after such a fault (spawn failure, ...)
         self.submitted = 0
 
     # -- public -------------------------------------------------------------------------
@@ -110,10 +117,10 @@ class Pool:
                 taken.append(self.pending.popleft())
             return taken
 
-    def _retry(self, items: list[Item], reason: str) -> None:
+    def _retry(self, items: list[Item], reason: str, count: bool = True) -> None:
         with self.cond:
             for item in items:
-                item.attempts += 1
+                item.attempts += count
                 if item.attempts >= MAX_ATTEMPTS:
                     item.out.put(("failed", item.index, reason))
                 else:
@@ -141,12 +148,18 @@ class Pool:
         inflight: dict[str, Item] = {}
         backlog = list(first)
         last_progress = time.monotonic()
+        retiring = ""  # why this worker gets nothing more; the slot leaves once it is idle
         while not self.stopping:
+            if retiring and not inflight:
+                with self.cond:
+                    self.retired += 1
+                return
             if not inflight and not backlog:
                 backlog = self._take(depth, block=True)  # idle: keep the warm container
                 if not backlog:
                     break
-            backlog += self._take(depth - len(inflight) - len(backlog), block=False)
+            if not retiring:
+                backlog += self._take(depth - len(inflight) - len(backlog), block=False)
             try:
                 while backlog:
                     item = backlog[0]
@@ -174,7 +187,12 @@ class Pool:
                 continue
             last_progress = time.monotonic()
             if "error" in obj:
-                self._retry([item], f"worker error: {obj['error']}")
+                bounced = bool(obj.get("bounced"))
+                with self.cond:
+                    self.infra_retries += not bounced
+                self._retry([item], f"worker error: {obj['error']}", count=not bounced)
+                retiring = retiring or obj["error"]
             else:
                 item.out.put(("done", item.index, obj["steps"]))
+                retiring = retiring or obj.get("retire", "")
         self._retry(list(inflight.values()) + backlog, "pool closed")

@@ -67,6 +67,7 @@ class Limits:
     cpus: float = 1.0
     lanes: int = 1
     nofile: int = 4096
+    cleanup_s: float = 3.0  # how long the worker tries to kill a program's processes
 
     @classmethod
     def of(cls, lang: Language, lanes: int = 1) -> Limits:
@@ -116,6 +117,7 @@ def worker_config(lang: Language, limits: Limits) -> dict:
         "gid": RUNNER_GID,
         "root": WORK_ROOT,
         "oom_adj": True,
+        "cleanup_s": limits.cleanup_s,
     }
 
 
@@ -206,8 +208,11 @@ class WorkerConnection:
         return bytes(self.stderr).decode(errors="replace").strip()[-300:]
 
     def close(self) -> None:
-        """Stop and remove the container (closing stdin alone would also end it)."""
+        """Stop and remove the container (closing stdin alone would also end it). A second
+        caller (the pool closing while a slot drops the same connection) also waits until the
+        container is gone."""
         if self._closed:
+            self._wait_until_removed()
             return
         self._closed = True
         try:

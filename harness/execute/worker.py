@@ -4,12 +4,26 @@ one file: the harness passes this file's text to `python3 -c` when a container s
 
 Protocol
   first line  {"config": {"file", "steps": [{"argv", "timeout_s", "ok_exit"}], "env",
-               "output_limit", "lanes", "uids": [..] | null, "gid", "root", "oom_adj"}}
+               "output_limit", "lanes", "uids": [..] | null, "gid", "root", "oom_adj",
+               "cleanup_s"}}
   then        {"id": str, "source": str}                       one per program
   answers     {"ready": true, "python": "3.13.5"}               once, after the config
-              {"id": str, "steps": [{"exit_code", "stdout", "stderr", "timed_out", "seconds"}]}
-Steps run in order; a step stops the program when it timed out or its exit code is not in
-its `ok_exit` (null: any). The harness decides the status from the outcomes.
+              {"id": str, "steps": [{"exit_code", "stdout", "stderr", "timed_out", "stopped",
+                                     "seconds"}], "retire": str (only when set)}
+              {"id": str, "error": str, "bounced": bool}     the worker's own fault
+Steps run in order; a step stops the program when it timed out, the sandbox stopped it, or
+its exit code is not in its `ok_exit` (null: any). The harness decides the status from the
+outcomes. `stopped` says why the sandbox ended a step: "time" (its limit), "memory" (killed
+by SIGKILL, which only the OOM killer sends, or the container's OOM-kill count rose during
+it), "file_size" (SIGXFSZ), "pids" (it failed after hitting the process limit) or null. The
+cgroup's counters name the program only when it runs alone in its container (one lane).
+
+Harness faults are never a program's result. A program that cannot be started for a reason
+other than a missing toolchain (EAGAIN/ENOMEM from fork under pids or memory pressure) is
+answered with "error"; so is any failure of the worker itself. A cleanup that could not kill
+every process of the program's uid delivers the result with "retire". After either, the
+worker is retired: later programs are answered with "error" and "bounced" (never run here),
+and the harness replaces the container.
 
 Only modules of Debian's python3-minimal may be used (no shutil, no queue): language
 images need not carry a full Python.
@@ -20,6 +34,7 @@ process of the lane's uid are killed, and the lane's files are removed. Closing 
 harness exited or was killed) ends the worker, and with it the container.
 """
 
+import errno
 import json
 import os
 import select
@@ -34,6 +49,17 @@ from collections import deque
 OOM_WRAPPER = ["/bin/sh", "-c", 'echo 1000 > /proc/self/oom_score_adj 2>/dev/null; exec "$@"', "sh"]
 SHARED_TMP_DIRS = ("/tmp", "/dev/shm", "/var/tmp")
 WORKER_ONLY_ENV = ("HOSTNAME",)  # the container's id: would differ between runs of a program
+# exec errors that mean "this toolchain is not there": the program's outcome (exit 127)
+TOOLCHAIN_MISSING = (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR)
+CLEANUP_DEADLINE_S = 3.0
+# (cgroup v2 file, cgroup v1 file) and the counter's name in them
+OOM_KILLS = (("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"), "oom_kill")
+PIDS_LIMIT_HITS = (("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"), "max")
+
+
+class SpawnFailed(Exception):
+    """The program could not be started for a reason of the sandbox's (not a missing
+    toolchain): never the program's result."""
 
 
 def cap_text(data, limit):
@@ -108,18 +134,20 @@ def processes_of(uid):
     return found
 
 
-def kill_all(proc, uid):
-    """Kill the program's process group, then every process of its uid (catches setsid)."""
+def kill_all(proc, uid, deadline_s=CLEANUP_DEADLINE_S):
+    """Kill the program's process group, then every process of its uid (catches setsid).
+    Returns how many processes of the uid survived (0: clean)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     if uid is None:
-        return
-    for _ in range(200):
+        return 0
+    deadline = time.monotonic() + deadline_s
+    while True:
         pids = processes_of(uid)
-        if not pids:
-            return
+        if not pids or time.monotonic() > deadline:
+            return len(pids)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -128,30 +156,74 @@ def kill_all(proc, uid):
         time.sleep(0.005)
 
 
-def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running):
+def cgroup_count(counter):
+    """A counter of the container's cgroup (v2 or v1), or None where it cannot be read."""
+    paths, wanted = counter
+    for path in paths:
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == wanted:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def rose(before, after):
+    return before is not None and after is not None and after > before
+
+
+def stop_reason(returncode, timed_out, counts_before, counts_after):
+    """Why the sandbox ended the step, or None when the program ended by itself. The counts
+    are (OOM kills, pids-limit hits) around the step, or Nones."""
+    (oom_before, pids_before), (oom_after, pids_after) = counts_before, counts_after
+    if timed_out:
+        return "time"
+    if returncode == -signal.SIGKILL or rose(oom_before, oom_after):
+        return "memory"
+    if returncode == -signal.SIGXFSZ:
+        return "file_size"
+    if returncode != 0 and rose(pids_before, pids_after):
+        return "pids"
+    return None
+
+
+def limit_counts(alone):
+    return (cgroup_count(OOM_KILLS), cgroup_count(PIDS_LIMIT_HITS)) if alone else (None, None)
+
+
+def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone=False,
+             cleanup_s=CLEANUP_DEADLINE_S):
     start = time.monotonic()
     deadline = start + timeout_s
     ids = {} if uid is None else {"user": uid, "group": gid, "extra_groups": []}
+    counts_before = limit_counts(alone)
     try:
         proc = subprocess.Popen((OOM_WRAPPER if oom_adj else []) + argv, cwd=cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, **ids)
-    except OSError as exc:  # e.g. the toolchain is missing: the program cannot run
+    except OSError as exc:
+        if exc.errno not in TOOLCHAIN_MISSING:  # EAGAIN, ENOMEM, ...: the sandbox's fault
+            raise SpawnFailed(f"cannot start {argv[0]}: {exc}") from exc
         return {"exit_code": 127, "stdout": "", "stderr": f"worker: cannot start {argv[0]}: {exc}",
-                "timed_out": False, "seconds": 0.0}
+                "timed_out": False, "stopped": None, "seconds": 0.0, "survivors": 0}
     running.add(proc)
     try:
         out, err, timed_out = read_until(proc, deadline, limit * 4 + 4)
         if not timed_out:
             timed_out = not wait_until(proc, deadline)
     finally:
-        kill_all(proc, uid)
+        survivors = kill_all(proc, uid, cleanup_s)
         proc.wait()
         running.discard(proc)
         proc.stdout.close()
         proc.stderr.close()
+    stopped = stop_reason(proc.returncode, timed_out, counts_before, limit_counts(alone))
     return {"exit_code": proc.returncode, "stdout": cap_text(out, limit), "stderr": cap_text(err, limit),
-            "timed_out": timed_out, "seconds": round(time.monotonic() - start, 4)}
+            "timed_out": timed_out, "stopped": stopped, "seconds": round(time.monotonic() - start, 4),
+            "survivors": survivors}
 
 
 def remove_tree(path):
@@ -242,11 +314,13 @@ def run_program(config, lane, source, running):
     try:
         for step in config["steps"]:
             argv = [fill(a, names) for a in step["argv"]]
+            # the cgroup's counters name this program only when it runs alone in the container
             outcome = run_step(argv, work, env, step["timeout_s"], uid, gid, config["output_limit"],
-                               config.get("oom_adj", False), running)
+                               config.get("oom_adj", False), running, config.get("lanes", 1) == 1,
+                               config.get("cleanup_s", CLEANUP_DEADLINE_S))
             outcomes.append(outcome)
             ok_exit = step.get("ok_exit")
-            if outcome["timed_out"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):
+            if outcome["stopped"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):
                 break
     finally:
         remove_tree(work)
@@ -255,16 +329,29 @@ def run_program(config, lane, source, running):
     return outcomes
 
 
-def lane_loop(config, lane, jobs, emit, running):
+def lane_loop(config, lane, jobs, emit, running, retired):
+    """`retired` (a one-item list, shared by the lanes) holds why this worker must run
+    nothing more, once a harness fault happened here."""
     while True:
         job = jobs.get()
         if job is None:
             return
+        if retired:
+            emit({"id": job["id"], "error": f"not run: the worker was retired ({retired[0]})",
+                  "bounced": True})
+            continue
         try:
             steps = run_program(config, lane, job["source"], running)
-            emit({"id": job["id"], "steps": steps})
         except Exception as exc:  # the worker's own fault: the harness retries, never scores it
-            emit({"id": job["id"], "error": f"{type(exc).__name__}: {exc}"})
+            retired.append(f"{type(exc).__name__}: {exc}")
+            emit({"id": job["id"], "error": retired[0], "bounced": False})
+            continue
+        survivors = sum(step.pop("survivors", 0) for step in steps)
+        answer = {"id": job["id"], "steps": steps}
+        if survivors:
+            retired.append(f"{survivors} processes of uid {config['uids'][lane]} survived cleanup")
+            answer["retire"] = retired[0]
+        emit(answer)
 
 
 def main():
@@ -283,7 +370,9 @@ def main():
     os.makedirs(config["root"], exist_ok=True)
     jobs = Jobs()
     running = set()  # the programs' processes now running, to kill when the harness goes
-    lanes = [threading.Thread(target=lane_loop, args=(config, i, jobs, emit, running), daemon=True)
+    retired = []
+    lanes = [threading.Thread(target=lane_loop, args=(config, i, jobs, emit, running, retired),
+                              daemon=True)
              for i in range(config.get("lanes", 1))]
     for t in lanes:
         t.start()
