@@ -227,3 +227,19 @@ def test_an_empty_run_still_reports(tmp_path):
     paths = write_reports(RunDir.open(tmp_path / "empty"))
     assert "no results yet" in paths["table"].read_text(encoding="utf-8")
     assert "No results in this run yet" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_timeout_share_per_language_in_table_md_and_html(demo):
+    _, run, paths = demo
+    totals: dict[str, list[int]] = {}
+    for path in run.result_files():
+        results = read_results(path)
+        counted = totals.setdefault(results.provenance.lang, [0, 0])
+        counted[0] += sum(r.status == "Timeout" for r in results.results)
+        counted[1] += len(results.results)
+    md = paths["table"].read_text(encoding="utf-8")
+    html = paths["html"].read_text(encoding="utf-8")
+    for lang, name in (("py", "Python"), ("rb", "Ruby"), ("rs", "Rust")):
+        timeouts, samples = totals[lang]
+        assert f"HumanEval {name} {timeouts / samples * 100:.1f} %" in md
+        assert f"HumanEval {name} <b>{timeouts / samples * 100:.1f} %</b> ({timeouts} of {samples})" in html

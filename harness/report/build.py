@@ -18,6 +18,7 @@ from harness.report.tables import (
     markdown_report,
     status_table,
     table1,
+    timeout_shares,
 )
 
 SEED = 0  # one seed for every bootstrap and permutation draw of a report
@@ -38,6 +39,7 @@ def assemble(runs: list[RunData], seed: int = SEED) -> Report:
         comparisons=comparisons(counts, 1, seed),
         table1=table1(cells[1]), intervals=interval_table(cells[1]),
         statuses=status_table(statuses, counts), defects=known_defects(counts),
+        timeouts=timeout_shares(statuses),
     )
 
 
@@ -56,7 +58,8 @@ def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
     report.statuses.to_csv(paths["statuses"], index=False)
     report.table1.to_csv(paths["table1_csv"])
     paths["table"].write_text(markdown_report(report.table1, report.intervals, report.comparisons,
-                                              report.statuses, report.defects), encoding="utf-8")
+                                              report.statuses, report.defects, report.timeouts),
+                              encoding="utf-8")
     paths["latex"].write_text(latex_table1(report.table1) if not report.table1.empty else "",
                               encoding="utf-8")
     paths["html"].write_text(render_html(report), encoding="utf-8")

@@ -21,3 +21,4 @@ class Report:
     intervals: pd.DataFrame
     statuses: pd.DataFrame  # status shares per cell
     defects: pd.DataFrame  # the run's problems that are broken upstream
+    timeouts: pd.DataFrame  # Timeout share per (run, benchmark, language)

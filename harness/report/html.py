@@ -180,6 +180,9 @@ def render_html(report: Report) -> str:
                                    language=report.defects["lang"].map(language_name)).itertuples()),
         "heatmaps": heatmaps(report) if len(report.counts) else [],
         "statuses": statuses, "status_rows": status_table,
+        "timeouts": [{"benchmark": benchmark_name(r.benchmark), "lang": language_name(r.lang),
+                      "share": r.share, "timeouts": r.timeouts, "samples": r.samples}
+                     for r in report.timeouts.itertuples()],
         "status_colors": {s: STATUS_COLORS.get(s, "#94a3b8") for s in statuses},
         "drill": drill_down(report),
         "manifests": manifests(report),

@@ -199,6 +199,19 @@ def _p(p: float) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def timeout_shares(statuses: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, benchmark, language): samples, Timeouts and their share (%), over every column.
+    A share that jumps between runs of the same programs points at a loaded machine."""
+    if statuses.empty:
+        return pd.DataFrame(columns=["run", "benchmark", "lang", "samples", "timeouts", "share"])
+    group = statuses.groupby(["run", "benchmark", "lang"], sort=False)
+    frame = pd.DataFrame({"samples": group["count"].sum(),
+                          "timeouts": statuses[statuses["status"] == "Timeout"]
+                          .groupby(["run", "benchmark", "lang"], sort=False)["count"].sum()}).fillna(0)
+    frame = frame.astype({"timeouts": int}).reset_index()
+    return frame.assign(share=frame["timeouts"] / frame["samples"] * 100)
+
+
 def known_defects(counts: pd.DataFrame) -> pd.DataFrame:
     """The run's problems that their benchmark lists as broken upstream (no completion can
     pass): one row per (benchmark, model, language, problem), with the samples that passed
@@ -218,7 +231,8 @@ def known_defects(counts: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_report(table: pd.DataFrame, intervals: pd.DataFrame, comps: pd.DataFrame,
-                    statuses: pd.DataFrame, defects: pd.DataFrame | None = None, k: int = 1) -> str:
+                    statuses: pd.DataFrame, defects: pd.DataFrame | None = None,
+                    timeouts: pd.DataFrame | None = None, k: int = 1) -> str:
     """table.md: Table 1 (one per benchmark), intervals, paired comparisons, the status
     breakdown and the known upstream defects among the run's problems."""
     parts = [f"# pass@{k} (%) — Table 1 layout, value (relative improvement over base)", ""]
@@ -234,6 +248,10 @@ def markdown_report(table: pd.DataFrame, intervals: pd.DataFrame, comps: pd.Data
                                                           benchmark=statuses["benchmark"].map(benchmark_name))
         parts += ["## Status breakdown (% of samples)", "",
                   shown.to_markdown(index=False, floatfmt=".1f"), ""]
+    if timeouts is not None and not timeouts.empty:
+        shares = ", ".join(f"{benchmark_name(r.benchmark)} {language_name(r.lang)} {r.share:.1f} %"
+                           for r in timeouts.itertuples())
+        parts += [f"Timeout share per language: {shares}.", ""]
     if defects is not None and not defects.empty:
         shown = defects.assign(benchmark=defects["benchmark"].map(benchmark_name),
                                lang=defects["lang"].map(language_name))
