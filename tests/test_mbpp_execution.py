@@ -38,12 +38,13 @@ REFERENCE_PASSING = 382
 WRONG_PROBLEMS = 20
 
 # One deliberately wrong completion per offered language, written as a model would write it
-# after the row's prompt. Typed languages give up at run time (it compiles for any return
-# type); dynamic ones return a wrong constant. Where the tests do not close the function
+# after the row's prompt. Typed languages give up at run time, in a way that compiles for any
+# return type (adb: a raise expression, since Ada wants a return statement); most dynamic ones
+# return a wrong constant (rkt raises, sh prints a wrong answer). Where the tests do not close the function
 # (go, js, ts, php, pl, r, lua, rb, elixir, clj, rkt) the completion does; rs, swift, cpp,
 # sh, java, cs, scala and adb tests begin by closing it; d's prompt stops before the brace.
 WRONG_COMPLETIONS = {
-    "adb": " is\n   begin\n      raise Program_Error with \"not implemented\";",
+    "adb": " is\n   begin\n      return (raise Program_Error with \"not implemented\");",
     "clj": "nil)\n",
     "cpp": "    throw std::runtime_error(\"not implemented\");\n",
     "cs": "        throw new NotImplementedException();\n",
@@ -66,6 +67,22 @@ WRONG_COMPLETIONS = {
     "sh": "    echo \"not implemented\"\n",
     "swift": "    fatalError(\"not implemented\")\n",
     "ts": "  return null;\n}\n",
+}
+
+# The status each gives: a runtime failure through the language's rules (hs: upstream calls
+# every non-zero exit a SyntaxError), so the programs compiled and the tests really ran.
+WRONG_STATUS = {key: "Exception" for key in WRONG_COMPLETIONS} | {
+    "elixir": "AssertionError", "js": "AssertionError", "ts": "AssertionError", "hs": "SyntaxError"}
+
+# Rows among the first 20 that fail whatever the completion: upstream translation defects
+# that benchmarks/mbpp.toml does not list (yet). They still end in an ordinary failure.
+FAIL_WHATEVER_THE_COMPLETION = {
+    ("elixir", "mbpp_12_sort_matrix"): ("Exception", "the parameter is `M`, an alias: candidate(M) matches "
+                                        "only the atom M (FunctionClauseError)"),
+    ("go", "mbpp_63_max_difference"): ("SyntaxError", "the tests pass [][]int where the signature takes "
+                                       "[][]interface{} (build failed)"),
+    ("ml", "mbpp_12_sort_matrix"): ("SyntaxError", "negative ints are written (~2), not valid OCaml"),
+    ("ml", "mbpp_58_opposite_Signs"): ("SyntaxError", "negative ints are written (~2), not valid OCaml"),
 }
 
 # Correct-looking completions for the js rows whose tests are not valid JavaScript.
@@ -198,8 +215,6 @@ def test_wrong_completion_fails_ordinarily_on_20_mbpp_problems(key: str, executo
     _image_or_skip(docker_client, lang)
     problems = list(load_problems(key, dataset, limit=WRONG_PROBLEMS, benchmark="mbpp").problems)
     assert len(problems) == WRONG_PROBLEMS
-    mbpp = load_benchmark("mbpp")
-    assert not [p.name for p in problems if mbpp.defect(key, p.name)], "a known-defect row among the 20"
     results = _run(executor, lang, problems, [WRONG_COMPLETIONS[key]] * len(problems))
     allowed = _ordinary_failures(lang)
     statuses = Counter(r.status for r in results)
@@ -208,6 +223,15 @@ def test_wrong_completion_fails_ordinarily_on_20_mbpp_problems(key: str, executo
            for p, r in zip(problems, results, strict=True)
            if r.passed or r.status not in allowed or r.exit_code == TIMEOUT_EXIT_CODE]
     assert not bad, f"{key}: not an ordinary failure (allowed {sorted(allowed)}):\n" + "\n".join(bad)
+    expected = {p.name: FAIL_WHATEVER_THE_COMPLETION.get((key, p.name), (WRONG_STATUS[key], ""))
+                for p in problems}
+    for problem, result in zip(problems, results, strict=True):
+        if expected[problem.name][1]:
+            print(f"  {problem.name} fails whatever the completion ({expected[problem.name][1]}): "
+                  f"{result.status}: {_reason(result)}")
+    other = [f"{p.name}: {r.status}, expected {expected[p.name][0]}: {_reason(r)}"
+             for p, r in zip(problems, results, strict=True) if r.status != expected[p.name][0]]
+    assert not other, f"{key}: not the wrong completion's own failure:\n" + "\n".join(other)
 
 
 @pytest.mark.docker
