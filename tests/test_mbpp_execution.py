@@ -4,8 +4,8 @@ wrong completion fails ordinarily in every offered language, and the three known
 js rows fail whatever the completion, as `benchmarks/mbpp.toml` says.
 
 Every program runs for real: one Executor for the module (two slots, as CI's two cores),
-with its execution cache in a tmp path. A language whose image is not built is skipped, as
-in test_languages_inputs.py (CI decides which images to build)."""
+with its execution cache in a tmp path. A language whose image is not built fails (CI builds
+every image), as in test_languages_inputs.py."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MULTIPLE
+from test_execute_support import offered_language
 
 from harness.execute import program_of
 from harness.execute.languages import (
@@ -110,13 +111,6 @@ def _mbpp_dir() -> Path:
     return MULTIPLE
 
 
-def _image_or_skip(docker_client, lang: Language) -> None:
-    from harness.execute.images import language_image
-
-    if language_image(docker_client, lang) is None:
-        pytest.skip(f"image {lang.image_tag} is not built (flora-eval images build {lang.key})")
-
-
 @pytest.fixture(scope="module")
 def executor(docker_client, tmp_path_factory):
     """One engine for every language of the module; its cache in a tmp path, so every
@@ -178,7 +172,7 @@ def test_mbpp_reference_solutions_pass_382_of_397(executor, docker_client) -> No
     started = time.monotonic()
     dataset = _mbpp_dir()
     lang = load_language("py")
-    _image_or_skip(docker_client, lang)
+    offered_language(lang.key)
     reference = json.loads((dataset / "mbpp" / "sanitized-mbpp.json").read_text())
     sanitized = {row["task_id"]: row for row in reference}
     problems = list(load_problems("py", dataset, benchmark="mbpp").problems)
@@ -212,7 +206,7 @@ def test_wrong_completion_fails_ordinarily_on_20_mbpp_problems(key: str, executo
     started = time.monotonic()
     dataset = _mbpp_dir()
     lang = load_language(key)
-    _image_or_skip(docker_client, lang)
+    offered_language(lang.key)
     problems = list(load_problems(key, dataset, limit=WRONG_PROBLEMS, benchmark="mbpp").problems)
     assert len(problems) == WRONG_PROBLEMS
     results = _run(executor, lang, problems, [WRONG_COMPLETIONS[key]] * len(problems))
@@ -242,7 +236,7 @@ def test_known_defect_js_rows_fail_whatever_the_completion(executor, docker_clie
     started = time.monotonic()
     dataset = _mbpp_dir()
     lang = load_language("js")
-    _image_or_skip(docker_client, lang)
+    offered_language(lang.key)
     mbpp = load_benchmark("mbpp")
     by_name = {p.name: p for p in load_problems("js", dataset, benchmark="mbpp").problems}
     assert {d.problem for d in mbpp.known_defects if d.lang == "js"} == set(JS_DEFECT_COMPLETIONS)
