@@ -27,6 +27,7 @@ TOOL_COMMANDS = {
     "images": ("harness.execute.images_cli", "build and check the per-language Docker images"),
     "bench": ("harness.bench.cli", "benchmarks, printed as ratios to a same-run baseline"),
     "train": ("harness.train", "train FLoRA, LoRA or IA3 adapters"),
+    "serve": ("harness.serve.cli", "an OpenAI-compatible server: the base model and many adapters, one batch"),
     "check": ("harness.report.gate", "CI gate: compare a run with a saved baseline"),
     "baseline": ("harness.report.baseline", "save a run's scores as a CI baseline"),
 }
