@@ -173,14 +173,17 @@ def prompt_ids(state: ServerState, prompt) -> tuple[int, ...]:
         raise ApiError(400, "the prompt is empty", param="prompt")
     vocab = len(state.tokenizer)
     if any(not 0 <= i < vocab for i in ids):
-        raise ApiError(400, f"the prompt has token ids outside the vocabulary (0..{vocab - 1})", param="prompt")
+        raise ApiError(400, f"the prompt has token ids outside the vocabulary (0..{vocab - 1})",
+                       param="prompt")
     if len(ids) >= state.context:
         raise ApiError(400, f"the prompt is {len(ids)} tokens; the model's context is {state.context} "
-                            "(prompt and completion together)", param="prompt", code="context_length_exceeded")
+                            "(prompt and completion together)", param="prompt",
+                       code="context_length_exceeded")
     return ids
 
 
-def make_job(state: ServerState, body: CompletionRequest, served: ServedModel, loop) -> tuple[Job, asyncio.Queue]:
+def make_job(state: ServerState, body: CompletionRequest, served: ServedModel,
+             loop) -> tuple[Job, asyncio.Queue]:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if len(stop) > MAX_STOPS or any(not s for s in stop):
         raise ApiError(400, f"stop: at most {MAX_STOPS} non-empty sequences", param="stop")
@@ -228,7 +231,8 @@ def choice(index: int, text: str, finish_reason: str | None) -> dict:
     return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 
-async def collect(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply, request: Request) -> dict:
+async def collect(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply,
+                  request: Request) -> dict:
     """Wait for every choice; a client that disconnects first cancels the job."""
     disconnected = asyncio.ensure_future(_disconnect(request))
     done: dict[int, dict] = {}

@@ -275,7 +275,8 @@ class Scheduler:
             if job is None:
                 continue
             limit = self.engine.token_limit(request)
-            at_stop = bool(job.stop) and stop_index(self.engine.text(list(sample.tokens)), job.stop) is not None
+            text = self.engine.text(list(sample.tokens))
+            at_stop = bool(job.stop) and stop_index(text, job.stop) is not None
             reason = "length" if len(sample.tokens) >= limit and not at_stop else "stop"
             job.deliver(Event("done", sample.index, sample.text, reason, len(sample.tokens)))
             self._left[job.id] -= 1

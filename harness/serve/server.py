@@ -41,7 +41,8 @@ def build_state(loaded, adapters: list[tuple[str, object]], options: ServeOption
     context = _context(loaded.model)
     config = EngineConfig(temperature=1.0, top_p=1.0, max_new_tokens=min(options.max_tokens, context),
                           slots=options.max_rows, max_positions=context)
-    engine = Engine(loaded.model, loaded.tokenizer, config, set_rows=set_rows, telemetry=GenerationTelemetry())
+    engine = Engine(loaded.model, loaded.tokenizer, config, set_rows=set_rows,
+                    telemetry=GenerationTelemetry())
     scheduler = Scheduler(engine, options.max_rows, options.max_waiting, options.max_batched_tokens)
     models = {base_name: ServedModel(base_name, -1, {"root": loaded.source, "parent": None, "flora_eval": {
         "revision": loaded.revision, "method": "base", "rank": None, "hash": "", "language": None}})}
