@@ -56,9 +56,11 @@ class EndpointConfig:
         return dict(self.served_names).get(name, name)
 
     def base_url(self) -> str:
-        """The URL the client is given: it ends in /v1."""
-        url = self.url.rstrip("/")
-        return url if url.endswith("/v1") else url + "/v1"
+        """The URL the client is given: its path ends in /v1."""
+        parts = urlsplit(self.url)
+        path = parts.path.rstrip("/")
+        path = path if path.endswith("/v1") else path + "/v1"
+        return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
     def public_url(self) -> str:
         """The URL as recorded: no user, password, query or fragment."""
