@@ -19,7 +19,8 @@ from serve_helpers import ADAPTERS, flora_serve, save_adapters, trained_like
 from harness.adapters import FLoRAConfig, IA3Config, LoRAConfig, attach
 from harness.generate.engine import BASE_ROW, DecodeBatch, Engine, EngineConfig, Request
 from harness.models import load_model
-from harness.serve.server import ServeOptions, ServerThread, build_state
+from harness.serve.server import ServerThread, build_state
+from harness.serve.spec import ServeOptions, ServeSpec
 
 MODELS = ("tiny", *ADAPTERS)
 
@@ -150,7 +151,7 @@ def wait_idle(url: str, seconds: float = 3.0) -> None:
 
 def test_an_overloaded_server_answers_429_then_serves_again(loaded, tmp_path):
     # a server in this process (real HTTP on loopback) with one row and room for two waiting samples
-    state = build_state(load_model("tiny", device="cpu"), [], ServeOptions(max_rows=1, max_waiting=2))
+    state = build_state(ServeSpec("tiny", device="cpu", options=ServeOptions(max_rows=1, max_waiting=2)))
     with ServerThread(state) as url:
         async def burst() -> list[int]:
             async with httpx2.AsyncClient(timeout=60) as client:
@@ -165,7 +166,7 @@ def test_an_overloaded_server_answers_429_then_serves_again(loaded, tmp_path):
 
 
 def test_api_key_is_required_when_set(loaded):
-    state = build_state(load_model("tiny", device="cpu"), [], ServeOptions(api_key="s3cret"))
+    state = build_state(ServeSpec("tiny", device="cpu", options=ServeOptions(api_key="s3cret")))
     with ServerThread(state) as url:
         error(httpx2.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "x"}), 401)
         good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)

@@ -20,7 +20,8 @@ from harness.files import read_completions
 from harness.generate.endpoint import EndpointConfig
 from harness.models import build_tiny, load_model
 from harness.records import SamplingConfig
-from harness.serve.server import ServeOptions, ServerThread, build_state, free_port
+from harness.serve.server import ServerThread, build_state, free_port
+from harness.serve.spec import ServeOptions, ServeSpec
 
 SAMPLING = ["-n", "3", "--max-tokens", "24", "--temperature", "0.8", "--seed", "5"]
 SECRET = "sk-test-never-on-disk"
@@ -98,15 +99,15 @@ def test_an_unknown_served_name_stops_with_one_line(server, humaneval_dir, tmp_p
 
 
 def test_the_client_retries_a_server_that_answers_429(humaneval_dir, tmp_path):
-    state = build_state(load_model("tiny", device="cpu"), [], ServeOptions(max_rows=2, max_waiting=2))
+    state = build_state(ServeSpec("tiny", device="cpu", options=ServeOptions(max_rows=2, max_waiting=2)))
     with ServerThread(state) as url:
         evaluation = api.Evaluation("tiny", (), ("py",), SamplingConfig(6, 0.8, 0.95, 32, 0),
                                     dataset=str(humaneval_dir), limit=2,
                                     endpoint=EndpointConfig(url, concurrency=16))
         run, _, telemetry = api.generate(evaluation, tmp_path / "run")
-        assert state.scheduler.telemetry.rejected > 0
+        rejected = state.scheduler.snapshot()["rejected"]
     calls = telemetry.as_dict()
-    assert calls["retries"] >= state.scheduler.telemetry.rejected and calls["retried"]["HTTP 429"] > 0
+    assert rejected > 0 and calls["retries"] >= rejected and calls["retried"]["HTTP 429"] > 0
     assert all(len(v) == 6 for v in completions(run.root).values()) and len(completions(run.root)) == 2
 
 

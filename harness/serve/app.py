@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.serve.scheduler import Event, Job, Overloaded, Scheduler
+from harness.serve.scheduler import Event, Job, Overloaded
 
 MAX_N = 256  # choices per request
 MAX_STOPS = 16
@@ -46,7 +46,7 @@ class ServedModel:
 
 @dataclass
 class ServerState:
-    scheduler: Scheduler
+    scheduler: Any  # the engine process's handle (EngineProcess): submit, cancel, snapshot
     tokenizer: Any
     models: dict[str, ServedModel]
     context: int  # the model's context length: a prompt must leave room for one token
@@ -105,7 +105,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/telemetry")
     async def telemetry():
-        return {**state.scheduler.telemetry.as_dict(), "live_rows": state.scheduler.live_rows()}
+        return await asyncio.to_thread(state.scheduler.snapshot)
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -9,7 +9,8 @@ import os
 import sys
 
 from harness.errors import UserError
-from harness.serve.server import LOOPBACK, ServeOptions, build_state, uvicorn_server
+from harness.serve.server import LOOPBACK, build_state, uvicorn_server
+from harness.serve.spec import ServeOptions, ServeSpec
 
 API_KEY_ENV = "FLORA_EVAL_SERVE_API_KEY"
 
@@ -26,10 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--port", type=int, default=8000)
     add("--device", help="torch device (default: cuda when available)")
     add("--max-rows", type=int, default=64, help="rows decoded together, at most (64)")
-    add("--max-waiting", type=int, default=1024, help="samples queued beyond the rows; more get 429 (1024)")
+    add("--max-waiting", type=int, default=1024,
+        help="samples in flight beyond the rows; more get 429 (1024)")
     add("--max-batched-tokens", type=int, default=8192, help="prompt tokens per prefill forward (8192)")
     add("--max-tokens", type=int, default=1024, help="new tokens per sample, at most (1024)")
     add("--api-key", help=f"require `Authorization: Bearer KEY` (or set ${API_KEY_ENV})")
+    add("--threads", type=int, help="torch threads of the engine process (default: torch's)")
     add("--log-level", default="warning", help="uvicorn's log level (warning)")
 
 
@@ -44,27 +47,20 @@ def parse_adapter(text: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from harness.adapters import load_adapter
-    from harness.models import load_model
-
     for flag, value in (("--max-rows", args.max_rows), ("--max-waiting", args.max_waiting),
                         ("--max-batched-tokens", args.max_batched_tokens), ("--max-tokens", args.max_tokens)):
         if value < 1:
             raise UserError(f"{flag} must be a positive integer, not {value}")
-    loaded = load_model(args.model, device=args.device)
-    adapters_dir = Path(args.adapters_dir) if args.adapters_dir else None
-    adapters = [(name, load_adapter(adapter, base_model=loaded.model, adapters_dir=adapters_dir))
-                for name, adapter in map(parse_adapter, args.adapter or ())]
     options = ServeOptions(args.max_rows, args.max_waiting, args.max_batched_tokens, args.max_tokens,
                            args.api_key or os.environ.get(API_KEY_ENV) or None)
-    state = build_state(loaded, adapters, options, args.served_model_name)
-    server = uvicorn_server(state, args.host, args.port, args.log_level)
-    print(f"flora-eval serve: http://{args.host}:{args.port}/v1 serving {', '.join(state.models)}",
-          file=sys.stderr, flush=True)
-    state.scheduler.start()
+    adapters = tuple(map(parse_adapter, args.adapter or ()))
+    spec = ServeSpec(args.model, adapters, args.adapters_dir, args.device, args.served_model_name, options,
+                     args.threads)
+    state = build_state(spec)  # the engine process loads the model and adapters
     try:
+        server = uvicorn_server(state, args.host, args.port, args.log_level)
+        print(f"flora-eval serve: http://{args.host}:{args.port}/v1 serving {', '.join(state.models)}",
+              file=sys.stderr, flush=True)
         server.run()
     finally:
         state.scheduler.stop()
