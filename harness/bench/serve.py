@@ -338,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     before = torch.get_num_threads()
     torch.set_num_threads(args.threads or THREADS[args.device] or before)
     try:
-        return serve_http.run_http(args) if args.http else _run(args)
+        return serve_http.run_http(args) if getattr(args, "http", False) else _run(args)
     finally:
         torch.set_num_threads(before)  # the caller's setting is back (tests share one process)
 
