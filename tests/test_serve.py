@@ -190,6 +190,14 @@ def test_concurrent_prompts_for_different_adapters_are_prefilled_together(server
     assert after["prefill_forwards"] - before["prefill_forwards"] < 16  # not one forward per request
 
 
+def test_serve_with_a_missing_adapter_stops_with_one_line(capsys):
+    from harness.cli import main
+
+    assert main(["serve", "--adapter", "no-such-adapter", "--port", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no-such-adapter" in err and len(err.splitlines()) == 1
+
+
 def test_batched_prefill_equals_prefilling_each_alone(loaded):
     """Prompts of different lengths under four adapters (base, FLoRA, LoRA, IA3) in one forward:
     each row's keys/values and logits are those of its prompt alone, and so are the tokens."""

@@ -7,6 +7,8 @@ third-party server) the whole pipeline runs: generation, execution, report, n sa
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from pathlib import Path
 
 import httpx2
@@ -20,7 +22,7 @@ from harness.files import read_completions
 from harness.generate.endpoint import EndpointConfig
 from harness.models import build_tiny, load_model
 from harness.records import SamplingConfig
-from harness.serve.server import ServerThread, build_state, free_port
+from harness.serve.server import LOOPBACK, ServerThread, build_state, free_port
 from harness.serve.spec import ServeOptions, ServeSpec
 
 SAMPLING = ["-n", "3", "--max-tokens", "24", "--temperature", "0.8", "--seed", "5"]
@@ -109,6 +111,33 @@ def test_the_client_retries_a_server_that_answers_429(humaneval_dir, tmp_path):
     calls = telemetry.as_dict()
     assert rejected > 0 and calls["retries"] >= rejected and calls["retried"]["HTTP 429"] > 0
     assert all(len(v) == 6 for v in completions(run.root).values()) and len(completions(run.root)) == 2
+
+
+def test_dropped_connections_are_retried_then_stop_with_one_line(humaneval_dir, tmp_path, capsys):
+    """A real server on loopback that accepts each connection and closes it at once."""
+    listener = socket.create_server((LOOPBACK, 0))
+    port = listener.getsockname()[1]
+    dropped = []
+
+    def drop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            dropped.append(1)
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    try:
+        code = main(["generate", "--model", "tiny", "--endpoint", f"http://{LOOPBACK}:{port}", "--lang", "py",
+                     "--dataset", str(humaneval_dir), "--limit", "1", "-n", "1", "--retries", "2",
+                     "--run-dir", str(tmp_path / "run")])
+    finally:
+        listener.close()
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "failed 3 times" in err and "resume" in err
+    assert len(dropped) >= 3  # the first request and its two retries
 
 
 def test_endpoint_options_are_checked_and_credentials_never_recorded():

@@ -128,53 +128,61 @@ class Client:
         import openai
 
         try:
-            page = await self.openai.models.list()
-        except (openai.NotFoundError, openai.APIStatusError, openai.APIConnectionError) as exc:
-            if isinstance(exc, openai.APIConnectionError):
-                raise UserError(f"no server answers at {self.config.public_url()} ({exc}); start it or fix "
-                                "--endpoint") from None
-            if isinstance(exc, openai.AuthenticationError):
-                raise self._auth_error() from None
+            page = await self._retrying(self.openai.models.list)
+        except openai.AuthenticationError:
+            raise self._auth_error() from None
+        except openai.APIStatusError:
             return {}
         return {m.id: m.model_dump() for m in page.data}
 
     async def complete(self, model: str, prompt: str, *, n: int, max_tokens: int, temperature: float,
                        top_p: float, stop: tuple[str, ...], seed: int | None) -> list[Choice]:
-        """One completions request; transient faults are retried with backoff."""
+        """One completions request (transient faults retried); the choices in index order."""
         import openai
 
         extra = {"seed": seed} if seed is not None else {}
+        try:
+            reply = await self._retrying(lambda: self.openai.completions.create(
+                model=model, prompt=prompt, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                stop=list(stop) or None, **extra))
+        except openai.NotFoundError:
+            raise UserError(f"{self.config.public_url()} serves no model {model!r} (GET /v1/models "
+                            "lists them); name it with --served-name ADAPTER=NAME") from None
+        except openai.AuthenticationError:
+            raise self._auth_error() from None
+        except openai.APIStatusError as exc:
+            raise UserError(f"{self.config.public_url()} refused a request for {model!r} "
+                            f"(HTTP {exc.status_code}: {_message(exc)})") from None
+        if reply.usage is not None:
+            self.stats.prompt_tokens += reply.usage.prompt_tokens or 0
+            self.stats.completion_tokens += reply.usage.completion_tokens or 0
+        return [Choice(c.text or "", c.finish_reason) for c in sorted(reply.choices, key=lambda c: c.index)]
+
+    async def _retrying(self, call):
+        """`call()` with at most `concurrency` in flight; 429, 5xx, timeouts and dropped
+        connections are retried with backoff (the server's Retry-After when it gives one)."""
+        import openai
+
+        transient = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+                     openai.APIConnectionError)
         for attempt in range(self.config.retries + 1):
             async with self.gate:
                 start = time.perf_counter()
                 try:
-                    reply = await self.openai.completions.create(
-                        model=model, prompt=prompt, n=n, max_tokens=max_tokens, temperature=temperature,
-                        top_p=top_p, stop=list(stop) or None, **extra)
-                except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                        openai.APIConnectionError) as exc:
+                    result = await call()
+                except transient as exc:
+                    reason = _reason(exc)
                     if attempt == self.config.retries:
-                        raise UserError(f"{self.config.public_url()} failed {attempt + 1} times "
-                                        f"({_reason(exc)}); run the same command again to resume") from None
+                        raise UserError(f"{self.config.public_url()} failed {attempt + 1} times ({reason}); "
+                                        "check the server, then run the same command again to resume"
+                                        ) from None
                     wait = _retry_after(exc) or min(BACKOFF_CAP_S, BACKOFF_S * 2**attempt)
                     self.stats.retries += 1
-                    self.stats.retried[_reason(exc)] = self.stats.retried.get(_reason(exc), 0) + 1
-                except openai.NotFoundError:
-                    raise UserError(f"{self.config.public_url()} serves no model {model!r} (GET /v1/models "
-                                    "lists them); name it with --served-name ADAPTER=NAME") from None
-                except openai.AuthenticationError:
-                    raise self._auth_error() from None
-                except openai.APIStatusError as exc:
-                    raise UserError(f"{self.config.public_url()} refused a request for {model!r} "
-                                    f"(HTTP {exc.status_code}: {_message(exc)})") from None
+                    self.stats.retried[reason] = self.stats.retried.get(reason, 0) + 1
                 else:
                     self.stats.requests += 1
                     self.stats.latencies.append(time.perf_counter() - start)
-                    if reply.usage is not None:
-                        self.stats.prompt_tokens += reply.usage.prompt_tokens or 0
-                        self.stats.completion_tokens += reply.usage.completion_tokens or 0
-                    ordered = sorted(reply.choices, key=lambda c: c.index)
-                    return [Choice(c.text or "", c.finish_reason) for c in ordered]
+                    return result
             await asyncio.sleep(wait * (1 + 0.25 * random.random()))
         raise AssertionError("unreachable")
 

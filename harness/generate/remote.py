@@ -96,7 +96,7 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
     choices = [AdapterChoice(BASE)]
     for name in dict.fromkeys(a for a in adapters if a != BASE):
         facts = _facts(cards.get(config.served(name), {}))
-        spec = ServedAdapter(facts.get("method") or "served", facts.get("rank"),
+        spec = ServedAdapter(facts.get("method") or "", facts.get("rank"),  # "": tables show the name
                              {"language": facts.get("language")})
         choices.append(AdapterChoice(name, facts.get("hash") or "", spec))
     return Endpoint(config, ServedModel(model, revision, f"endpoint:{config.public_url()}"), tuple(choices))

@@ -29,6 +29,9 @@ REPLY_TIMEOUT_S = 30
 def engine_main(spec: ServeSpec, conn) -> None:
     """The engine process: load, report ready (with what the HTTP side needs), then serve
     jobs until told to stop or the HTTP side goes away."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the HTTP side, which stops us
     try:
         from harness.serve.load import build_engine
 
