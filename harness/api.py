@@ -39,6 +39,7 @@ class Evaluation:
     dataset: str | None = None
     limit: int | None = None
     adapters_dir: str | None = None
+    endpoint: Any = None  # harness.generate.endpoint.EndpointConfig: a served model, not in-process
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,10 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
              stage: str = "generate"):
     """Sample the completions of `evaluation` into a run directory (resuming what is there;
     files made with other settings stop it, or with `overwrite` are made again). Returns the
-    run, its invocation in the manifest and the generation telemetry."""
+    run, its invocation in the manifest and the generation telemetry. With
+    `evaluation.endpoint` the completions come from that server instead (`generate_served`)."""
+    if evaluation.endpoint is not None:
+        return generate_served(evaluation, run_dir, overwrite=overwrite, stage=stage)
     from harness.adapters import adapter_languages
     from harness.generate import generate_run
     from harness.generate.run import check_run, work_items
@@ -126,6 +130,35 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
                              batch_size=batch_size, overwrite=overwrite)
     if invocation is not None:
         invocation.update(telemetry={"generate": telemetry.as_dict()})
+    return Run(run.root), invocation, telemetry
+
+
+def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *, overwrite: bool = False,
+                    stage: str = "generate"):
+    """`generate` through an OpenAI-compatible server: the same files, provenance and resume
+    rules; the model and adapters are the server's names (harness/generate/remote.py)."""
+    from harness.generate.remote import connect, generate_remote
+    from harness.generate.run import check_run, work_items
+
+    endpoint = connect(evaluation.endpoint, evaluation.model, evaluation.adapters)
+    langs = resolve_langs(evaluation.langs, endpoint.languages())
+    problem_sets = [load_problem_set(benchmark, lang, evaluation)
+                    for benchmark in dict.fromkeys(evaluation.benchmarks) for lang in langs]
+    run = RunDir.open(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
+    check_run(work_items(endpoint.model, problem_sets, list(endpoint.adapters), evaluation.sampling, run),
+              run, overwrite)
+    invocation = run.begin(
+        stage,
+        config={"model": evaluation.model, "adapters": [adapter_entry(a) for a in endpoint.adapters],
+                "langs": langs, "benchmarks": list(dict.fromkeys(evaluation.benchmarks)),
+                "sampling": vars(evaluation.sampling), "limit": evaluation.limit, "overwrite": overwrite,
+                "endpoint": evaluation.endpoint.entry()},
+        dataset={f"{ps.benchmark}-{ps.lang}": dataset_entry(ps) for ps in problem_sets},
+        model={"name": endpoint.model.name, "source": endpoint.model.source,
+               "revision": endpoint.model.revision},
+    )
+    telemetry = generate_remote(endpoint, problem_sets, evaluation.sampling, run, overwrite)
+    invocation.update(telemetry={"generate": telemetry.as_dict()})
     return Run(run.root), invocation, telemetry
 
 
@@ -219,7 +252,7 @@ def adapter_entry(choice) -> dict:
         return {"name": choice.name, "method": BASE, "hash": ""}
     spec = choice.spec
     return {"name": choice.name, "method": spec.method, "rank": spec.rank, "hash": choice.content_hash,
-            "path": str(spec.path), "language": spec.metadata.get("language")}
+            "path": str(getattr(spec, "path", "")), "language": spec.metadata.get("language")}
 
 
 def generation_device(device: str | None) -> str | None:

@@ -28,6 +28,7 @@ TOOL_COMMANDS = {
     "images": ("harness.execute.images_cli", "build and check the per-language Docker images"),
     "bench": ("harness.bench.cli", "benchmarks, printed as ratios to a same-run baseline"),
     "train": ("harness.train", "train FLoRA, LoRA or IA3 adapters"),
+    "serve": ("harness.serve.cli", "an OpenAI-compatible server: a model and its adapters, one batch"),
     "check": ("harness.report.gate", "CI gate: compare a run with a saved baseline"),
     "baseline": ("harness.report.baseline", "save a run's scores as a CI baseline"),
 }
@@ -56,7 +57,18 @@ def evaluation_from(args: argparse.Namespace) -> api.Evaluation:
                               max_tokens=args.max_tokens, seed=args.seed)
     return api.Evaluation(model=args.model, adapters=tuple(args.adapter or ()), langs=tuple(args.lang or ()),
                           sampling=sampling, benchmarks=tuple(args.benchmark or (BENCHMARK,)),
-                          dataset=args.dataset, limit=args.limit, adapters_dir=args.adapters_dir)
+                          dataset=args.dataset, limit=args.limit, adapters_dir=args.adapters_dir,
+                          endpoint=endpoint_from(args))
+
+
+def endpoint_from(args: argparse.Namespace):
+    """--endpoint and its options, checked (None: generate in-process)."""
+    if not args.endpoint:
+        return None
+    from harness.generate.endpoint import EndpointConfig
+
+    return EndpointConfig.from_cli(args.endpoint, args.served_name, args.concurrency, args.api_key_env,
+                                   args.request_timeout, args.retries)
 
 
 def generation_options(args: argparse.Namespace) -> dict:
@@ -159,6 +171,19 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="8-bit base weights (GPU with bitsandbytes only)")
     parser.add_argument("--overwrite", action="store_true",
                         help="regenerate the files of the run made with other settings (default: stop)")
+    served = parser.add_argument_group("served models (an OpenAI-compatible /v1/completions server)")
+    served.add_argument("--endpoint", metavar="URL",
+                        help="sample from this server instead of in-process (e.g. http://127.0.0.1:8000/v1); "
+                             "--model and each --adapter are its served model names")
+    served.add_argument("--served-name", action="append", metavar="ADAPTER=NAME",
+                        help="the server's name for an adapter (or the model) where it differs (repeatable)")
+    served.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
+    served.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                        help="environment variable holding the API key (OPENAI_API_KEY; never written)")
+    served.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
+                        help="seconds per request (600)")
+    served.add_argument("--retries", type=int, default=6,
+                        help="retries of a request on 429, 5xx, timeouts, dropped connections (6)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from harness.bench import serve_http
 from harness.bench import workload as wl
 from harness.bench.serve_loop import figures, serve_requests
 from harness.bench.serve_paper import ALL_RANKS
@@ -99,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--threads", type=int, help="torch CPU threads (cpu: 1; cuda: torch's default)")
     add("--seed", type=int, default=0, help="workload, prompt and adapter seed (0)")
     add("--out", type=Path, help="write serve.json, serve.csv, serve.svg and serve.png here")
+    serve_http.add_arguments(add)
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
     before = torch.get_num_threads()
     torch.set_num_threads(args.threads or THREADS[args.device] or before)
     try:
-        return _run(args)
+        return serve_http.run_http(args) if getattr(args, "http", False) else _run(args)
     finally:
         torch.set_num_threads(before)  # the caller's setting is back (tests share one process)
 

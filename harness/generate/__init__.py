@@ -1,6 +1,8 @@
 """Generate stage: sample n completions per (problem, adapter) and write MultiPL-E files.
 
     run.py        generate_run: the stage over a run directory (resume, adapters, ranks)
+    remote.py     the same stage through an OpenAI-compatible server (--endpoint)
+    endpoint.py   the server's address, served names, the client with retries, the n/seed probe
     engine.py     the sampler: prefill once per prompt, decode step, continuous batching
     kvcache.py    the decode batch's KV slots (preallocated, trimmed, reused)
     sampling.py   per-sample seeds and uniforms; temperature + top-p sampling

@@ -53,6 +53,8 @@ class Request:
     samples: tuple[tuple[int, int], ...]  # (sample index, seed)
     stop_tokens: tuple[str, ...] = ()
     max_new_tokens: int | None = None  # this request's own cap (≤ the engine's); None: the engine's
+    temperature: float | None = None  # this request's own sampling settings; None: the engine's
+    top_p: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,18 +116,31 @@ class Engine:
     # -- the three model-facing functions ----------------------------------------------
     @torch.inference_mode()
     def prefill(self, requests: list[Request]) -> list[_Prompt]:
-        """Run a prompt once for requests that share it (one problem under several adapters:
-        one batch, one row per adapter); keep each row's keys/values and last logits."""
+        """Run prompts in one forward (one row each, each with its own adapter); keep each
+        row's keys/values and last logits. Prompts of different lengths are padded on the
+        right: causal attention keeps a row's real tokens from seeing its padding, so each
+        row's keys/values (cut to its length) and last logits are those of the prompt alone."""
         start = time.perf_counter()
-        ids = torch.tensor([r.prompt_ids for r in requests], device=self.device)
+        lengths = [len(r.prompt_ids) for r in requests]
+        longest = max(lengths)
+        pad = self.eos if self.eos is not None else 0
+        ids = torch.tensor([list(r.prompt_ids) + [pad] * (longest - n) for r, n in zip(requests, lengths,
+                                                                                         strict=True)],
+                           device=self.device)
         self._set_rows([r.adapter_index for r in requests])
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        ragged = min(lengths) != longest
+        last = sorted(set(n - 1 for n in lengths))
+        keep = torch.tensor(last, device=self.device) if ragged else 1
+        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep)
+        column = {position: i for i, position in enumerate(last)}
         prompts = [
-            _Prompt(request, [(layer.keys[i:i + 1], layer.values[i:i + 1]) for layer in out.cache.layers],
-                    out.logits[i, -1].float(), deque(request.samples), next(self._serials))
-            for i, request in enumerate(requests)
+            _Prompt(request, [(layer.keys[i:i + 1, :, :n], layer.values[i:i + 1, :, :n])
+                              for layer in out.cache.layers],
+                    out.logits[i, column[n - 1] if ragged else -1].float(), deque(request.samples),
+                    next(self._serials))
+            for i, (request, n) in enumerate(zip(requests, lengths, strict=True))
         ]
-        self.telemetry.add("prefill", time.perf_counter() - start, tokens=ids.numel(), count=len(requests))
+        self.telemetry.add("prefill", time.perf_counter() - start, tokens=sum(lengths), count=len(requests))
         return prompts
 
     @torch.inference_mode()
@@ -148,8 +163,28 @@ class Engine:
                          logits_to_keep=1, **extra)
         return out.logits[:, -1].float()
 
-    def sample(self, logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-        return sample_tokens(logits, self.config.temperature, self.config.top_p, uniforms)
+    def sample(self, logits: torch.Tensor, uniforms: torch.Tensor,
+               requests: list[Request] | None = None) -> torch.Tensor:
+        """One token per row; rows of requests with their own temperature or top-p (a
+        server's) are sampled in groups of equal settings, each row as it would be alone."""
+        settings = self._settings(requests)
+        if settings is None:
+            return sample_tokens(logits, self.config.temperature, self.config.top_p, uniforms)
+        tokens = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+        for (temperature, top_p), rows in settings.items():
+            index = torch.tensor(rows, device=logits.device)
+            tokens[index] = sample_tokens(logits[index], temperature, top_p, uniforms[rows])
+        return tokens
+
+    def _settings(self, requests: list[Request] | None) -> dict[tuple[float, float], list[int]] | None:
+        if not requests or all(r.temperature is None and r.top_p is None for r in requests):
+            return None
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i, r in enumerate(requests):
+            key = (self.config.temperature if r.temperature is None else r.temperature,
+                   self.config.top_p if r.top_p is None else r.top_p)
+            groups.setdefault(key, []).append(i)
+        return groups
 
     # -- the loop ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -324,8 +359,8 @@ class DecodeBatch:
         shared = self.engine.share_prefixes and len(prompt.request.samples) >= SHARE_MIN_SAMPLES
         self.cache.place(index_t, prompt.kv, share=prompt.serial if shared else None)
         logits = prompt.logits.expand(len(slots), -1)
-        first = self.engine.sample(logits, self.uniforms[slots, 0]).tolist()
         request = prompt.request
+        first = self.engine.sample(logits, self.uniforms[slots, 0], [request] * len(slots)).tolist()
         self.positions[index_t] = len(request.prompt_ids)
         self.adapters[slots] = request.adapter_index
         self.counts[slots] = 1
@@ -347,7 +382,7 @@ class DecodeBatch:
         live_t = None if every else torch.tensor(live, device=engine.device)
         if not every:
             logits, uniforms = logits[live_t], uniforms[live]
-        tokens_t = engine.sample(logits, uniforms)
+        tokens_t = engine.sample(logits, uniforms, [self.rows[slot].request for slot in live])
         tokens = tokens_t.tolist()
         telemetry.add("decode", time.perf_counter() - start, tokens=len(live), slots=len(self.rows))
         if every:
@@ -374,6 +409,17 @@ class DecodeBatch:
                 self.rows[slot] = None
                 self.cache.free(slot)
                 yield row.request, self.engine.result(row)
+
+    def evict(self, keys: set) -> int:
+        """Drop the live rows of requests whose key is in `keys` (a server's cancelled
+        requests): their slots are free for the next placement. Returns how many."""
+        dropped = 0
+        for slot, row in enumerate(self.rows):
+            if row is not None and row.request.key in keys:
+                self.rows[slot] = None
+                self.cache.free(slot)
+                dropped += 1
+        return dropped
 
     def compact(self) -> None:
         """Speed trick: once no work waits, drop idle slots when at most half are busy."""

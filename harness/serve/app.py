@@ -1,0 +1,295 @@
+"""The HTTP face of `flora-eval serve`: OpenAI's legacy completions API over the scheduler.
+
+    POST /v1/completions   prompt (text or token ids), model (the base or an adapter's served
+                           name), n, seed, stop, max_tokens, temperature, top_p, stream
+    GET  /v1/models        the base model and each adapter (`flora_eval`: revision, method,
+                           rank, content hash, language)
+    GET  /health           {"status": "ok"}
+    GET  /telemetry        how requests were batched (the scheduler's counters)
+
+Bad input is answered, never fatal: an unknown model → 404, malformed JSON, bad parameters
+or a prompt that fills the context → 400, a full queue → 429, all with OpenAI's error body
+{"error": {"message", "type", "param", "code"}}. A client that disconnects cancels its job.
+Choice i of a request with `seed` s samples with seed s + i (a sample of a run is sent alone
+with its own seed: `harness.generate.remote`); without a seed each choice draws a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.serve.scheduler import Event, Job, Overloaded
+
+MAX_N = 256  # choices per request
+MAX_STOPS = 16
+SEED_SPACE = 2**63
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One name the server answers to: the base model (`adapter_index` -1) or an adapter."""
+
+    name: str
+    adapter_index: int
+    card: dict[str, Any]
+
+
+@dataclass
+class ServerState:
+    scheduler: Any  # the engine process's handle (EngineProcess): submit, cancel, snapshot
+    tokenizer: Any
+    models: dict[str, ServedModel]
+    context: int  # the model's context length: a prompt must leave room for one token
+    max_tokens: int  # the most new tokens a request may get (longer asks are capped)
+    api_key: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class CompletionRequest(BaseModel):
+    """The fields of OpenAI's legacy completions request that the server honours; others
+    are accepted and ignored unless they ask for something it cannot do (`unsupported`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    prompt: str | list[int] | list[str]
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="flora-eval serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return exc.response()
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").response()
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/telemetry")
+    async def telemetry():
+        return await asyncio.to_thread(state.scheduler.snapshot)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(state, request)
+        return {"object": "list", "data": [
+            {"id": m.name, "object": "model", "created": state.created, "owned_by": "flora-eval", **m.card}
+            for m in state.models.values()]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(state, request)
+        body = parse_body(await request.body())
+        served = state.models.get(body.model)
+        if served is None:
+            raise ApiError(404, f"the model {body.model!r} does not exist here; GET /v1/models lists "
+                                f"{', '.join(state.models)}", param="model", code="model_not_found")
+        job, events = make_job(state, body, served, asyncio.get_running_loop())
+        try:
+            state.scheduler.submit(job)
+        except Overloaded as exc:
+            raise ApiError(429, str(exc), "rate_limit_error", code="overloaded") from None
+        reply = Reply(body.model, len(job.prompt_ids), body.n)
+        if body.stream:
+            return StreamingResponse(stream(state, job, events, reply, body), media_type="text/event-stream")
+        return JSONResponse(await collect(state, job, events, reply, request))
+
+    return app
+
+
+def authorize(state: ServerState, request: Request) -> None:
+    """With an API key set, /v1 routes need `Authorization: Bearer <key>` (a plain check, not
+    a middleware: Starlette's HTTP middleware costs about a millisecond per request)."""
+    if state.api_key and request.headers.get("authorization", "") != f"Bearer {state.api_key}":
+        raise ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)", "authentication_error",
+                       code="invalid_api_key")
+
+
+def parse_body(raw: bytes) -> CompletionRequest:
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    try:
+        body = CompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise ApiError(400, f"{param}: {first['msg']}", param=param) from None
+    for name, value, default in (("echo", body.echo, False), ("logprobs", body.logprobs, None),
+                                 ("suffix", body.suffix, None)):
+        if value != default:
+            raise ApiError(400, f"{name} is not supported by this server", param=name)
+    if body.best_of not in (None, 1, body.n):
+        raise ApiError(400, "best_of is not supported by this server", param="best_of")
+    return body
+
+
+def prompt_ids(state: ServerState, prompt) -> tuple[int, ...]:
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != 1:
+            raise ApiError(400, "one prompt per request", param="prompt")
+        prompt = prompt[0]
+    ids = tuple(state.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else tuple(prompt)
+    if not ids:
+        raise ApiError(400, "the prompt is empty", param="prompt")
+    vocab = len(state.tokenizer)
+    if any(not 0 <= i < vocab for i in ids):
+        raise ApiError(400, f"the prompt has token ids outside the vocabulary (0..{vocab - 1})",
+                       param="prompt")
+    if len(ids) >= state.context:
+        raise ApiError(400, f"the prompt is {len(ids)} tokens; the model's context is {state.context} "
+                            "(prompt and completion together)", param="prompt",
+                       code="context_length_exceeded")
+    return ids
+
+
+def make_job(state: ServerState, body: CompletionRequest, served: ServedModel,
+             loop) -> tuple[Job, asyncio.Queue]:
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if len(stop) > MAX_STOPS or any(not s for s in stop):
+        raise ApiError(400, f"stop: at most {MAX_STOPS} non-empty sequences", param="stop")
+    if body.seed is None:
+        seeds = tuple(secrets.randbelow(SEED_SPACE) for _ in range(body.n))
+    elif not 0 <= body.seed < SEED_SPACE:
+        raise ApiError(400, f"seed must be in [0, 2**63), not {body.seed}", param="seed")
+    else:
+        seeds = tuple((body.seed + i) % SEED_SPACE for i in range(body.n))
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def deliver(event: Event) -> None:  # from the scheduler's thread
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            pass
+
+    job = Job(prompt_ids(state, body.prompt), served.adapter_index, seeds, deliver, stop,
+              min(body.max_tokens, state.max_tokens), body.temperature, body.top_p, body.stream)
+    return job, events
+
+
+@dataclass
+class Reply:
+    model: str
+    prompt_tokens: int
+    n: int
+    id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    completion_tokens: int = 0
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+    def body(self, choices: list[dict], usage: bool = True) -> dict:
+        out = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+               "choices": choices}
+        if usage:
+            out["usage"] = self.usage()
+        return out
+
+
+def choice(index: int, text: str, finish_reason: str | None) -> dict:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+async def collect(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply,
+                  request: Request) -> dict:
+    """Wait for every choice; a client that disconnects first cancels the job."""
+    disconnected = asyncio.ensure_future(_disconnect(request))
+    done: dict[int, dict] = {}
+    try:
+        while len(done) < reply.n:
+            getter = asyncio.ensure_future(events.get())
+            await asyncio.wait({getter, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                return {}  # the client left: nobody reads this (`finally` cancels the job)
+            event = getter.result()
+            if event.kind == "error":
+                raise ApiError(500, event.text, "server_error")
+            if event.kind == "done":
+                done[event.index] = choice(event.index, event.text, event.finish_reason)
+                reply.completion_tokens += event.tokens
+        return reply.body([done[i] for i in range(reply.n)])
+    finally:
+        disconnected.cancel()
+        if len(done) < reply.n:
+            state.scheduler.cancel(job)
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def stream(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply, body: CompletionRequest):
+    """Server-sent events: text deltas per choice, a last chunk per choice with its finish
+    reason, the usage when asked (`stream_options.include_usage`), then [DONE]."""
+    sent = [0] * reply.n
+    finished = 0
+    try:
+        while finished < reply.n:
+            event = await events.get()
+            if event.kind == "error":
+                yield _sse({"error": {"message": event.text, "type": "server_error", "param": None,
+                                      "code": None}})
+                return
+            delta = event.text[sent[event.index]:]
+            sent[event.index] = max(sent[event.index], len(event.text))
+            reason = event.finish_reason if event.kind == "done" else None
+            if event.kind == "done":
+                finished += 1
+                reply.completion_tokens += event.tokens
+            if delta or reason:
+                yield _sse(reply.body([choice(event.index, delta, reason)], usage=False))
+        if (body.stream_options or {}).get("include_usage"):
+            yield _sse({**reply.body([], usage=True)})
+        yield "data: [DONE]\n\n"
+    finally:
+        if finished < reply.n:
+            state.scheduler.cancel(job)
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

@@ -1,0 +1,28 @@
+"""What a server is asked to serve, and its limits: plain records, sent to the engine process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_rows: int = 64  # rows decoded together, at most
+    max_waiting: int = 1024  # samples in flight beyond the rows; more → 429
+    max_batched_tokens: int = 8192  # prompt tokens (padded) per prefill forward
+    max_tokens: int = 1024  # new tokens a request may get, at most (longer asks are capped)
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """What the engine process loads: the model, its adapters as (served name, adapter name
+    or path), where adapter names are looked up, the device and the base model's served name."""
+
+    model: str = "tiny"
+    adapters: tuple[tuple[str, str], ...] = ()
+    adapters_dir: str | None = None
+    device: str | None = None
+    base_name: str | None = None
+    options: ServeOptions = field(default_factory=ServeOptions)
+    threads: int | None = None  # torch threads in the engine process (None: torch's default)
