@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import httpx2
 import torch
 
 from harness.adapters import FLoRAConfig, IA3Config, LoRAConfig, content_hash, init_adapter, save_adapter
+from harness.bench.serve_http import stop_server
 from harness.serve.server import LOOPBACK, free_port
 
 ADAPTERS = ("py-r1-flora", "py-r2-lora", "py-ia3")  # one per method
@@ -64,12 +64,7 @@ def server_process(argv: list[str], log: Path, port: int, env: dict | None = Non
         wait_healthy(url, process, log)
         yield url
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 @contextmanager
