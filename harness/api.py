@@ -129,15 +129,26 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     return Run(run.root), invocation, telemetry
 
 
-def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None):
-    """Run every completion's tests in Docker, writing results files (resumable)."""
-    from harness.execute import execute_run
+def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None,
+            executor: str = "local", scheduler: str | None = None):
+    """Run every completion's tests in Docker, writing results files (resumable); `executor`
+    "dask" runs them on the workers of the Dask scheduler `scheduler` (tcp://host:port or a file)."""
+    from harness.execute import execute_run, open_executor
 
     run_dir = run.dir
+    runner = open_executor(executor, jobs=jobs, use_cache=use_cache, scheduler=scheduler)
     invocation = invocation or run_dir.begin("execute", config={"jobs": jobs, "use_cache": use_cache})
-    execution = execute_run(run_dir, jobs=jobs, use_cache=use_cache)
-    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry})
+    invocation.update(config={"executor": executor, "scheduler": scheduler})
+    with runner:
+        execution = execute_run(run_dir, jobs=jobs, use_cache=use_cache, executor=runner)
+    record_execution(invocation, execution)
     return execution
+
+
+def record_execution(invocation, execution) -> None:
+    """The execute stage's images, telemetry and (on a cluster) nodes in the manifest."""
+    nodes = {"nodes": execution.nodes} if execution.nodes else {}
+    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry}, **nodes)
 
 
 def score(run: Run) -> list[ProblemScore]:
