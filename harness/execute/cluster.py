@@ -139,7 +139,7 @@ class RemotePool:
         try:
             for future in distributed.as_completed(list(futures)):
                 answer = future.result()
-                self.owner.record(self.lang, answer["facts"])
+                self.owner.record(self.lang, answer["facts"], batches=1)
                 self.restarts = max(self.restarts, answer["restarts"])
                 start = futures.pop(future)
                 for offset, steps in enumerate(answer["steps"]):
@@ -193,9 +193,11 @@ class DaskExecutor(Executor):
                 self.record(lang, facts)
         return self.images[lang.key]
 
-    def record(self, lang: Language, facts: dict) -> None:
+    def record(self, lang: Language, facts: dict, batches: int = 0) -> None:
         """Note a node's image and toolchain; refuse a toolchain that differs from the others'."""
-        entry = self.nodes.setdefault(facts["worker"] or facts["node"], {"node": facts["node"], "images": {}})
+        entry = self.nodes.setdefault(facts["worker"] or facts["node"],
+                                      {"node": facts["node"], "images": {}, "batches": 0})
+        entry["batches"] += batches
         entry["images"][lang.key] = {"image": facts["image"], "toolchain": facts["toolchain"]}
         seen = {n["images"][lang.key]["toolchain"]: name for name, n in self.nodes.items()
                 if lang.key in n["images"]}
