@@ -98,10 +98,11 @@ def open_run(path: str | Path) -> Run:
 # ---------------------------------------------------------------------------------------
 def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch_size: int | None = None,
              device: str | None = None, load_8bit: bool = False, overwrite: bool = False,
-             stage: str = "generate"):
+             stage: str = "generate", on_finished=None):
     """Sample the completions of `evaluation` into a run directory (resuming what is there;
     files made with other settings stop it, or with `overwrite` are made again). Returns the
-    run, its invocation in the manifest and the generation telemetry."""
+    run, its invocation in the manifest and the generation telemetry. `on_finished(path)`:
+    called with each completions file once complete. Under torchrun rank 0 alone writes."""
     from harness.adapters import adapter_languages
     from harness.generate import generate_run
     from harness.generate.run import check_run, work_items
@@ -112,8 +113,10 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     langs = resolve_langs(evaluation.langs, adapter_languages([a.spec for a in adapters if a.spec]))
     problem_sets = [load_problem_set(benchmark, lang, evaluation)
                     for benchmark in dict.fromkeys(evaluation.benchmarks) for lang in langs]
-    run = RunDir.open(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
-    check_run(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run, overwrite)
+    root = Path(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
+    run = RunDir.open(root) if is_rank0() else RunDir(root)  # the other ranks write nothing
+    if is_rank0():
+        check_run(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run, overwrite)
     invocation = run.begin(
         stage,
         config={"model": evaluation.model, "adapters": [adapter_entry(a) for a in adapters],
@@ -123,7 +126,7 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
         model={"name": loaded.name, "source": loaded.source, "revision": loaded.revision},
     ) if is_rank0() else None
     telemetry = generate_run(loaded, problem_sets, adapters, evaluation.sampling, run,
-                             batch_size=batch_size, overwrite=overwrite)
+                             batch_size=batch_size, overwrite=overwrite, on_finished=on_finished)
     if invocation is not None:
         invocation.update(telemetry={"generate": telemetry.as_dict()})
     return Run(run.root), invocation, telemetry
