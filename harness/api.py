@@ -8,7 +8,8 @@
     fe.open_run("results/nb").frame()   # one row per score record, provenance included
 
 Each stage is a function of its own — `generate`, `execute`, `score`, `report` — taking and
-returning plain values, and `evaluate` is them in order.
+returning plain values, and `evaluate` is them in order (with `generate_and_execute`, the
+first two overlapped: a completions file is executed as soon as it is written).
 """
 
 from __future__ import annotations
@@ -154,6 +155,37 @@ def record_execution(invocation, execution) -> None:
     invocation.update(images=execution.images, telemetry={"execute": execution.telemetry}, **nodes)
 
 
+def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = None, *,
+                         jobs: int | None = None, use_cache: bool = True, executor: str = "local",
+                         scheduler: str | None = None, stage: str = "evaluate", **generation: Any):
+    """`generate` and `execute` overlapped: each completions file goes to execution as soon as
+    it is written, while generation goes on (same files as one stage after the other). The
+    manifest's telemetry gets `overlap`: each stage's time and how long both were active.
+    Returns the run and its invocation (None on the ranks other than 0, which only generate)."""
+    if not is_rank0():
+        run, invocation, _ = generate(evaluation, run_dir, stage=stage, **generation)
+        return run, invocation
+    from harness.execute import open_executor
+    from harness.execute.overlap import Overlap
+
+    with open_executor(executor, jobs=jobs, use_cache=use_cache, scheduler=scheduler) as runner:
+        overlap = Overlap(runner)
+        try:
+            overlap.generation_started()
+            run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
+                                          **generation)
+            overlap.generation_done()
+            execution = overlap.finish(run.dir)
+        except BaseException:
+            overlap.abort()
+            raise
+    invocation.update(config={"jobs": jobs, "use_cache": use_cache, "executor": executor,
+                              "scheduler": scheduler})
+    record_execution(invocation, execution)
+    invocation.update(telemetry={"overlap": overlap.report()})
+    return run, invocation
+
+
 def score(run: Run) -> list[ProblemScore]:
     """Per-problem score records of every results file, written to scores.csv."""
     from harness.score import score_run
@@ -173,15 +205,18 @@ def evaluate(model: str = "tiny", adapters: list[str] | tuple[str, ...] = (),
              n: int = 100, temperature: float = 0.1, top_p: float = 0.95, max_tokens: int = 1024,
              seed: int = 0, dataset: str | None = None, limit: int | None = None,
              run_dir: str | Path | None = None, jobs: int | None = None, use_cache: bool = True,
-             overwrite: bool = False, **generation: Any) -> Run:
-    """The whole pipeline: problems → generate → execute → score → report. Returns the run."""
+             overwrite: bool = False, executor: str = "local", scheduler: str | None = None,
+             **generation: Any) -> Run:
+    """The whole pipeline: problems → generate and execute (overlapped) → score → report.
+    Returns the run."""
     evaluation = Evaluation(model, tuple(adapters), tuple(langs),
                             SamplingConfig(n, temperature, top_p, max_tokens, seed), tuple(benchmarks),
                             dataset, limit)
-    run, invocation, _ = generate(evaluation, run_dir, overwrite=overwrite, stage="evaluate", **generation)
+    run, invocation = generate_and_execute(evaluation, run_dir, jobs=jobs, use_cache=use_cache,
+                                           executor=executor, scheduler=scheduler, overwrite=overwrite,
+                                           **generation)
     if not is_rank0():
         return run
-    execute(run, jobs=jobs, use_cache=use_cache, invocation=invocation)
     score(run)
     report(run.root)
     invocation.update(finished=True)

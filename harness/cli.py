@@ -1,6 +1,7 @@
 """flora-eval's command line. The main command is the pipeline, visible in `run_pipeline`:
 
     problems → generate → execute → score → report
+                (overlapped: a completions file is executed as soon as it is written)
 
 Each stage is also a subcommand that works from files on disk. The work is done by the
 Python API (harness/api.py), one function per stage; tool commands (images, bench, train,
@@ -37,11 +38,11 @@ TOOL_COMMANDS = {
 # ---------------------------------------------------------------------------------------
 def run_pipeline(args: argparse.Namespace) -> int:
     evaluation = evaluation_from(args)  # 1. problems, model, adapters, sampling
-    run, invocation, _ = api.generate(evaluation, run_dir_from(args), **generation_options(args),
-                                      stage="evaluate")  # 2. generate
-    if not api.is_rank0():  # under torchrun, rank 0 alone executes, scores and reports
+    run, invocation = api.generate_and_execute(  # 2. generate, 3. execute each file as it is written
+        evaluation, run_dir_from(args), jobs=args.jobs, use_cache=not args.no_cache,
+        **executor_options(args), **generation_options(args))
+    if not api.is_rank0():  # under torchrun, rank 0 alone writes, executes, scores and reports
         return 0
-    api.execute(run, jobs=args.jobs, use_cache=not args.no_cache, invocation=invocation)  # 3. execute
     api.score(run)  # 4. score
     paths = api.report(run.root)  # 5. report
     invocation.update(finished=True)

@@ -80,7 +80,7 @@ def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None,
     executor = executor or open_executor(jobs=jobs, use_cache=use_cache)
     try:
         for key, lang_tasks in by_lang.items():
-            _execute_language(executor, load_language(key), lang_tasks)
+            execute_language(executor, load_language(key), lang_tasks)
     finally:
         if own:
             executor.close()
@@ -92,7 +92,7 @@ def summary_of(executor) -> ExecutionSummary:
                             nodes=dict(getattr(executor, "nodes", {})))
 
 
-def _execute_language(executor, lang, tasks: list[Task], bar=None) -> None:
+def execute_language(executor, lang, tasks: list[Task], bar=None) -> None:
     """Run one language's tasks; `bar`: a progress bar to advance (else one of its own)."""
     from tqdm import tqdm
 
