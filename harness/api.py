@@ -169,7 +169,7 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
     from harness.execute.overlap import Overlap
 
     with open_executor(executor, jobs=jobs, use_cache=use_cache, scheduler=scheduler) as runner:
-        overlap = Overlap(runner)
+        overlap = Overlap(runner, resolve_langs(evaluation.langs, []) if evaluation.langs else ())
         try:
             overlap.generation_started()
             run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,

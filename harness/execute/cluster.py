@@ -35,7 +35,7 @@ from harness.execute.languages import Language, load_language
 EXTRA_HINT = "pip install 'flora-eval[dask]'"
 CONNECT_TIMEOUT_S = 20
 WORKERS_TIMEOUT_S = 120
-BATCHES_PER_SLOT = 2  # programs per batch = slots × this: big enough to amortise a task, small to balance
+BATCHES_PER_SLOT = 4  # programs per batch = slots × this: big enough to amortise a task, small to balance
 
 
 def _distributed():

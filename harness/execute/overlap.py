@@ -50,8 +50,11 @@ class Clock:
 class Overlap:
     """The execution side of the overlapped pipeline, around an open executor."""
 
-    def __init__(self, executor):
+    def __init__(self, executor, langs: tuple[str, ...] | list[str] = ()):
+        """`langs`: languages to make ready (image, canaries, warm containers) while the
+        model loads, before the first file arrives."""
         self.executor = executor
+        self.langs = list(langs)
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self.clock = Clock()
         self.seen: set[Path] = set()
@@ -105,6 +108,13 @@ class Overlap:
 
     # -- the execution thread -----------------------------------------------------------
     def _loop(self) -> None:
+        from harness.execute.languages import load_language
+
+        try:
+            for key in self.langs:
+                self.executor.pool(load_language(key))
+        except BaseException as exc:
+            self.error = exc
         stop = False
         while not stop:
             batch = [self.queue.get()]
