@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--lang", action="append", metavar="LANG", help="languages (default: py)")
     parser.add_argument("--dataset", default=str(DEFAULT_DATASET), help="MultiPL-E data (humaneval folder)")
-    parser.add_argument("--limit", type=int, default=None, help="problems per language (default 24)")
-    parser.add_argument("-n", type=int, default=None, help="samples per problem (default 10)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per sample (default 96)")
+    parser.add_argument("--limit", type=int, default=None, help="problems per language (default 20)")
+    parser.add_argument("-n", type=int, default=None, help="samples per problem (default 30)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per sample (default 1024)")
     parser.add_argument("--jobs", type=int, default=1, help="execution jobs (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="generation threads (default 1)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 1, --full: 3)")
@@ -75,9 +75,9 @@ def one_round(args: argparse.Namespace, work: Path, env: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.limit = args.limit or 24
-    args.n = args.n or 10
-    args.max_tokens = args.max_tokens or 96
+    args.limit = args.limit or 20
+    args.n = args.n or 30
+    args.max_tokens = args.max_tokens or 1024
     repeats = args.repeats or (3 if args.full else 1)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
