@@ -168,17 +168,18 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
     from harness.execute import open_executor
     from harness.execute.overlap import Overlap
 
-    with open_executor(executor, jobs=jobs, use_cache=use_cache, scheduler=scheduler) as runner:
-        overlap = Overlap(runner, resolve_langs(evaluation.langs, []) if evaluation.langs else ())
-        try:
-            overlap.generation_started()
-            run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
-                                          **generation)
-            overlap.generation_done()
-            execution = overlap.finish(run.dir)
-        except BaseException:
-            overlap.abort()
-            raise
+    spec = {"kind": executor, "jobs": jobs, "use_cache": use_cache, "scheduler": scheduler}
+    open_executor(**spec).close()  # a bad --executor/--scheduler stops the run now, in one line
+    overlap = Overlap(spec, resolve_langs(evaluation.langs, []) if evaluation.langs else ())
+    try:
+        overlap.generation_started()
+        run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
+                                      **generation)
+        overlap.generation_done()
+        execution = overlap.finish(run.dir)
+    except BaseException:
+        overlap.abort()
+        raise
     invocation.update(config={"jobs": jobs, "use_cache": use_cache, "executor": executor,
                               "scheduler": scheduler})
     record_execution(invocation, execution)

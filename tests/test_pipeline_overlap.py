@@ -15,7 +15,7 @@ from test_execute_support import small_run
 
 from harness import api
 from harness.cli import main
-from harness.execute import execute_run, open_executor
+from harness.execute import execute_run
 from harness.execute.overlap import Overlap
 from harness.files import read_completions, read_results, results_path_for
 from harness.runs import RunDir
@@ -44,18 +44,18 @@ def test_a_file_is_executed_while_generation_goes_on(tmp_path, humaneval_dir, py
     hands over the next: execution runs while the generate stage is still active."""
     run = small_run(tmp_path / "run", humaneval_dir, problems=3)
     files = run.completion_files()
-    with open_executor(jobs=2, use_cache=False) as executor:
-        overlap = Overlap(executor)
-        overlap.generation_started()
-        overlap.submit(files[0])
-        deadline = time.monotonic() + 120
-        while not results_path_for(files[0]).exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert results_path_for(files[0]).exists() and not results_path_for(files[1]).exists()
-        overlap.submit(files[1])
-        overlap.submit(files[1])  # twice: executed once
-        overlap.generation_done()
-        summary = overlap.finish(run)  # files[2] was never submitted: finish executes it
+    overlap = Overlap({"jobs": 2, "use_cache": False})  # the execution process starts
+    overlap.generation_started()
+    overlap.submit(files[0])
+    deadline = time.monotonic() + 120
+    while not results_path_for(files[0]).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert results_path_for(files[0]).exists() and not results_path_for(files[1]).exists()
+    overlap.submit(files[1])
+    overlap.submit(files[1])  # twice: executed once
+    overlap.generation_done()
+    summary = overlap.finish(run)  # files[2] was never submitted: finish executes it
+    assert not overlap.process.is_alive()
     assert len(run.result_files()) == 3 and summary.telemetry["programs"] == 9
     report = overlap.report()
     assert report["execute_batches"] >= 2 and report["both_active_s"] > 0

@@ -65,6 +65,7 @@ def connect(scheduler: str | None):
 # Worker side: one Executor per worker process, reused by every batch it runs
 # ---------------------------------------------------------------------------------------
 _NODE: dict[str, Executor] = {}
+_FACTS: dict[str, dict] = {}  # language → this node's facts (asked of Docker once)
 _NODE_LOCK = threading.Lock()
 
 
@@ -77,6 +78,8 @@ def _node_executor(slots: int | None) -> Executor:
 
 def node_facts(lang_key: str, slots: int | None) -> dict:
     """This node's image of the language (built when missing) and its toolchain version."""
+    if lang_key in _FACTS:
+        return _FACTS[lang_key]
     executor = _node_executor(slots)
     lang = load_language(lang_key)
     with _NODE_LOCK:
@@ -88,8 +91,9 @@ def node_facts(lang_key: str, slots: int | None) -> dict:
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = ""
-    return {"node": socket.gethostname(), "worker": worker, "image": image_id,
-            "toolchain": labels.get(f"{LABEL_PREFIX}.toolchain", "unknown")}
+    _FACTS[lang_key] = {"node": socket.gethostname(), "worker": worker, "image": image_id,
+                        "toolchain": labels.get(f"{LABEL_PREFIX}.toolchain", "unknown")}
+    return _FACTS[lang_key]
 
 
 def run_batch(lang_key: str, sources: list[str], slots: int | None) -> dict:
@@ -109,6 +113,7 @@ def close_node() -> int:
 
     with _NODE_LOCK:
         executor = _NODE.pop("executor", None)
+        _FACTS.clear()
     if executor is None:
         return 0
     executor.close()

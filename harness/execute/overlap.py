@@ -6,7 +6,10 @@
                                                                       writes results files)
 
 The main command hands `Overlap.submit` to the generate stage, which calls it with each
-completions file as soon as it is written. The execution thread takes whatever has arrived
+completions file as soon as it is written. Execution runs in a process of its own (spawned:
+generation holds the GIL between its torch calls, and execution's socket threads starved
+behind it in one process) with its own executor (`open_executor(**spec)`, so the local pool
+or a Dask cluster). It takes whatever has arrived
 as one batch (so the pool sees many programs at once), skips files that already have
 results, and writes results files exactly as `execute_run` would: a run made this way has
 the same files and scores as generate-then-execute. `finish` executes what is left (files
@@ -16,9 +19,10 @@ much the stages overlapped.
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
 import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +31,14 @@ from harness.execute import ExecutionSummary, execute_language, summary_of
 from harness.runs import RunDir
 
 QUEUE_SIZE = 4096  # completions files waiting; generation blocks beyond it
-# Generation holds the GIL between its torch calls; the execution threads (socket I/O) wait
-# for it at every switch. A shorter switch interval while both run keeps them from starving
-# (measured: execution 1.5× slower overlapped at Python's default 5 ms).
-SWITCH_INTERVAL_S = 0.0005
-_STOP = object()
+STOP, ABORT = "stop", "abort"
 
 
 @dataclass
 class Clock:
-    """When each stage was active (perf_counter seconds), for the manifest."""
+    """When each stage was active (wall-clock seconds, comparable across processes)."""
 
-    start: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=time.time)
     generate: tuple[float, float] | None = None
     busy: list[tuple[float, float]] = field(default_factory=list)  # execution batches
 
@@ -52,96 +52,123 @@ class Clock:
 
 
 class Overlap:
-    """The execution side of the overlapped pipeline, around an open executor."""
+    """The generation side's handle on the execution process.
 
-    def __init__(self, executor, langs: tuple[str, ...] | list[str] = ()):
-        """`langs`: languages to make ready (image, canaries, warm containers) while the
-        model loads, before the first file arrives."""
-        self.executor = executor
-        self.langs = list(langs)
-        self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+    `spec`: open_executor's arguments (kind, jobs, use_cache, scheduler); `langs`: languages
+    to make ready (image, canaries, warm containers) while the model loads."""
+
+    def __init__(self, spec: dict, langs: tuple[str, ...] | list[str] = ()):
+        context = multiprocessing.get_context("spawn")  # never fork a process holding torch threads
+        self.inbox = context.Queue(maxsize=QUEUE_SIZE)
+        self.outbox = context.Queue()
         self.clock = Clock()
-        self.seen: set[Path] = set()
         self.error: BaseException | None = None
-        self.bar = None
-        self.switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self.switch_interval, SWITCH_INTERVAL_S))
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="execute")
-        self.thread.start()
+        self.summary: ExecutionSummary | None = None
+        self.process = context.Process(target=serve, args=(spec, list(langs), self.inbox, self.outbox),
+                                       daemon=True, name="flora-execute")
+        self.process.start()
 
     # -- the generation side ------------------------------------------------------------
     def submit(self, completions_path: Path) -> None:
         """A completions file is complete: queue it for execution (an execution error stops
         generation here)."""
+        self._poll(block=False)
         if self.error is not None:
             raise self.error
-        self.queue.put(Path(completions_path))
+        self.inbox.put(str(completions_path))
 
     def generation_started(self) -> None:
-        self.clock.generate = (time.perf_counter(), time.perf_counter())
+        self.clock.generate = (time.time(), time.time())
 
     def generation_done(self) -> None:
         start = self.clock.generate[0] if self.clock.generate else self.clock.start
-        self.clock.generate = (start, time.perf_counter())
+        self.clock.generate = (start, time.time())
 
     def finish(self, run: RunDir) -> ExecutionSummary:
         """Queue every completions file of the run still without results, wait for all."""
         from harness.execute.inputs import run_tasks
 
         for task in run_tasks(run.root, out_dir=None):
-            self.queue.put(_completions_of(task.out))
-        self.queue.put(_STOP)
-        self.thread.join()
-        self._close()
+            self.inbox.put(str(_completions_of(task.out)))
+        self.inbox.put(STOP)
+        while self.summary is None and self.error is None:
+            self._poll(block=True)
+        self.process.join(timeout=60)
         if self.error is not None:
             raise self.error
-        return summary_of(self.executor)
+        return self.summary
 
     def abort(self) -> None:
-        """Generation failed: stop the execution thread without running what is queued."""
-        self.error = self.error or RuntimeError("aborted")
-        try:
-            self.queue.put_nowait(_STOP)
-        except queue.Full:
-            pass
-        self.thread.join(timeout=60)
-        self._close()
-
-    def _close(self) -> None:
-        sys.setswitchinterval(self.switch_interval)
-        if self.bar is not None:
-            self.bar.close()
+        """Generation failed: the execution process stops without running what is queued."""
+        if self.process.is_alive():
+            try:
+                self.inbox.put(ABORT, timeout=5)
+            except queue.Full:
+                pass
+            self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.terminate()  # its containers exit with it (their sockets close)
 
     def report(self) -> dict:
-        return self.clock.report(time.perf_counter())
+        return self.clock.report(time.time())
 
-    # -- the execution thread -----------------------------------------------------------
-    def _loop(self) -> None:
-        from harness.execute.languages import load_language
-
+    def _poll(self, block: bool) -> None:
         try:
-            for key in self.langs:
-                self.executor.pool(load_language(key))
-        except BaseException as exc:
-            self.error = exc
-        stop = False
-        while not stop:
-            batch = [self.queue.get()]
-            while True:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(path is _STOP for path in batch)
-            paths = [p for p in batch if p is not _STOP]
-            if self.error is not None:
-                continue  # aborted: drain until the stop
-            try:
-                self._execute(paths)
-            except BaseException as exc:  # raised to the generation side (submit, finish)
-                self.error = exc
+            kind, payload, busy = self.outbox.get(timeout=1.0) if block else self.outbox.get_nowait()
+        except queue.Empty:
+            if block and not self.process.is_alive():
+                self.error = RuntimeError(f"the execution process died (exit {self.process.exitcode}); "
+                                          "run the same command again to resume")
+            return
+        self.clock.busy = busy
+        if kind == "error":
+            self.error = payload
+        else:
+            self.summary = payload
 
-    def _execute(self, paths: list[Path]) -> None:
+
+# ---------------------------------------------------------------------------------------
+# The execution process
+# ---------------------------------------------------------------------------------------
+def serve(spec: dict, langs: list[str], inbox, outbox) -> None:
+    """Run batches of completions files until STOP (or ABORT); answer with the summary."""
+    from harness.execute import open_executor
+    from harness.execute.languages import load_language
+
+    consumer = None
+    try:
+        with open_executor(**spec) as executor:
+            consumer = Consumer(executor)
+            for key in langs:
+                executor.pool(load_language(key))
+            while True:
+                batch = [inbox.get()]
+                while True:
+                    try:
+                        batch.append(inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if ABORT in batch:
+                    break
+                consumer.execute([Path(p) for p in batch if p != STOP])
+                if STOP in batch:
+                    break
+            consumer.close()
+            outbox.put(("done", summary_of(executor), consumer.busy))
+    except BaseException as exc:
+        outbox.put(("error", _picklable(exc), consumer.busy if consumer else []))
+
+
+@dataclass
+class Consumer:
+    """Executes completions files into results files (each once), with one progress bar."""
+
+    executor: object
+    seen: set[Path] = field(default_factory=set)
+    busy: list[tuple[float, float]] = field(default_factory=list)
+    bar: object = None
+
+    def execute(self, paths: list[Path]) -> None:
         from harness.execute.inputs import task_of
         from harness.execute.languages import load_language
         from harness.files import read_completions, results_path_for
@@ -155,7 +182,7 @@ class Overlap:
             tasks.append(task_of(read_completions(path), out))
         if not tasks:
             return
-        started = time.perf_counter()
+        started = time.time()
         by_lang: dict[str, list] = {}
         for task in tasks:
             by_lang.setdefault(task.lang, []).append(task)
@@ -164,7 +191,7 @@ class Overlap:
         bar.refresh()
         for key, lang_tasks in by_lang.items():
             execute_language(self.executor, load_language(key), lang_tasks, bar=bar)
-        self.clock.busy.append((started, time.perf_counter()))
+        self.busy.append((started, time.time()))
 
     def _bar(self):
         if self.bar is None:
@@ -174,6 +201,18 @@ class Overlap:
             self.bar = tqdm(total=0, desc="execute", unit="prog", file=sys.stderr, position=1,
                             dynamic_ncols=True, mininterval=0.5)
         return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def _completions_of(results_path: Path) -> Path:
