@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--lang", action="append", metavar="LANG", help="languages (default: py)")
     parser.add_argument("--dataset", default=str(DEFAULT_DATASET), help="MultiPL-E data (humaneval folder)")
-    parser.add_argument("--limit", type=int, default=None, help="problems per language (default 20)")
+    parser.add_argument("--limit", type=int, default=None, help="problems per language (default 60)")
     parser.add_argument("-n", type=int, default=None, help="samples per problem (default 30)")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per sample (default 1024)")
     parser.add_argument("--jobs", type=int, default=1, help="execution jobs (default 1)")
@@ -75,7 +75,7 @@ def one_round(args: argparse.Namespace, work: Path, env: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.limit = args.limit or 20
+    args.limit = args.limit or 60
     args.n = args.n or 30
     args.max_tokens = args.max_tokens or 1024
     repeats = args.repeats or (3 if args.full else 1)
