@@ -74,6 +74,7 @@ def owned_by(client, pids: set[int]) -> list:
 
 
 # -- no Docker needed -------------------------------------------------------------------
+@pytest.mark.slow  # the connection timeout (20 s)
 def test_unreachable_scheduler_is_one_line_naming_the_fix(tmp_path, capsys):
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
@@ -96,6 +97,25 @@ def test_dask_without_the_extra_or_a_scheduler_names_the_fix(monkeypatch):
     monkeypatch.setitem(os.sys.modules, "distributed", None)  # as without the extra installed
     with pytest.raises(UserError, match=r"pip install 'flora-eval\[dask\]'"):
         open_executor("dask", scheduler="tcp://127.0.0.1:8786")
+
+
+def test_nodes_whose_toolchains_differ_are_refused():
+    from harness.execute.cluster import DaskExecutor
+    from harness.execute.languages import load_language
+
+    executor, py = DaskExecutor(scheduler="tcp://127.0.0.1:8786"), load_language("py")
+    executor.record(py, {"node": "a", "worker": "tcp://10.0.0.1:1", "image": "sha256:aa",
+                         "toolchain": "Python 3.13.5"}, batches=1)
+    assert executor.images["py"] == "sha256:aa"
+    executor.record(py, {"node": "b", "worker": "tcp://10.0.0.2:1", "image": "sha256:bb",
+                         "toolchain": "Python 3.13.5"})  # built on its node: same toolchain, other id
+    assert executor.images["py"] == "toolchain:Python 3.13.5"
+    assert executor.nodes["tcp://10.0.0.1:1"] == {"node": "a", "batches": 1,
+                                                 "images": {"py": {"image": "sha256:aa",
+                                                                   "toolchain": "Python 3.13.5"}}}
+    with pytest.raises(UserError, match="disagree on the py toolchain"):
+        executor.record(py, {"node": "c", "worker": "tcp://10.0.0.3:1", "image": "sha256:cc",
+                             "toolchain": "Python 3.12.1"})
 
 
 # -- Docker -----------------------------------------------------------------------------
