@@ -38,7 +38,7 @@ def cluster():
 
 def loopback_only(cluster) -> None:
     with distributed.Client(cluster.scheduler_address) as client:
-        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        workers = list(client.nthreads())
     assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
     assert len(workers) == 2 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
 

@@ -179,13 +179,12 @@ class DaskExecutor(Executor):
         return self._dask
 
     def workers(self) -> list[str]:
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        return sorted(self.client.nthreads())
 
     def batch_size(self) -> int:
         if self.programs_per_batch:
             return self.programs_per_batch
-        info = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        slots = self.jobs or max([w.get("nthreads", 1) for w in info] or [1])
+        slots = self.jobs or max(list(self.client.nthreads().values()) or [1])
         return max(1, slots * BATCHES_PER_SLOT)
 
     def image_id(self, lang: Language) -> str:
