@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory of humaneval-<lang>.jsonl (MultiPL-E data)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel programs (default: cores)")
     parser.add_argument("--programs", type=int, default=None,
-                        help="programs per mode (default 60, --full: all 161)")
+                        help="programs per mode (default 60, --full: all 161; --executor dask: 960)")
     parser.add_argument("--docker-run-programs", type=int, default=None,
                         help="programs for the slow docker-run mode (default 12, --full: 40)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 1, --full: 3)")
@@ -220,8 +220,8 @@ def run(args: argparse.Namespace) -> int:
     docker_count = args.docker_run_programs or (40 if args.full else 12)
     repeats = args.repeats or (3 if args.full else 1)
     langs = [load_language(key) for key in args.lang or ["py"]]
-    if args.executor == "dask":
-        return run_dask(args, langs, count, jobs, repeats)
+    if args.executor == "dask":  # long enough that a batch's tail is small against the run
+        return run_dask(args, langs, args.programs or 960, jobs, repeats)
     rows = [row for lang in langs
             for row in measure(lang, bench_programs(lang, Path(args.dataset), count), docker_count, jobs,
                                repeats)]
