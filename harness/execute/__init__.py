@@ -9,6 +9,7 @@ language's hardened container and write MultiPL-E results files as problems fini
     cache.py      the persistent sqlite3 cache
     engine.py     Executor: dedup, cache, canaries → results
     cluster.py    DaskExecutor: the same, with the pools on Dask workers (`--executor dask`)
+    overlap.py    the main command's execution process, fed completions files as generation writes them
     inputs.py     completions files from elsewhere (MultiPL-E files, bigcode generations)
 """
 
