@@ -8,7 +8,8 @@
     fe.open_run("results/nb").frame()   # one row per score record, provenance included
 
 Each stage is a function of its own — `generate`, `execute`, `score`, `report` — taking and
-returning plain values, and `evaluate` is them in order.
+returning plain values, and `evaluate` is them in order (with `generate_and_execute`, the
+first two overlapped: a completions file is executed as soon as it is written).
 """
 
 from __future__ import annotations
@@ -99,10 +100,11 @@ def open_run(path: str | Path) -> Run:
 # ---------------------------------------------------------------------------------------
 def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch_size: int | None = None,
              device: str | None = None, load_8bit: bool = False, overwrite: bool = False,
-             stage: str = "generate"):
+             stage: str = "generate", on_finished=None):
     """Sample the completions of `evaluation` into a run directory (resuming what is there;
     files made with other settings stop it, or with `overwrite` are made again). Returns the
-    run, its invocation in the manifest and the generation telemetry. With
+    run, its invocation in the manifest and the generation telemetry. `on_finished(path)`:
+    called with each completions file once complete. Under torchrun rank 0 alone writes. With
     `evaluation.endpoint` the completions come from that server instead (`generate_served`)."""
     if evaluation.endpoint is not None:
         return generate_served(evaluation, run_dir, overwrite=overwrite, stage=stage)
@@ -116,8 +118,10 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     langs = resolve_langs(evaluation.langs, adapter_languages([a.spec for a in adapters if a.spec]))
     problem_sets = [load_problem_set(benchmark, lang, evaluation)
                     for benchmark in dict.fromkeys(evaluation.benchmarks) for lang in langs]
-    run = RunDir.open(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
-    check_run(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run, overwrite)
+    root = Path(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
+    run = RunDir.open(root) if is_rank0() else RunDir(root)  # the other ranks write nothing
+    if is_rank0():
+        check_run(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run, overwrite)
     invocation = run.begin(
         stage,
         config={"model": evaluation.model, "adapters": [adapter_entry(a) for a in adapters],
@@ -127,7 +131,7 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
         model={"name": loaded.name, "source": loaded.source, "revision": loaded.revision},
     ) if is_rank0() else None
     telemetry = generate_run(loaded, problem_sets, adapters, evaluation.sampling, run,
-                             batch_size=batch_size, overwrite=overwrite)
+                             batch_size=batch_size, overwrite=overwrite, on_finished=on_finished)
     if invocation is not None:
         invocation.update(telemetry={"generate": telemetry.as_dict()})
     return Run(run.root), invocation, telemetry
@@ -162,15 +166,58 @@ def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *
     return Run(run.root), invocation, telemetry
 
 
-def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None):
-    """Run every completion's tests in Docker, writing results files (resumable)."""
-    from harness.execute import execute_run
+def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None,
+            executor: str = "local", scheduler: str | None = None):
+    """Run every completion's tests in Docker, writing results files (resumable); `executor`
+    "dask" runs them on the workers of the Dask scheduler `scheduler` (tcp://host:port or a file)."""
+    from harness.execute import execute_run, open_executor
 
     run_dir = run.dir
+    runner = open_executor(executor, jobs=jobs, use_cache=use_cache, scheduler=scheduler)
     invocation = invocation or run_dir.begin("execute", config={"jobs": jobs, "use_cache": use_cache})
-    execution = execute_run(run_dir, jobs=jobs, use_cache=use_cache)
-    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry})
+    invocation.update(config={"executor": executor, "scheduler": scheduler})
+    with runner:
+        execution = execute_run(run_dir, jobs=jobs, use_cache=use_cache, executor=runner)
+    record_execution(invocation, execution)
     return execution
+
+
+def record_execution(invocation, execution) -> None:
+    """The execute stage's images, telemetry and (on a cluster) nodes in the manifest."""
+    nodes = {"nodes": execution.nodes} if execution.nodes else {}
+    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry}, **nodes)
+
+
+def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = None, *,
+                         jobs: int | None = None, use_cache: bool = True, executor: str = "local",
+                         scheduler: str | None = None, stage: str = "evaluate", **generation: Any):
+    """`generate` and `execute` overlapped: each completions file goes to execution as soon as
+    it is written, while generation goes on (same files as one stage after the other). The
+    manifest's telemetry gets `overlap`: each stage's time and how long both were active.
+    Returns the run and its invocation (None on the ranks other than 0, which only generate)."""
+    if not is_rank0():
+        run, invocation, _ = generate(evaluation, run_dir, stage=stage, **generation)
+        return run, invocation
+    from harness.execute import open_executor
+    from harness.execute.overlap import Overlap
+
+    spec = {"kind": executor, "jobs": jobs, "use_cache": use_cache, "scheduler": scheduler}
+    open_executor(**spec).close()  # a bad --executor/--scheduler stops the run now, in one line
+    overlap = Overlap(spec, resolve_langs(evaluation.langs, []) if evaluation.langs else ())
+    try:
+        overlap.generation_started()
+        run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
+                                      **generation)
+        overlap.generation_done()
+        execution = overlap.finish(run.dir)
+    except BaseException:
+        overlap.abort()
+        raise
+    invocation.update(config={"jobs": jobs, "use_cache": use_cache, "executor": executor,
+                              "scheduler": scheduler})
+    record_execution(invocation, execution)
+    invocation.update(telemetry={"overlap": overlap.report()})
+    return run, invocation
 
 
 def score(run: Run) -> list[ProblemScore]:
@@ -192,15 +239,18 @@ def evaluate(model: str = "tiny", adapters: list[str] | tuple[str, ...] = (),
              n: int = 100, temperature: float = 0.1, top_p: float = 0.95, max_tokens: int = 1024,
              seed: int = 0, dataset: str | None = None, limit: int | None = None,
              run_dir: str | Path | None = None, jobs: int | None = None, use_cache: bool = True,
-             overwrite: bool = False, **generation: Any) -> Run:
-    """The whole pipeline: problems → generate → execute → score → report. Returns the run."""
+             overwrite: bool = False, executor: str = "local", scheduler: str | None = None,
+             **generation: Any) -> Run:
+    """The whole pipeline: problems → generate and execute (overlapped) → score → report.
+    Returns the run."""
     evaluation = Evaluation(model, tuple(adapters), tuple(langs),
                             SamplingConfig(n, temperature, top_p, max_tokens, seed), tuple(benchmarks),
                             dataset, limit)
-    run, invocation, _ = generate(evaluation, run_dir, overwrite=overwrite, stage="evaluate", **generation)
+    run, invocation = generate_and_execute(evaluation, run_dir, jobs=jobs, use_cache=use_cache,
+                                           executor=executor, scheduler=scheduler, overwrite=overwrite,
+                                           **generation)
     if not is_rank0():
         return run
-    execute(run, jobs=jobs, use_cache=use_cache, invocation=invocation)
     score(run)
     report(run.root)
     invocation.update(finished=True)

@@ -1,6 +1,7 @@
 """flora-eval's command line. The main command is the pipeline, visible in `run_pipeline`:
 
     problems → generate → execute → score → report
+                (overlapped: a completions file is executed as soon as it is written)
 
 Each stage is also a subcommand that works from files on disk. The work is done by the
 Python API (harness/api.py), one function per stage; tool commands (images, bench, train,
@@ -39,11 +40,11 @@ TOOL_COMMANDS = {
 # ---------------------------------------------------------------------------------------
 def run_pipeline(args: argparse.Namespace) -> int:
     evaluation = evaluation_from(args)  # 1. problems, model, adapters, sampling
-    run, invocation, _ = api.generate(evaluation, run_dir_from(args), **generation_options(args),
-                                      stage="evaluate")  # 2. generate
-    if not api.is_rank0():  # under torchrun, rank 0 alone executes, scores and reports
+    run, invocation = api.generate_and_execute(  # 2. generate, 3. execute each file as it is written
+        evaluation, run_dir_from(args), jobs=args.jobs, use_cache=not args.no_cache,
+        **executor_options(args), **generation_options(args))
+    if not api.is_rank0():  # under torchrun, rank 0 alone writes, executes, scores and reports
         return 0
-    api.execute(run, jobs=args.jobs, use_cache=not args.no_cache, invocation=invocation)  # 3. execute
     api.score(run)  # 4. score
     paths = api.report(run.root)  # 5. report
     invocation.update(finished=True)
@@ -76,6 +77,17 @@ def generation_options(args: argparse.Namespace) -> dict:
             "overwrite": args.overwrite}
 
 
+def executor_options(args: argparse.Namespace) -> dict:
+    return {"executor": args.executor, "scheduler": args.scheduler}
+
+
+def add_executor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=("local", "dask"), default="local",
+                        help="where programs run: this machine's Docker (default) or the workers of a "
+                             "Dask cluster (needs the dask extra and --scheduler)")
+    parser.add_argument("--scheduler", help="the Dask scheduler: tcp://HOST:PORT or a scheduler file")
+
+
 def run_dir_from(args: argparse.Namespace) -> Path:
     if args.run_dir:
         return Path(args.run_dir)
@@ -102,12 +114,16 @@ def cmd_execute(args: argparse.Namespace) -> int:
 
     inputs = [Path(p) for p in args.inputs]
     if len(inputs) == 1 and RunDir.is_run(inputs[0]) and not args.out:
-        execution = api.execute(api.open_run(inputs[0]), jobs=args.jobs, use_cache=not args.no_cache)
+        execution = api.execute(api.open_run(inputs[0]), jobs=args.jobs, use_cache=not args.no_cache,
+                                **executor_options(args))
         print(f"results in {inputs[0]} ({execution.telemetry.get('programs', 0)} programs)")
         return 0
-    written = execute_paths(inputs, jobs=args.jobs, out_dir=Path(args.out) if args.out else None,
-                            lang=args.exec_lang, dataset=args.exec_dataset, benchmark=args.exec_benchmark,
-                            use_cache=not args.no_cache)
+    from harness.execute import open_executor
+
+    with open_executor(args.executor, args.jobs, not args.no_cache, args.scheduler) as runner:
+        written = execute_paths(inputs, jobs=args.jobs, out_dir=Path(args.out) if args.out else None,
+                                lang=args.exec_lang, dataset=args.exec_dataset,
+                                benchmark=args.exec_benchmark, use_cache=not args.no_cache, executor=runner)
     for path in written:
         print(path)
     return 0
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", help="explicit run directory (overrides --run-id)")
     parser.add_argument("--jobs", type=int, default=None, help="programs run in parallel")
     parser.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    add_executor_args(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     gen = sub.add_parser("generate", help="sample completions into a run directory")
@@ -209,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(MultiPL-E .json/.json.gz) or bigcode generations.json")
     exe.add_argument("--jobs", type=int, default=None)
     exe.add_argument("--no-cache", action="store_true", help=NO_CACHE_HELP)
+    add_executor_args(exe)
     exe.add_argument("--out", help="where to write results (default: beside each input)")
     exe.add_argument("--lang", dest="exec_lang",
                      help="language of a bigcode generations.json (e.g. py)")

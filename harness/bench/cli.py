@@ -8,10 +8,12 @@ import argparse
 import importlib
 
 BENCHES = {
-    "execute": "programs/s: our executor vs the bare toolchain vs one `docker run` per program",
+    "execute": "programs/s: our executor vs the bare toolchain vs one `docker run` per program "
+               "(--executor dask: a two-worker local Dask cluster vs the local pool)",
     "adapters": "forward tokens/s of FLoRA, LoRA (bmm, gather), IA3, PEFT vs the base model",
     "generate": "generation tokens/s: our engine vs model.generate vs PEFT mixed batches",
     "serve": "the paper's serving experiment: throughput and latency versus rank",
+    "pipeline": "the main command's wall time (stages overlapped) vs generate-then-execute",
 }
 
 

@@ -34,10 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory of humaneval-<lang>.jsonl (MultiPL-E data)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel programs (default: cores)")
     parser.add_argument("--programs", type=int, default=None,
-                        help="programs per mode (default 60, --full: all 161)")
+                        help="programs per mode (default 60, --full: all 161; --executor dask: 960)")
     parser.add_argument("--docker-run-programs", type=int, default=None,
                         help="programs for the slow docker-run mode (default 12, --full: 40)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 1, --full: 3)")
+    parser.add_argument("--executor", choices=("local", "dask"), default="local",
+                        help="dask: a Dask cluster's workers as a ratio to the local pool (execute_dask.py)")
+    parser.add_argument("--scheduler", help="with --executor dask: a running scheduler (default: a local "
+                                            "cluster of --workers processes on 127.0.0.1)")
+    parser.add_argument("--workers", type=int, default=2, help="workers of the local Dask cluster")
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
     docker_count = args.docker_run_programs or (40 if args.full else 12)
     repeats = args.repeats or (3 if args.full else 1)
     langs = [load_language(key) for key in args.lang or ["py"]]
+    if args.executor == "dask":  # long enough that a batch's tail is small against the run
+        return run_dask(args, langs, args.programs or 960, jobs, repeats)
     rows = [row for lang in langs
             for row in measure(lang, bench_programs(lang, Path(args.dataset), count), docker_count, jobs,
                                repeats)]
@@ -226,6 +233,21 @@ def run(args: argparse.Namespace) -> int:
                           "rows": rows}))
     else:
         print_table(rows, config)
+    return 0
+
+
+def run_dask(args: argparse.Namespace, langs: list, count: int, jobs: int, repeats: int) -> int:
+    from harness.bench import execute_dask
+
+    rows = [row for lang in langs
+            for row in execute_dask.measure(lang, bench_programs(lang, Path(args.dataset), count), jobs,
+                                            repeats, args.scheduler, args.workers)]
+    config = {"jobs": jobs, "programs": count, "workers": args.workers,
+              "scheduler": args.scheduler or "local", "repeats": repeats, "cores": os.cpu_count()}
+    if args.json:
+        print(json.dumps({"bench": "execute", "executor": "dask", "config": config, "rows": rows}))
+    else:
+        execute_dask.print_table(rows, config)
     return 0
 
 

@@ -8,6 +8,8 @@ language's hardened container and write MultiPL-E results files as problems fini
     pool.py       per-language container slots, batches, watchdog, retries
     cache.py      the persistent sqlite3 cache
     engine.py     Executor: dedup, cache, canaries → results
+    cluster.py    DaskExecutor: the same, with the pools on Dask workers (`--executor dask`)
+    overlap.py    the main command's execution process, fed completions files as generation writes them
     inputs.py     completions files from elsewhere (MultiPL-E files, bigcode generations)
 """
 
@@ -26,6 +28,7 @@ from harness.records import Completions, ExecResult, ProblemResults
 class ExecutionSummary:
     images: dict[str, str] = field(default_factory=dict)  # language → image id
     telemetry: dict = field(default_factory=dict)
+    nodes: dict = field(default_factory=dict)  # Dask: worker → node, image ids, toolchain versions
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,32 @@ def program_of(completions: Completions, completion: str) -> str:
     return completions.prompt + completion + "\n" + completions.tests
 
 
+EXECUTORS = ("local", "dask")
+
+
+def open_executor(kind: str = "local", jobs: int | None = None, use_cache: bool = True,
+                  scheduler: str | None = None):
+    """The local pool (default) or a Dask cluster's workers (`scheduler`: tcp://host:port or
+    a scheduler file), with the persistent cache on this side."""
+    from harness.execute.cache import ExecCache
+    from harness.execute.engine import Executor
+
+    if kind == "dask":
+        from harness.execute.cluster import DaskExecutor, connect
+
+        connect(scheduler).close()  # unreachable: one line now, before any work
+        return DaskExecutor(jobs=jobs, cache=ExecCache(), use_cache=use_cache, scheduler=scheduler)
+    if scheduler:
+        from harness.errors import UserError
+
+        raise UserError("--scheduler needs --executor dask")
+    return Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache)
+
+
 def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None,
                   use_cache: bool = True) -> ExecutionSummary:
     """Run every task's programs, writing each results file once all its programs are done.
     `use_cache=False` (`--no-cache`) runs every program again."""
-    from harness.execute.cache import ExecCache
-    from harness.execute.engine import Executor
     from harness.execute.languages import load_language
 
     by_lang: dict[str, list[Task]] = {}
@@ -56,17 +79,23 @@ def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None,
     if not by_lang:
         return ExecutionSummary()
     own = executor is None
-    executor = executor or Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache)
+    executor = executor or open_executor(jobs=jobs, use_cache=use_cache)
     try:
         for key, lang_tasks in by_lang.items():
-            _execute_language(executor, load_language(key), lang_tasks)
+            execute_language(executor, load_language(key), lang_tasks)
     finally:
         if own:
             executor.close()
-    return ExecutionSummary(images=dict(executor.images), telemetry=executor.stats.as_dict())
+    return summary_of(executor)
 
 
-def _execute_language(executor, lang, tasks: list[Task]) -> None:
+def summary_of(executor) -> ExecutionSummary:
+    return ExecutionSummary(images=dict(executor.images), telemetry=executor.stats.as_dict(),
+                            nodes=dict(getattr(executor, "nodes", {})))
+
+
+def execute_language(executor, lang, tasks: list[Task], bar=None) -> None:
+    """Run one language's tasks; `bar`: a progress bar to advance (else one of its own)."""
     from tqdm import tqdm
 
     programs: list[str] = []
@@ -84,8 +113,10 @@ def _execute_language(executor, lang, tasks: list[Task]) -> None:
             _write(task, [], image_id, limits)
     if not programs:
         return
-    bar = tqdm(total=len(programs), desc=f"execute {lang.key}", unit="prog", file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5)
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(programs), desc=f"execute {lang.key}", unit="prog", file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.5)
     try:
         for index, result in executor.run_programs(lang, programs):
             t, c = owner[index]
@@ -95,7 +126,8 @@ def _execute_language(executor, lang, tasks: list[Task]) -> None:
                 _write(tasks[t], results[t], image_id, limits)
             bar.update(1)
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
 
 
 def _write(task: Task, results: list, image_id: str, limits: str) -> None:
@@ -103,29 +135,35 @@ def _write(task: Task, results: list, image_id: str, limits: str) -> None:
                                               limits=limits))
 
 
-def execute_run(run, jobs: int | None = None, use_cache: bool = True) -> ExecutionSummary:
+def execute_run(run, jobs: int | None = None, use_cache: bool = True, executor=None) -> ExecutionSummary:
     """Execute every completions file of a run that has no results file yet, or one made by
-    another image or other limits (resumable)."""
-    from harness.execute.cache import ExecCache
-    from harness.execute.engine import Executor
+    another image or other limits (resumable); `executor`: an open executor (local or Dask)."""
     from harness.execute.inputs import run_tasks
 
-    with Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache) as executor:
+    own = executor is None
+    executor = executor or open_executor(jobs=jobs, use_cache=use_cache)
+    try:
         return execute_tasks(run_tasks(run.root, out_dir=None, executor=executor), executor=executor)
+    finally:
+        if own:
+            executor.close()
 
 
 def execute_paths(inputs: list[Path], jobs: int | None = None, out_dir: Path | None = None,
                   lang: str | list[str] | None = None, dataset: str | None = None,
-                  benchmark: str = "humaneval", use_cache: bool = True) -> list[Path]:
+                  benchmark: str = "humaneval", use_cache: bool = True, executor=None) -> list[Path]:
     """`flora-eval execute`: run dirs, MultiPL-E completions files or bigcode generations."""
-    from harness.execute.cache import ExecCache
-    from harness.execute.engine import Executor
     from harness.execute.inputs import tasks_for
 
     if isinstance(lang, list):  # the top-level `--lang` is repeatable
         lang = lang[-1] if lang else None
-    with Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache) as executor:
+    own = executor is None
+    executor = executor or open_executor(jobs=jobs, use_cache=use_cache)
+    try:
         tasks = [task for path in inputs
                  for task in tasks_for(Path(path), out_dir, lang, dataset, benchmark, executor)]
         execute_tasks(tasks, executor=executor)
+    finally:
+        if own:
+            executor.close()
     return [task.out for task in tasks]

@@ -3,6 +3,7 @@
     list work ──► check what is on disk (resume.py) ──► engine ──►
     append each finished sample to `<problem>.partial.jsonl` ──► write `<problem>.json.gz`
 
+Under torchrun, the other ranks send their samples to rank 0, which alone writes (stream.py).
 Resume works at the sample level: a finished (problem, adapter) is one atomically written
 completions file; an unfinished one keeps its finished samples in a partial file beside
 it. A restarted run samples only what is missing, and per-sample seeds make the result
@@ -12,8 +13,9 @@ other settings stop the run before anything is written (resume.py says which may
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from harness.errors import UserError
 from harness.files import write_completions
-from harness.generate import distributed
+from harness.generate import distributed, stream
 from harness.generate.budget import auto_slots
 from harness.generate.engine import BASE_ROW, Engine, EngineConfig, Request
 from harness.generate.resume import (
@@ -91,19 +93,32 @@ def generate_run(
     run: RunDir,
     batch_size: int | None = None,
     overwrite: bool = False,
+    on_finished: Callable[[Path], None] | None = None,
 ) -> GenerationTelemetry:
     """Sample every missing completion of every (language, problem, adapter) in one pass.
 
     `batch_size` caps the rows decoded together (None: as many as fit the memory budget).
     Files made with other settings stop the run (`overwrite`: regenerate them instead).
-    Under torchrun each rank takes its share of the work; rank 0's telemetry sums all ranks."""
+    `on_finished(path)` is called with every completions file as soon as it is complete
+    (files already complete: at the start). Under torchrun each rank takes its share of the
+    work and sends its samples to rank 0, which alone writes the run directory (stream.py);
+    rank 0's telemetry sums all ranks."""
     start = time.perf_counter()
     adapters = [_resolved(choice, loaded) for choice in adapters]
     items = work_items(loaded, problem_sets, adapters, sampling, run)
-    held = check_run(items, run, overwrite)  # before anything is written: a conflict leaves the run as it was
     world = distributed.join(loaded.device)
-    todo = [item for position, item in items
-            if world.mine(position) and not held[item.path].complete]
+    group = stream.side_group(world)
+    held, error = None, ""
+    if world.rank == 0:
+        try:  # before anything is written: a conflict leaves the run as it was
+            held = check_run(items, run, overwrite)
+        except UserError as exc:
+            error = str(exc)
+    held = stream.share_holdings(world, group, held, error)
+    writer = Writer(sampling.n, held, on_finished)
+    if world.rank == 0:
+        writer.settle([item for _, item in items])
+    todo = [item for position, item in items if world.mine(position) and not held[item.path].complete]
     telemetry = GenerationTelemetry()
     set_rows, detach = _attach(loaded, adapters, todo)
     index_of = {a.name: i for i, a in enumerate(a for a in adapters if a.name != BASE)}
@@ -114,25 +129,32 @@ def generate_run(
     config = EngineConfig(sampling.temperature, sampling.top_p, sampling.max_tokens, slots,
                           max_positions=_max_positions(loaded.model))
     engine = Engine(loaded.model, loaded.tokenizer, config, set_rows=set_rows, telemetry=telemetry)
-    by_key = {_key(i): i for i in todo}
-    done: dict[tuple, dict[int, str]] = {}
-    requests = _requests(loaded, todo, held, sampling, index_of, done)
+    by_key = {_key(item): (position, item) for position, item in items}
+    positions = [item for _, item in items]
+    sender = stream.Sender(group) if world.rank != 0 else None
+    receiver = stream.Receiver(world, group, lambda position, index, text: writer.add(
+        positions[position], index, text)).start() if world.rank == 0 and world.size > 1 else None
+    requests = _requests(loaded, todo, held, sampling, index_of)
     progress = tqdm(total=len(todo) * sampling.n, desc="generate", unit="sample",
                     disable=not todo or world.rank != 0)
     try:
         for request, sample in engine.generate(requests):
             progress.update(1)
-            item = by_key[request.key]
+            position, item = by_key[request.key]
             written = time.perf_counter()
-            append_partial(item.path, item.provenance, item.problem.prompt, sample.index, sample.text)
-            done[request.key][sample.index] = sample.text
+            if sender is not None:
+                sender.add(position, sample.index, sample.text)
+            else:
+                writer.add(item, sample.index, sample.text)
             telemetry.samples += 1
-            if len(done[request.key]) == sampling.n:
-                _finish(item, done.pop(request.key))
             telemetry.add("write", time.perf_counter() - written)
     finally:
         progress.close()
         detach()
+    if sender is not None:
+        sender.close()
+    if receiver is not None:
+        receiver.join()
     telemetry.seconds = time.perf_counter() - start
     telemetry.extra.update(world_size=world.size, slots=slots)
     reports = distributed.gather(world, telemetry.as_dict())
@@ -144,6 +166,39 @@ def generate_run(
         _check_complete([item for _, item in items])
         return merged
     return telemetry
+
+
+@dataclass
+class Writer:
+    """Rank 0 (or the lone process) writes: each finished sample to its partial file, the
+    completions file once all n are in (then `on_finished(path)`)."""
+
+    n: int
+    held: dict[Path, Holding]
+    on_finished: Callable[[Path], None] | None = None
+    done: dict[Path, dict[int, str]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def settle(self, items: list[WorkItem]) -> None:
+        """Before sampling: report complete files; finish those whose partial has every sample."""
+        for item in items:
+            found = self.held[item.path]
+            if not found.complete and len(found.samples) == self.n:
+                _finish(item, dict(found.samples))
+                self.held[item.path] = Holding(complete=True)
+            if self.held[item.path].complete and self.on_finished is not None:
+                self.on_finished(item.path)
+
+    def add(self, item: WorkItem, index: int, text: str) -> None:
+        with self.lock:
+            append_partial(item.path, item.provenance, item.problem.prompt, index, text)
+            have = self.done.setdefault(item.path, dict(self.held[item.path].samples))
+            have[index] = text
+            if len(have) < self.n:
+                return
+            _finish(item, self.done.pop(item.path))
+        if self.on_finished is not None:
+            self.on_finished(item.path)
 
 
 def work_items(loaded: LoadedModel, problem_sets: list[ProblemSet], adapters: list[AdapterChoice],
@@ -180,15 +235,12 @@ def _key(item: WorkItem) -> tuple[str, str, str, str]:
 
 
 def _requests(loaded, todo: list[WorkItem], held: dict[Path, Holding], sampling: SamplingConfig,
-              index_of: dict[str, int], done: dict) -> Iterator[Request]:
+              index_of: dict[str, int]) -> Iterator[Request]:
     """One request per unfinished (problem, adapter), built lazily (the engine pulls them)."""
     for item in todo:
         key = _key(item)
-        have = held[item.path].samples
-        done[key] = have
-        missing = [i for i in range(sampling.n) if i not in have]
-        if not missing:
-            _finish(item, done.pop(key))
+        missing = [i for i in range(sampling.n) if i not in held[item.path].samples]
+        if not missing:  # rank 0 wrote it from its partial file (Writer.settle)
             continue
         seeds = tuple(
             (i, sample_seed(sampling.seed, f"{item.lang}/{item.problem.name}", item.adapter.name, i))
