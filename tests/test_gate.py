@@ -10,7 +10,7 @@ import pytest
 from test_report_build import MODEL, demo_counts, write_run
 
 from harness.cli import main
-from harness.report.baseline import load_baseline, run_cells
+from harness.report.baseline import load_baseline, run_baseline
 
 LANGS, ADAPTERS = ("py", "rb"), ("base", "flora-r1")
 
@@ -138,7 +138,7 @@ def test_run_cells_come_from_the_records_not_folder_names(tmp_path, humaneval_di
     counts = demo_counts(langs=("rs",), adapters=("base",), problems_per_lang=3, n=5)
     run = write_run(tmp_path / "r", counts)
     (run.root / MODEL).rename(run.root / "renamed-folder")  # folders are not read for names
-    assert run_cells(run) == cells_of(counts)
+    assert run_baseline(run).cells == cells_of(counts)
 
 
 def test_check_refuses_a_run_sampled_at_another_temperature(tmp_path, baseline, capsys):

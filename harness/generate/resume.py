@@ -14,7 +14,7 @@ sample per line (a line torn by a kill is ignored).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import UserError
@@ -136,7 +136,3 @@ def conflict_error(path: Path, diffs: list[Difference], run_root: Path) -> UserE
     where = path.relative_to(run_root) if path.is_relative_to(run_root) else path
     return UserError(f"{run_root} was made with other settings ({where}: {shown}{more}); "
                      "use a new --run-id, or --overwrite to regenerate what differs")
-
-
-def with_n(provenance: Provenance, n: int) -> Provenance:
-    return replace(provenance, sampling=replace(provenance.sampling, n=n))

@@ -75,10 +75,6 @@ def run_baseline(run) -> Baseline:
     return Baseline(cells, settings, str(run.root))
 
 
-def run_cells(run) -> Cells:
-    return run_baseline(run).cells
-
-
 def to_json(baseline: Baseline) -> dict[str, Any]:
     return {
         "format": FORMAT, "version": VERSION, "source": baseline.source,
