@@ -116,20 +116,14 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     loaded = load_model(evaluation.model, device=generation_device(device), load_8bit=load_8bit)
     adapters = resolve_adapters(evaluation, loaded)
     langs = resolve_langs(evaluation.langs, adapter_languages([a.spec for a in adapters if a.spec]))
-    problem_sets = [load_problem_set(benchmark, lang, evaluation)
-                    for benchmark in dict.fromkeys(evaluation.benchmarks) for lang in langs]
+    problem_sets = load_problem_sets(evaluation, langs)
     root = Path(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
     run = RunDir.open(root) if is_rank0() else RunDir(root)  # the other ranks write nothing
+    invocation = None
     if is_rank0():
         check_run(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run, overwrite)
-    invocation = run.begin(
-        stage,
-        config={"model": evaluation.model, "adapters": [adapter_entry(a) for a in adapters],
-                "langs": langs, "benchmarks": list(dict.fromkeys(evaluation.benchmarks)),
-                "sampling": vars(evaluation.sampling), "limit": evaluation.limit, "overwrite": overwrite},
-        dataset={f"{ps.benchmark}-{ps.lang}": dataset_entry(ps) for ps in problem_sets},
-        model={"name": loaded.name, "source": loaded.source, "revision": loaded.revision},
-    ) if is_rank0() else None
+        invocation = begin_generation(run, stage, evaluation, langs, problem_sets, adapters, loaded,
+                                      overwrite)
     telemetry = generate_run(loaded, problem_sets, adapters, evaluation.sampling, run,
                              batch_size=batch_size, overwrite=overwrite, on_finished=on_finished)
     if invocation is not None:
@@ -146,21 +140,12 @@ def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *
 
     endpoint = connect(evaluation.endpoint, evaluation.model, evaluation.adapters)
     langs = resolve_langs(evaluation.langs, endpoint.languages())
-    problem_sets = [load_problem_set(benchmark, lang, evaluation)
-                    for benchmark in dict.fromkeys(evaluation.benchmarks) for lang in langs]
+    problem_sets = load_problem_sets(evaluation, langs)
     run = RunDir.open(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
     check_run(work_items(endpoint.model, problem_sets, list(endpoint.adapters), evaluation.sampling, run),
               run, overwrite)
-    invocation = run.begin(
-        stage,
-        config={"model": evaluation.model, "adapters": [adapter_entry(a) for a in endpoint.adapters],
-                "langs": langs, "benchmarks": list(dict.fromkeys(evaluation.benchmarks)),
-                "sampling": vars(evaluation.sampling), "limit": evaluation.limit, "overwrite": overwrite,
-                "endpoint": evaluation.endpoint.entry()},
-        dataset={f"{ps.benchmark}-{ps.lang}": dataset_entry(ps) for ps in problem_sets},
-        model={"name": endpoint.model.name, "source": endpoint.model.source,
-               "revision": endpoint.model.revision},
-    )
+    invocation = begin_generation(run, stage, evaluation, langs, problem_sets, endpoint.adapters,
+                                  endpoint.model, overwrite, endpoint=evaluation.endpoint.entry())
     telemetry = generate_remote(endpoint, problem_sets, evaluation.sampling, run, overwrite)
     invocation.update(telemetry={"generate": telemetry.as_dict()})
     return Run(run.root), invocation, telemetry
@@ -268,10 +253,27 @@ def resolve_langs(langs: tuple[str, ...] | list[str], trained_on: list[str]) -> 
     return list(dict.fromkeys(load_language(lang).key for lang in wanted))
 
 
-def load_problem_set(benchmark: str, lang: str, evaluation: Evaluation):
+def load_problem_sets(evaluation: Evaluation, langs: list[str]) -> list:
+    """Every (benchmark, language) of the evaluation, benchmark by benchmark."""
     from harness.problems import load_problems
 
-    return load_problems(lang, evaluation.dataset, limit=evaluation.limit, benchmark=benchmark)
+    return [load_problems(lang, evaluation.dataset, limit=evaluation.limit, benchmark=benchmark)
+            for benchmark in dict.fromkeys(evaluation.benchmarks) for lang in langs]
+
+
+def begin_generation(run: RunDir, stage: str, evaluation: Evaluation, langs: list[str], problem_sets: list,
+                     adapters, model, overwrite: bool, **config: Any):
+    """Record a generating invocation in the manifest: what is evaluated, on which problems,
+    with which model (`model`: anything with name, source and revision)."""
+    return run.begin(
+        stage,
+        config={"model": evaluation.model, "adapters": [adapter_entry(a) for a in adapters],
+                "langs": langs, "benchmarks": list(dict.fromkeys(evaluation.benchmarks)),
+                "sampling": vars(evaluation.sampling), "limit": evaluation.limit, "overwrite": overwrite,
+                **config},
+        dataset={f"{ps.benchmark}-{ps.lang}": dataset_entry(ps) for ps in problem_sets},
+        model={"name": model.name, "source": model.source, "revision": model.revision},
+    )
 
 
 def resolve_adapters(evaluation: Evaluation, loaded) -> list:
