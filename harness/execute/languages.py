@@ -22,6 +22,7 @@ from harness.errors import UserError, did_you_mean
 
 DEFAULT_STATUS = "Exception"
 TIMEOUT_EXIT_CODE = -1  # MultiPL-E's exit code for a timed-out program
+STATUS_LOGIC_VERSION = 1  # bump when `status_of`'s code (not a TOML rule) changes what it derives
 
 TEXT_KEYS = ("stdout_contains", "stderr_contains", "output_contains",
              "stdout_lacks", "stderr_lacks", "output_lacks")
@@ -128,6 +129,16 @@ class Language:
         data = asdict(self)
         for key in ("name", "aliases", "corpus_dir", "extensions", "canary", "version", "image"):
             data.pop(key)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    def rules_fingerprint(self) -> str:
+        """A hash of what turns an observation into a status: the status rules, each step's
+        ok/fail/timeout rules and the version of `status_of`'s own logic. A score or a
+        judgment made under another value is derived again."""
+        data = {"rules": [asdict(r) for r in self.rules],
+                "steps": [{k: v for k, v in asdict(s).items() if k not in ("argv", "timeout_s")}
+                          for s in self.steps],
+                "logic": STATUS_LOGIC_VERSION}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
