@@ -8,12 +8,14 @@ download. It scores about zero; it exists so the whole pipeline runs anywhere.
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from harness.errors import UserError
+from harness.hub import HubState, hub_state, quiet
 
 ALIASES: dict[str, str] = {
     "starcoder-15b": "bigcode/starcoder",
@@ -108,12 +110,24 @@ def directory_digest(root: Path) -> str:
 
 
 def _from_pretrained(name: str, source: str, dtype: torch.dtype, **kwargs):
+    """`from_pretrained` from a local directory, the hub, or — when the hub is switched off or
+    cannot be reached (asked once, `harness.hub`) — the hub's local cache only, quietly: one
+    line when the model is not there, instead of the libraries' retries."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    hub = HubState(True) if Path(source).is_dir() else hub_state()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        with quiet() if not hub.usable else nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not hub.usable)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=not hub.usable,
+                                                         **kwargs)
     except OSError as exc:
+        if not hub.usable:
+            undo = "unset it" if hub.switched_off else "connect to the hub"
+            raise UserError(
+                f"cannot load model {name!r}: {hub.why} and {source} is not in the local Hugging Face "
+                f"cache; pass a local model directory (--model PATH), or {undo}"
+            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"cannot load model {name!r} from {source} ({first[:160]}); "

@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.definitions import definition_files, load_definition
 from harness.errors import UserError
+from harness.hub import hub_state, quiet
 from harness.records import BENCHMARK, Problem
 
 BENCHMARK_KEYS = {"key", "name", "hub_dataset", "hub_config", "split", "revision", "revisions",
@@ -137,16 +138,25 @@ def load_problems(lang: str, dataset: str | Path | None = None, limit: int | Non
 
 
 def _load_hub(benchmark: Benchmark, lang: str) -> ProblemSet:
+    """The rows at the pinned revision: from the hub, or from its local cache when the hub is
+    switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); one line, not the libraries' retries,
+    when the hub cannot be reached (asked once, `harness.hub`)."""
+    revision, config = benchmark.revision_for(lang), benchmark.config(lang)
+    where = f"{benchmark.hub_dataset} {config}"
+    local = "pass local data with --dataset PATH (e.g. --dataset ../shared/multipl-e)"
+    hub = hub_state(for_datasets=True)
+    if not hub.usable and not hub.switched_off:
+        raise UserError(f"cannot load {where}: {hub.why}; {local}, or set HF_HUB_OFFLINE=1 to use the "
+                        "hub's local cache")
     import datasets
 
-    revision, config = benchmark.revision_for(lang), benchmark.config(lang)
     try:
-        rows = datasets.load_dataset(benchmark.hub_dataset, config, revision=revision, split=benchmark.split)
+        with quiet():
+            rows = datasets.load_dataset(benchmark.hub_dataset, config, revision=revision,
+                                         split=benchmark.split)
     except Exception as exc:  # the hub raises many types: offline, DNS, 404, ...
-        raise UserError(
-            f"cannot load {benchmark.hub_dataset} {config} from the hub ({type(exc).__name__}); "
-            "pass local data with --dataset PATH (e.g. --dataset ../shared/multipl-e)"
-        ) from None
+        why = f"{hub.why} and it is not in the local cache" if not hub.usable else type(exc).__name__
+        raise UserError(f"cannot load {where} from the hub ({why}); {local}") from None
     problems = tuple(Problem.from_row(dict(row)) for row in rows)
     return ProblemSet(lang, problems, f"hub:{benchmark.hub_dataset}", revision, benchmark.key)
 
