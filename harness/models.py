@@ -8,7 +8,6 @@ download. It scores about zero; it exists so the whole pipeline runs anywhere.
 from __future__ import annotations
 
 import hashlib
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,16 +67,17 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    commit = ""  # the hub commit, when loaded from the hub's local cache
     if load_8bit:
-        model, tokenizer = _from_pretrained_8bit(name, source, device, dtype)
+        model, tokenizer, commit = _from_pretrained_8bit(name, source, device, dtype)
     elif source == "builtin:tiny":
         model, tokenizer = build_tiny()
         model = model.to(device=device, dtype=dtype)
     else:
-        model, tokenizer = _from_pretrained(name, source, dtype)
+        model, tokenizer, commit = _from_pretrained(name, source, dtype)
         model = model.to(device=device)
     return LoadedModel(name=name, source=source, model=model.eval(), tokenizer=tokenizer,
-                       revision=model_revision(source, model))
+                       revision=commit or model_revision(source, model))
 
 
 def model_revision(source: str, model: torch.nn.Module) -> str:
@@ -110,30 +110,42 @@ def directory_digest(root: Path) -> str:
 
 
 def _from_pretrained(name: str, source: str, dtype: torch.dtype, **kwargs):
-    """`from_pretrained` from a local directory, the hub, or — when the hub is switched off or
-    cannot be reached (asked once, `harness.hub`) — the hub's local cache only, quietly: one
-    line when the model is not there, instead of the libraries' retries."""
+    """`from_pretrained` from a local directory or the hub. When the hub is switched off or
+    cannot be reached (asked once, `harness.hub`), a hub id loads from its snapshot in the hub's
+    local cache, as a directory (transformers' `local_files_only` still asks the hub for some
+    files), and a model not there is one line instead of the libraries' retries. Returns the
+    model, its tokenizer and the hub commit it was loaded at, when that is known here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hub = HubState(True) if Path(source).is_dir() else hub_state()
+    where, commit = source, ""
+    if not Path(source).is_dir() and not (hub := hub_state()).usable:
+        where = _cached_snapshot(name, source, hub)
+        commit = Path(where).name
     try:
-        with quiet() if not hub.usable else nullcontext():
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not hub.usable)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=not hub.usable,
-                                                         **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except OSError as exc:
-        if not hub.usable:
-            undo = "unset it" if hub.switched_off else "connect to the hub"
-            raise UserError(
-                f"cannot load model {name!r}: {hub.why} and {source} is not in the local Hugging Face "
-                f"cache; pass a local model directory (--model PATH), or {undo}"
-            ) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"cannot load model {name!r} from {source} ({first[:160]}); "
+            f"cannot load model {name!r} from {where} ({first[:160]}); "
             "check the name, log in with `hf auth login` for gated models, or pass a local path"
         ) from None
-    return model, tokenizer
+    return model, tokenizer, commit
+
+
+def _cached_snapshot(name: str, source: str, hub: HubState) -> str:
+    """The folder of `source`'s cached snapshot (its name is the commit), without the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        with quiet():
+            return snapshot_download(source, local_files_only=True)
+    except OSError:  # LocalEntryNotFoundError and kin
+        undo = "unset it" if hub.switched_off else "connect to the hub"
+        raise UserError(
+            f"cannot load model {name!r}: {hub.why} and {source} is not in the local Hugging Face "
+            f"cache; pass a local model directory (--model PATH), or {undo}"
+        ) from None
 
 
 def _from_pretrained_8bit(name: str, source: str, device: str, dtype: torch.dtype):
