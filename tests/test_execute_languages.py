@@ -53,21 +53,20 @@ def py_definition() -> dict:
 
 
 BAD_DEFINITIONS = [
-    # (change to py.toml's data, the one line it gives)
-    (lambda d: d["steps"][0].update(timeout_s="5"),
-     "py.toml.steps[0].timeout_s: Input should be a valid number"),
-    (lambda d: d["steps"][0].update(timeout_s=True),
-     "py.toml.steps[0].timeout_s: Input should be a valid number"),
-    (lambda d: d["steps"][0].update(argv=[]), "py.toml.steps[0].argv: Tuple should have at least 1 item"),
-    (lambda d: d["status"][0]["when"].update(exit_code=[0, True]),
-     "py.toml.status[0].when.exit_code[1]: Input should be a valid integer"),
+    # (change to py.toml's data, the start of the one line it gives: the field, and our own
+    # words where the check is ours; pydantic words its own messages by version)
+    (lambda d: d["steps"][0].update(timeout_s="5"), "py.toml.steps[0].timeout_s: "),
+    (lambda d: d["steps"][0].update(timeout_s=True), "py.toml.steps[0].timeout_s: "),
+    (lambda d: d["steps"][0].update(timeout_s=0), "py.toml.steps[0].timeout_s: "),
+    (lambda d: d["steps"][0].update(argv=[]), "py.toml.steps[0].argv: "),
+    (lambda d: d["status"][0]["when"].update(exit_code=[0, True]), "py.toml.status[0].when.exit_code[1]: "),
     (lambda d: d.update(extensions="py"), 'py.toml.extensions: must list file extensions, e.g. [".rb"]'),
     (lambda d: d.update(file="a/b.py"), "py.toml.file: must be a plain file name"),
     (lambda d: d.pop("canary"), "py.toml.canary: is required"),
     (lambda d: d.update(status=[r for r in d["status"] if r["status"] != "OK"]),
      "py.toml: no [[status]] rule gives OK"),
     (lambda d: d.update(colour="red"), "py.toml: unknown language keys ['colour'] (known: key, name, "),
-    (lambda d: d.update(env={"A": 1}), "py.toml.env.A: Input should be a valid string"),
+    (lambda d: d.update(env={"A": 1}), "py.toml.env.A: "),
 ]
 
 
@@ -78,6 +77,7 @@ def test_each_bad_field_is_one_line_naming_it(change, message):
     with pytest.raises(ValueError) as info:
         parse_language(data, "py.toml")
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert not str(info.value).endswith(": ")  # something is said about the field
 
 
 def test_the_pydantic_schema_builds_the_same_language():

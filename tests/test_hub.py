@@ -77,6 +77,20 @@ def test_the_stack_without_the_hub_is_one_line_in_seconds(monkeypatch):
     assert time.monotonic() - started < BOUND_S
 
 
+def test_a_hub_adapter_without_the_hub_is_one_line_in_seconds(monkeypatch, tmp_path):
+    from harness.adapters.files import load_adapter
+
+    for name in OFFLINE_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="cannot fetch adapter 'someorg/ruby-r1' .*cannot be reached") as info:
+        load_adapter("someorg/ruby-r1")
+    assert "\n" not in str(info.value) and "local directory" in str(info.value)
+    assert time.monotonic() - started < BOUND_S
+
+
 class _Answer(BaseHTTPRequestHandler):
     def do_HEAD(self):  # noqa: N802 (the http.server name)
         self.send_response(404)

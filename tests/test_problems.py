@@ -67,8 +67,9 @@ def test_a_bad_definition_or_name_is_one_line():
     bad = good | {"known_defects": [{"lang": "rb", "problem": "mbpp_1"}], "revision": 7}
     with pytest.raises(ValueError) as info:
         parse_benchmark(bad, "benchmarks/mbpp.toml")
-    assert str(info.value) == ("benchmarks/mbpp.toml.revision: Input should be a valid string; "
-                               "benchmarks/mbpp.toml.known_defects[0].why: is required")
+    first, second = str(info.value).split("; ")
+    assert first.startswith("benchmarks/mbpp.toml.revision: ")
+    assert second == "benchmarks/mbpp.toml.known_defects[0].why: is required"
     with pytest.raises(UserError, match="unknown benchmark 'mbbp'.*did you mean mbpp"):
         load_benchmark("mbbp")
 
