@@ -6,27 +6,45 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from harness.serve.app import ServedModel, ServerState, create_app
+from harness.errors import UserError
 from harness.serve.engine_process import EngineProcess
 from harness.serve.spec import ServeSpec
+
+if TYPE_CHECKING:
+    from harness.serve.app import ServerState
 
 LOOPBACK = "127.0.0.1"
 
 
+def _app() -> ModuleType:
+    """The app, which needs the `serve` extra (fastapi, uvicorn): imported when a server is
+    built, so that the rest of the command line works without the extra."""
+    try:
+        import uvicorn  # noqa: F401
+
+        from harness.serve import app
+    except ModuleNotFoundError as exc:
+        raise UserError(f"flora-eval serve needs {exc.name}: pip install 'flora-eval[serve]'") from None
+    return app
+
+
 def build_state(spec: ServeSpec) -> ServerState:
     """Start the engine process (it loads the model and adapters) and wait until it is ready."""
+    app = _app()
     engine = EngineProcess(spec)
     info = engine.start()
-    models = {name: ServedModel(name, index, card) for name, (index, card) in info["models"].items()}
-    return ServerState(engine, info["tokenizer"], models, info["context"], info["max_tokens"],
-                       spec.options.api_key)
+    models = {name: app.ServedModel(name, index, card) for name, (index, card) in info["models"].items()}
+    return app.ServerState(engine, info["tokenizer"], models, info["context"], info["max_tokens"],
+                           spec.options.api_key)
 
 
 def uvicorn_server(state: ServerState, host: str, port: int, log_level: str = "warning"):
     import uvicorn
 
-    config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level,
+    config = uvicorn.Config(_app().create_app(state), host=host, port=port, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=2, backlog=2048)
     return uvicorn.Server(config)
 
