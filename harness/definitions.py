@@ -12,6 +12,7 @@ from importlib.resources.abc import Traversable
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,6 +32,16 @@ SHOWN_ERRORS = 3  # a file with more problems shows its first few, on one line
 
 def _one_as_list(value: Any) -> Any:
     return [value] if isinstance(value, str | int) and not isinstance(value, bool) else value
+
+
+def non_empty(message: str) -> AfterValidator:
+    """A list that must hold something (checked after its items, so a bad item is one error,
+    not also "too short")."""
+    def check(value: Any) -> Any:
+        if not value:
+            raise ValueError(message)
+        return value
+    return AfterValidator(check)
 
 
 # Field types the TOML schemas share: TOML has no null, and nothing is coerced (no "5" for 5).

@@ -58,7 +58,9 @@ BAD_DEFINITIONS = [
     (lambda d: d["steps"][0].update(timeout_s="5"), "py.toml.steps[0].timeout_s: "),
     (lambda d: d["steps"][0].update(timeout_s=True), "py.toml.steps[0].timeout_s: "),
     (lambda d: d["steps"][0].update(timeout_s=0), "py.toml.steps[0].timeout_s: "),
-    (lambda d: d["steps"][0].update(argv=[]), "py.toml.steps[0].argv: "),
+    (lambda d: d["steps"][0].update(argv=[]), "py.toml.steps[0].argv: must name a program and its arguments"),
+    (lambda d: d["steps"][0].update(argv=["python3", ""]), "py.toml.steps[0].argv[1]: "),
+    (lambda d: d.update(steps=[]), "py.toml.steps: needs at least one [[steps]]"),
     (lambda d: d["status"][0]["when"].update(exit_code=[0, True]), "py.toml.status[0].when.exit_code[1]: "),
     (lambda d: d.update(extensions="py"), 'py.toml.extensions: must list file extensions, e.g. [".rb"]'),
     (lambda d: d.update(file="a/b.py"), "py.toml.file: must be a plain file name"),
@@ -78,6 +80,7 @@ def test_each_bad_field_is_one_line_naming_it(change, message):
         parse_language(data, "py.toml")
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
     assert not str(info.value).endswith(": ")  # something is said about the field
+    assert "; " not in str(info.value)  # one problem, one error (a bad step is not also "too few steps")
 
 
 def test_the_pydantic_schema_builds_the_same_language():

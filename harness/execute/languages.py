@@ -19,7 +19,16 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from harness.definitions import Ints, Name, Strings, Table, definition_files, load_definition, validate
+from harness.definitions import (
+    Ints,
+    Name,
+    Strings,
+    Table,
+    definition_files,
+    load_definition,
+    non_empty,
+    validate,
+)
 from harness.errors import UserError, did_you_mean
 
 DEFAULT_STATUS = "Exception"
@@ -201,7 +210,7 @@ class ConditionTable(Table):
 
 class StepTable(Table):
     kind: ClassVar[str] = "step"
-    argv: Annotated[tuple[Name, ...], Field(min_length=1)]
+    argv: Annotated[tuple[Name, ...], non_empty("must name a program and its arguments")]
     timeout_s: Annotated[float, Field(gt=0, strict=True)]
     fail_status: Name | None = None  # None: the Step's default
     timeout_status: Name | None = None
@@ -242,8 +251,8 @@ class LanguageTable(Table):
     tmpfs: StrictStr | None = None
     image: StrictStr | None = None
     env: dict[str, StrictStr] = {}
-    steps: Annotated[tuple[StepTable, ...], Field(min_length=1)]
-    status: Annotated[tuple[RuleTable, ...], Field(min_length=1)]
+    steps: Annotated[tuple[StepTable, ...], non_empty("needs at least one [[steps]]")]
+    status: Annotated[tuple[RuleTable, ...], non_empty("needs [[status]] rules")]
     canary: CanaryTable
 
     @model_validator(mode="after")
