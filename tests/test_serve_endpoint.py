@@ -107,7 +107,7 @@ def test_the_client_retries_a_server_that_answers_429(humaneval_dir, tmp_path):
                                     dataset=str(humaneval_dir), limit=2,
                                     endpoint=EndpointConfig(url, concurrency=16))
         run, _, telemetry = api.generate(evaluation, tmp_path / "run")
-        rejected = state.scheduler.snapshot()["rejected"]
+        rejected = state.engine.snapshot()["rejected"]
     calls = telemetry.as_dict()
     assert rejected > 0 and calls["retries"] >= rejected and calls["retried"]["HTTP 429"] > 0
     assert all(len(v) == 6 for v in completions(run.root).values()) and len(completions(run.root)) == 2
