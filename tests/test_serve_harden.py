@@ -35,7 +35,8 @@ def served(tmp_path_factory):
     port = free_port()
     argv = [str(BIN / "flora-eval"), "serve", "--model", "tiny", "--device", "cpu", "--port", str(port),
             "--max-tokens", str(CAP), "--request-timeout", str(DEADLINE_S), "--stall-timeout", str(STALL_S)]
-    with server_process(argv, log, port, env={"OMP_NUM_THREADS": "1", "FLORA_EVAL_SERVE_API_KEY": KEY}) as url:
+    env = {"OMP_NUM_THREADS": "1", "FLORA_EVAL_SERVE_API_KEY": KEY}
+    with server_process(argv, log, port, env=env) as url:
         yield url, log
 
 
@@ -103,7 +104,8 @@ def test_every_route_but_health_needs_the_key(served):
     url, _ = served
     for wrong in ({}, {"authorization": "Bearer nope"}, {"authorization": "Bearer sk-harden-?-test"},
                   {"authorization": "Bearer sk-harden-ü-tesT".encode()}):
-        for reply in (httpx2.get(f"{url}/telemetry", headers=wrong), httpx2.get(f"{url}/v1/models", headers=wrong),
+        for reply in (httpx2.get(f"{url}/telemetry", headers=wrong),
+                      httpx2.get(f"{url}/v1/models", headers=wrong),
                       httpx2.post(f"{url}/v1/completions", json=GOOD, headers=wrong)):
             assert error(reply, 401)["code"] == "invalid_api_key"
     assert httpx2.get(f"{url}/telemetry", headers=AUTH).json()["completed"] >= 0

@@ -62,7 +62,7 @@ def engine_main(spec: ServeSpec, conn) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the HTTP side, which stops us
-    logging.basicConfig(format="flora-eval serve (engine): %(message)s", level=logging.INFO)
+    logging.basicConfig(format="flora-eval serve (engine): %(message)s")
     try:
         from harness.serve.load import build_engine
 
