@@ -4,8 +4,9 @@ API key, short deadlines), and checks that each end with a good request it still
 tokenizer refuses → 400 with no exception text (that is in the log); /telemetry needs the
 key, compared in constant time; a stopped (SIGSTOP) engine makes a request end at its
 deadline (504) and /health say "stalled"; a SIGKILLed engine ends the request in flight and
-later ones at once with 503, is restarted, and serves the same completions again. Also: a
-non-loopback --host without a key prints a warning line."""
+later ones at once with 503, is restarted, and serves the same completions again; a restart
+that would serve other files stops the server with one line. Also: a non-loopback --host
+without a key prints a warning line."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
 import pytest
-from serve_helpers import BIN, server_process
+from serve_helpers import BIN, started_server, trained_like
 
+from harness.adapters import LoRAConfig, save_adapter
+from harness.models import load_model
 from harness.serve.app import MAX_BODY_BYTES
 from harness.serve.server import LOOPBACK, exposure_warning, free_port, is_loopback
 
@@ -29,15 +34,32 @@ AUTH = {"authorization": f"Bearer {KEY}".encode()}
 CAP, DEADLINE_S, STALL_S = 64, 6, 3
 
 
+@dataclass
+class Served:
+    url: str
+    log: Path
+    process: subprocess.Popen
+    adapters: Path
+
+
+def save_lora(folder: Path, seed: int) -> None:
+    model = load_model("tiny", device="cpu").model
+    adapter = trained_like(model, LoRAConfig(r=2, lora_alpha=4), "py-lora", seed)
+    save_adapter(adapter, folder / "py-lora", metadata={"language": "py", "base_model": "tiny"})
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    log = tmp_path_factory.mktemp("harden") / "serve.log"
+    """One server for the whole file (its last test stops it): the tiny model and one adapter."""
+    folder = tmp_path_factory.mktemp("harden")
+    save_lora(folder / "adapters", 1)
     port = free_port()
     argv = [str(BIN / "flora-eval"), "serve", "--model", "tiny", "--device", "cpu", "--port", str(port),
-            "--max-tokens", str(CAP), "--request-timeout", str(DEADLINE_S), "--stall-timeout", str(STALL_S)]
+            "--adapters-dir", str(folder / "adapters"), "--adapter", "py-lora", "--max-tokens", str(CAP),
+            "--request-timeout", str(DEADLINE_S), "--stall-timeout", str(STALL_S)]
     env = {"OMP_NUM_THREADS": "1", "FLORA_EVAL_SERVE_API_KEY": KEY}
-    with server_process(argv, log, port, env=env) as url:
-        yield url, log
+    with started_server(argv, folder / "serve.log", port, env=env) as (url, process):
+        yield Served(url, folder / "serve.log", process, folder / "adapters")
 
 
 def post(url: str, body: dict | bytes, timeout: float = 30, **headers) -> httpx2.Response:
@@ -72,7 +94,7 @@ def engine_pid(log: Path) -> int:
 
 
 def test_max_tokens_above_the_cap_is_400_naming_it(served):
-    url, _ = served
+    url = served.url
     body = error(post(url, {**GOOD, "max_tokens": CAP + 1}), 400)
     assert body["param"] == "max_tokens" and str(CAP) in body["message"]
     at_cap = post(url, {**GOOD, "max_tokens": CAP, "temperature": 0}).json()
@@ -81,7 +103,7 @@ def test_max_tokens_above_the_cap_is_400_naming_it(served):
 
 
 def test_a_body_over_the_limit_is_413(served):
-    url, _ = served
+    url = served.url
     big = json.dumps({**GOOD, "prompt": "x" * MAX_BODY_BYTES}).encode()
     assert error(post(url, big), 413)["code"] == "request_too_large"
     chunked = httpx2.post(f"{url}/v1/completions", content=iter([big[:1000], big[1000:]]), timeout=30,
@@ -91,7 +113,7 @@ def test_a_body_over_the_limit_is_413(served):
 
 
 def test_exception_text_goes_to_the_log_not_the_client(served):
-    url, log = served
+    url, log = served.url, served.log
     body = error(post(url, b'{"model": "tiny", "prompt": "\\ud800"}'), 400)  # a lone surrogate
     assert "Error" not in body["message"] and "TextEncodeInput" not in body["message"]
     request_id = re.search(r"req-[0-9a-f]+", body["message"]).group()
@@ -101,7 +123,7 @@ def test_exception_text_goes_to_the_log_not_the_client(served):
 
 
 def test_every_route_but_health_needs_the_key(served):
-    url, _ = served
+    url = served.url
     for wrong in ({}, {"authorization": "Bearer nope"}, {"authorization": "Bearer sk-harden-?-test"},
                   {"authorization": "Bearer sk-harden-ü-tesT".encode()}):
         for reply in (httpx2.get(f"{url}/telemetry", headers=wrong),
@@ -114,7 +136,7 @@ def test_every_route_but_health_needs_the_key(served):
 
 
 def test_a_stopped_engine_ends_requests_at_the_deadline_and_health_says_stalled(served):
-    url, log = served
+    url, log = served.url, served.log
     first = ok(url)
     pid = engine_pid(log)
     os.kill(pid, signal.SIGSTOP)
@@ -136,7 +158,7 @@ def test_a_stopped_engine_ends_requests_at_the_deadline_and_health_says_stalled(
 
 
 def test_a_killed_engine_ends_requests_at_once_and_is_restarted(served):
-    url, log = served
+    url, log = served.url, served.log
     first = ok(url)
     pid = engine_pid(log)
     os.kill(pid, signal.SIGSTOP)  # holds the next request in flight, whatever the machine's speed
@@ -175,12 +197,23 @@ def test_a_non_loopback_host_without_a_key_prints_a_warning(capsys, monkeypatch)
     from harness.cli import main
 
     monkeypatch.delenv("FLORA_EVAL_SERVE_API_KEY", raising=False)
-    # the missing adapter stops it before it binds: nothing listens beyond loopback
-    assert main(["serve", "--host", "0.0.0.0", "--adapter", "no-such-adapter", "--port", "1",
-                 "--device", "cpu"]) == 2
+    # the warning comes first; a bad option then stops it before it binds: nothing listens beyond loopback
+    assert main(["serve", "--host", "0.0.0.0", "--max-rows", "0", "--port", "1", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "warning" in err[0] and "0.0.0.0" in err[0] and "--api-key" in err[0]
-    assert "no-such-adapter" in err[1]
+    assert "--max-rows" in err[1]
+    assert main(["serve", "--host", LOOPBACK, "--max-rows", "0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1  # loopback: no warning
     assert [is_loopback(h) for h in (LOOPBACK, "127.0.0.2", "::1", "[::1]", "localhost", "0.0.0.0", "::",
                                      "10.0.0.1", "example.org")] == [True] * 5 + [False] * 4
     assert exposure_warning("0.0.0.0", "key") is None and exposure_warning(LOOPBACK, None) is None
+
+
+def test_a_restart_that_would_serve_other_files_stops_the_server(served):
+    """Last: it stops the module's server."""
+    save_lora(served.adapters, 2)  # the adapter changes on disk under the running server
+    os.kill(engine_pid(served.log), signal.SIGKILL)
+    assert served.process.wait(timeout=120) == 1
+    lines = served.log.read_text().strip().splitlines()
+    assert "restarting it" in lines[-2]
+    assert "loaded other files" in lines[-1] and lines[-1].endswith("the server stops")

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="adapter to serve (repeatable): a name under the adapters directory, a path or a hub id; "
              "served under NAME, else as given")
     add("--adapters-dir", metavar="DIR", help="where adapter names are looked up (default adapters/)")
-    add("--host", default=LOOPBACK, help=f"address to bind ({LOOPBACK}; others expose the server)")
+    add("--host", default=LOOPBACK,
+        help=f"address to bind ({LOOPBACK}; others expose the server: a warning without --api-key)")
     add("--port", type=int, default=8000)
     add("--device", help="torch device (default: cuda when available)")
     add("--max-rows", type=int, default=64, help="rows decoded together, at most (64)")
@@ -54,16 +55,16 @@ def parse_adapter(text: str) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if warning := exposure_warning(args.host, api_key):  # first: before anything else can fail
+        print(f"flora-eval serve: {warning}", file=sys.stderr, flush=True)
     for flag, value in (("--max-rows", args.max_rows), ("--max-waiting", args.max_waiting),
                         ("--max-batched-tokens", args.max_batched_tokens), ("--max-tokens", args.max_tokens)):
         if value < 1:
             raise UserError(f"{flag} must be a positive integer, not {value}")
     if args.request_timeout <= 0 or args.stall_timeout < 2:
         raise UserError("--request-timeout must be > 0 and --stall-timeout ≥ 2 seconds")
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     logging.basicConfig(format="flora-eval serve: %(message)s", stream=sys.stderr)
-    if warning := exposure_warning(args.host, api_key):
-        print(f"flora-eval serve: {warning}", file=sys.stderr, flush=True)
     options = ServeOptions(args.max_rows, args.max_waiting, args.max_batched_tokens, args.max_tokens, api_key,
                            args.request_timeout, args.stall_timeout)
     adapters = tuple(map(parse_adapter, args.adapter or ()))
