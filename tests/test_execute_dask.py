@@ -99,23 +99,54 @@ def test_dask_without_the_extra_or_a_scheduler_names_the_fix(monkeypatch):
         open_executor("dask", scheduler="tcp://127.0.0.1:8786")
 
 
-def test_nodes_whose_toolchains_differ_are_refused():
+def test_a_node_whose_image_id_is_not_the_runs_is_refused_naming_it():
+    """The cache key is the run's image id, never a label: a node with the same toolchain but
+    another image id, or no image, stops the run with one line naming it and both ids."""
     from harness.execute.cluster import DaskExecutor
     from harness.execute.languages import load_language
 
-    executor, py = DaskExecutor(scheduler="tcp://127.0.0.1:8786"), load_language("py")
-    executor.record(py, {"node": "a", "worker": "tcp://10.0.0.1:1", "image": "sha256:aa",
-                         "toolchain": "Python 3.13.5"}, batches=1)
+    py = load_language("py")
+    a = {"node": "a", "worker": "tcp://10.0.0.1:1", "image": "sha256:aa", "toolchain": "Python 3.13.5"}
+    b = {"node": "b", "worker": "tcp://10.0.0.2:1", "image": "sha256:bb", "toolchain": "Python 3.13.5"}
+    # a client without the image (or without Docker): the first node's id is the run's
+    executor = DaskExecutor(scheduler="tls://127.0.0.1:8786")
+    executor.record(py, a, batches=1)
     assert executor.images["py"] == "sha256:aa"
-    executor.record(py, {"node": "b", "worker": "tcp://10.0.0.2:1", "image": "sha256:bb",
-                         "toolchain": "Python 3.13.5"})  # built on its node: same toolchain, other id
-    assert executor.images["py"] == "toolchain:Python 3.13.5"
-    assert executor.nodes["tcp://10.0.0.1:1"] == {"node": "a", "batches": 1,
-                                                 "images": {"py": {"image": "sha256:aa",
-                                                                   "toolchain": "Python 3.13.5"}}}
-    with pytest.raises(UserError, match="disagree on the py toolchain"):
-        executor.record(py, {"node": "c", "worker": "tcp://10.0.0.3:1", "image": "sha256:cc",
-                             "toolchain": "Python 3.12.1"})
+    assert executor.nodes["tcp://10.0.0.1:1"] == {"node": "a", "batches": 1, "images": {
+        "py": {"image": "sha256:aa", "toolchain": "Python 3.13.5"}}}
+    with pytest.raises(UserError, match=r"Dask workers tcp://10.0.0.1:1 and tcp://10.0.0.2:1 run different "
+                                        r"flora-eval/py images \(sha256:aa and sha256:bb\)") as refused:
+        executor.record(py, b)
+    assert "\n" not in str(refused.value) and "docker load" in str(refused.value)
+    assert executor.images["py"] == "sha256:aa"  # never a label
+    # a client with the image: every node must run the client's id
+    executor = DaskExecutor(scheduler="tls://127.0.0.1:8786", images={"py": "sha256:cc"}, _own={"py": True})
+    with pytest.raises(UserError, match=r"Dask worker tcp://10.0.0.1:1 \(node a\) runs flora-eval/py as "
+                                        r"sha256:aa, this client as sha256:cc; .*docker -H ssh://a load"):
+        executor.record(py, a)
+    with pytest.raises(UserError, match=r"\(node b\) has no flora-eval/py image sha256:cc"):
+        executor.record(py, {**b, "image": ""})
+
+
+def test_a_plain_tcp_scheduler_beyond_this_machine_is_warned_about(tmp_path, capsys, monkeypatch):
+    from harness.execute.cluster import WARNED_ENV, connect, plain_tcp_warning
+
+    for safe in ("tls://10.0.0.1:8786", "tcp://127.0.0.1:8786", "tcp://localhost:8786", "tcp://[::1]:8786",
+                 "127.0.0.1:8786"):
+        assert plain_tcp_warning(safe) == "", safe
+    for unsafe in ("tcp://10.0.0.1:8786", "10.0.0.1:8786", "tcp://sched.example.org:8786"):
+        assert "plain TCP" in plain_tcp_warning(unsafe) and "tls://" in plain_tcp_warning(unsafe)
+    # a scheduler file is read for its address; the warning comes once, before connecting
+    monkeypatch.delenv(WARNED_ENV, raising=False)
+    monkeypatch.setattr("harness.execute.cluster.CONNECT_TIMEOUT_S", 0.5)
+    sched = tmp_path / "sched.json"
+    sched.write_text('{"address": "tcp://192.0.2.1:8786"}')  # TEST-NET-1: nothing answers
+    for _ in range(2):
+        with pytest.raises(UserError, match="not reachable"):
+            connect(str(sched))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("flora-eval: warning:")] == [
+        "flora-eval: warning: " + plain_tcp_warning("tcp://192.0.2.1:8786")]
 
 
 # -- Docker -----------------------------------------------------------------------------
