@@ -153,6 +153,26 @@ def test_a_plain_tcp_scheduler_beyond_this_machine_is_warned_about(tmp_path, cap
 
 # -- Docker -----------------------------------------------------------------------------
 @pytest.mark.docker
+def test_a_node_runs_the_clients_id_under_any_tag_and_never_builds_another(docker_client, py_image):
+    """What a worker answers (its facts), asked outside a cluster: the client's id when its
+    engine has it under any tag; without it and without the tag, nothing (a build here would
+    make another id); with no id expected, its own tag's."""
+    import dataclasses
+
+    from harness.execute.cluster import node_facts
+    from harness.execute.languages import load_language
+
+    py = load_language("py")
+    untagged = dataclasses.replace(py, image=f"flora-eval-test/absent-{os.getpid()}")
+    assert node_facts(untagged, py_image)["image"] == py_image
+    assert node_facts(untagged, "sha256:" + "0" * 64)["image"] == ""
+    assert docker_client.images.list(name=untagged.image_tag) == []  # nothing was built
+    own = node_facts(py)
+    assert own["image"] == py_image and own["toolchain"].startswith("Python")
+    assert node_facts(py, "sha256:" + "0" * 64)["image"] == py_image  # another id: the client refuses it
+
+
+@pytest.mark.docker
 @pytest.mark.slow
 def test_three_languages_on_two_workers_equal_the_local_pool(cluster, test_inputs_dir, tmp_path,
                                                              docker_client, exec_cache):
