@@ -394,8 +394,16 @@ def dask_tls_config(certs: dict[str, Path]) -> dict[str, object]:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_the_dask_path_over_tls_executes_and_refuses_a_client_without_a_certificate(
-        certificates, humaneval_dir, tmp_path, docker_client, py_image, exec_cache, capsys):
+        certificates, humaneval_dir, tmp_path, docker_client, py_image, exec_cache, capsys, monkeypatch):
+    """`execute`, and the main command (whose execution process is another process), over TLS
+    with the client's certificate set in code; without one the scheduler refuses the client."""
     import dask
+
+    from harness.execute.cluster import CLIENT_SECURITY, dask_env_name
+
+    for key in CLIENT_SECURITY:  # what the run hands on to its child is undone after the test
+        monkeypatch.setenv(dask_env_name(key), "")
+        monkeypatch.delenv(dask_env_name(key))
 
     certs = {k: str(v) for k, v in certificates.items()}
     security = distributed.Security(require_encryption=True, tls_ca_file=certs["ca"],
@@ -415,6 +423,11 @@ def test_the_dask_path_over_tls_executes_and_refuses_a_client_without_a_certific
         with dask.config.set(dask_tls_config(certificates)):
             assert main(["execute", str(run.root), "--executor", "dask", "--scheduler", address,
                          "--jobs", "1"]) == 0
+            assert main(["--model", "tiny", "--device", "cpu", "--lang", "py", "--dataset",
+                         str(humaneval_dir), "--limit", "1", "-n", "2", "--max-tokens", "16", "--run-dir",
+                         str(tmp_path / "main"), "--executor", "dask", "--scheduler", address,
+                         "--jobs", "1"]) == 0
     assert "warning" not in capsys.readouterr().err
     statuses = [r[1] for rs in outcomes(run).values() for r in rs]
     assert len(statuses) == 6 and statuses.count("OK") == 4
+    assert [len(rs) for rs in outcomes(RunDir(tmp_path / "main")).values()] == [2]

@@ -61,6 +61,10 @@ STALL_S = 3600.0  # no batch (or image) answered for this long ends the run: a f
 BATCHES_PER_SLOT = 16
 WARNED_ENV = "FLORA_EVAL_WARNED_SCHEDULER"  # the warning is printed once, not again by the child
 RESUME = "what finished is cached: run the same command again to resume"
+# the client's side of Dask's security config, handed on to processes this one starts (the
+# main command's execution process) when it was set in code (dask.config.set), not in a file
+CLIENT_SECURITY = ("distributed.comm.require-encryption", "distributed.comm.tls.ca-file",
+                   "distributed.comm.tls.client.cert", "distributed.comm.tls.client.key")
 
 
 def workers_timeout_s() -> float:
@@ -106,6 +110,22 @@ def plain_tcp_warning(address: str) -> str:
             "Dask's config (docs/scale-out.md)")
 
 
+def dask_env_name(key: str) -> str:
+    """The environment variable Dask reads for a config key (DASK_A__B_C for a.b-c)."""
+    return "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+
+
+def hand_on_security() -> None:
+    """Put the client's security settings in the environment, so that a child process reads
+    the ones this process uses, wherever they were set."""
+    import dask
+
+    for key in CLIENT_SECURITY:
+        value = dask.config.get(key, None)
+        if value is not None:
+            os.environ.setdefault(dask_env_name(key), str(value))
+
+
 def connect(scheduler: str | None):
     """A Dask client of the scheduler at `tls://host:port` (or tcp://) or named by a scheduler
     file, with the security of Dask's config (`distributed.comm.tls.*`)."""
@@ -117,6 +137,7 @@ def connect(scheduler: str | None):
     if warning and os.environ.get(WARNED_ENV) != address:
         print(f"flora-eval: warning: {warning}", file=sys.stderr, flush=True)
         os.environ[WARNED_ENV] = address  # a spawned execution process inherits it: one line
+    hand_on_security()
     try:
         security = distributed.Security()  # Dask's config: distributed.comm.tls.*
         if "://" not in scheduler and Path(scheduler).is_file():
