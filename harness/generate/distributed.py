@@ -3,7 +3,9 @@
 Ranks split the (language, problem) list round-robin by position in the full, deterministic
 list (not the still-missing part, which changes as ranks write files); a rank takes all the
 adapters of its problems, writes their completions files, and rank 0 waits for all of them.
-Per-sample seeds make the files identical to a one-process run.
+Per-sample seeds make the files identical to a one-process run. A rank lost during the final
+gather or barrier ends the others with one line (`one_line`), not a traceback; one lost while
+samples stream is noticed by the stream (stream.py).
 
     torchrun --nproc-per-node 2 -m harness.cli generate --model tiny ...   # gloo on CPU
     torchrun --nproc-per-node 8 -m harness.cli generate --device cuda ...  # nccl, one GPU each
