@@ -18,6 +18,7 @@ from test_generate_run import cli, completions
 from harness.files import read_completions, read_json
 from harness.generate.resume import PARTIAL_SUFFIX, append_partial
 from harness.generate.run import AdapterChoice, provenance_of
+from harness.generate.stream import TIMEOUT_ENV
 from harness.models import load_model
 from harness.problems import load_problems
 from harness.records import SamplingConfig
@@ -144,3 +145,37 @@ def test_rank1_killed_mid_run_ends_rank0_in_one_line_and_a_rerun_resumes(humanev
                  RunDir.open(tmp_path / "one"), batch_size=2)
     assert len(completions(run)) == 2 and completions(run) == completions(tmp_path / "one")
     assert not list(run.rglob(f"*{PARTIAL_SUFFIX}")) and files_under(tmp_path / "node1") == []
+
+
+@pytest.mark.slow
+def test_a_hung_rank_ends_rank0_within_the_stream_timeout(humaneval_dir, tmp_path, monkeypatch):
+    """Rank 1 stopped (SIGSTOP: alive, connection open, silent, as a hung node): rank 0 hears no
+    heartbeat within the side group's timeout (8 s here) and ends with one line."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def out(rank: int):
+        return (logs / f"{rank}.out").open("w"), (logs / f"{rank}.err").open("w")
+
+    monkeypatch.setenv(TIMEOUT_ENV, "8")
+    rank0, rank1 = start_two_nodes(tmp_path, humaneval_dir, "--batch-size", "2", out=out, limit=2, n=8,
+                                   max_tokens=32)
+    run = tmp_path / "node0" / "run"
+    mine = load_problems("py", humaneval_dir, limit=2).problems[1].name
+    try:
+        deadline = time.monotonic() + 300
+        while not any(mine in p.name for p in run.rglob(f"*{PARTIAL_SUFFIX}")):
+            assert rank1.poll() is None and time.monotonic() < deadline, (logs / "1.err").read_text()[-2000:]
+            time.sleep(0.01)
+        os.kill(rank1.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        code = rank0.wait(timeout=90)
+        assert code == 2 and 8 <= time.monotonic() - stopped < 40
+    finally:
+        rank1.kill()
+        rank1.wait(timeout=30)
+    err = (logs / "0.err").read_text()
+    lines = [line for line in err.splitlines() if line.startswith("flora-eval")]
+    said = ("flora-eval: error: rank 1 of the torchrun job stopped (nothing from it in 8 s); "
+            "the samples finished so far are kept: run the same command again to resume")
+    assert lines == [said], err[-2000:]

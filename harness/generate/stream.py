@@ -10,13 +10,14 @@ which may be nccl. A restarted job resumes from what rank 0 has: its partial fil
 every sample any rank finished, and the other ranks are told which samples exist.
 
 Every failure ends: each rank > 0 also sends a heartbeat every HEARTBEAT_S, and every receive
-and send of the side group gives up after STREAM_TIMEOUT_S. A rank that dies (its connection
-closes) or hangs (no heartbeat) stops rank 0 with one line within that time, after what it
-had sent was written; rank 0 dying stops the others the same way.
+and send of the side group gives up after STREAM_TIMEOUT_S (FLORA_EVAL_RANK_TIMEOUT). A rank
+that dies (its connection closes) or hangs (no heartbeat) stops rank 0 with one line within
+that time, after what it had sent was written; rank 0 dying stops the others the same way.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,8 +33,18 @@ DONE = "done"
 BEAT = "beat"
 HEARTBEAT_S = 5.0
 STREAM_TIMEOUT_S = 120.0  # no message (sample or heartbeat) from a rank for this long: it is gone
+TIMEOUT_ENV = "FLORA_EVAL_RANK_TIMEOUT"
 RESUME = "the samples finished so far are kept: run the same command again to resume"
 T = TypeVar("T")
+
+
+def stream_timeout_s() -> float:
+    return float(os.environ.get(TIMEOUT_ENV) or STREAM_TIMEOUT_S)
+
+
+def heartbeat_s() -> float:
+    """Often enough that a live rank is never taken for a lost one."""
+    return min(HEARTBEAT_S, stream_timeout_s() / 4)
 
 
 def side_group(world: World):
@@ -42,7 +53,7 @@ def side_group(world: World):
         return None
     import torch.distributed as dist
 
-    return dist.new_group(backend="gloo", timeout=timedelta(seconds=STREAM_TIMEOUT_S))
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=stream_timeout_s()))
 
 
 def share_holdings(world: World, group, held: dict[Path, Holding] | None, error: str = "",
@@ -71,7 +82,7 @@ def share_holdings(world: World, group, held: dict[Path, Holding] | None, error:
 def lost_rank(rank: int, exc: BaseException) -> UserError:
     """The one line for a rank that stopped answering: died (its connection broke: closed or
     reset) or hung (nothing, not even a heartbeat, within the side group's timeout)."""
-    why = (f"nothing from it in {STREAM_TIMEOUT_S:.0f} s" if "timed out" in str(exc).lower()
+    why = (f"nothing from it in {stream_timeout_s():.0f} s" if "timed out" in str(exc).lower()
            else "its connection broke")
     return UserError(f"rank {rank} of the torchrun job stopped ({why}); {RESUME}")
 
@@ -104,7 +115,7 @@ class Sender:
                 raise self.failed[0] from None
 
     def _beat(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_S):
+        while not self.stopped.wait(heartbeat_s()):
             try:
                 self._send(BEAT)
             except UserError:
