@@ -50,7 +50,7 @@ EXECUTORS = ("local", "dask")
 
 def open_executor(kind: str = "local", jobs: int | None = None, use_cache: bool = True,
                   scheduler: str | None = None):
-    """The local pool (default) or a Dask cluster's workers (`scheduler`: tcp://host:port or
+    """The local pool (default) or a Dask cluster's workers (`scheduler`: tls://host:port or
     a scheduler file), with the persistent cache on this side."""
     from harness.execute.cache import ExecCache
     from harness.execute.engine import Executor
