@@ -269,3 +269,4 @@ class ProblemScore(Traced):
     statuses: dict[str, int] = field(default_factory=dict)
     image_id: str = ""
     timeouts: int = 0  # samples the sandbox stopped at a time limit (whatever their status)
+    rules: str = ""  # "<lang>:<rules_fingerprint>" that judged the statuses ("": none observed)

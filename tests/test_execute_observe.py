@@ -357,3 +357,27 @@ def test_results_files_keep_multipl_e_fields():
     assert {"program", "stdout", "stderr", "exit_code", "status", "timestamp"} <= set(data)
     assert data["observation"][0]["stdout_bytes"] == 3
     assert ProblemResults.from_json(stored.to_json()) == stored
+
+
+def test_scores_judged_under_other_rules_are_made_again(tmp_path, monkeypatch):
+    """scores.csv names the rules that judged it: after a rule change the report's scores
+    (also the gate's and the API's: `run_scores`) are judged again from the observations,
+    with nothing to execute, and the results file is rewritten."""
+    from harness.report.load import run_scores
+    from harness.runs import RunDir
+
+    run = RunDir.open(tmp_path / "run")
+    path = run.results_path("tiny", "base", "py", "HumanEval_0_x")
+    write_results(path, results_of("py", [[step(0)], [step(0, stdout="magic\n")]], ["OK", "OK"]))
+    first = run_scores(run)
+    assert [(s.c, s.statuses, s.rules.startswith("py:")) for s in first] == [(2, {"OK": 2}, True)]
+    assert run_scores(run) == first, "current"
+
+    def change(lang):
+        return dataclasses.replace(lang, rules=(Rule(Condition(stdout_contains=("magic",)), "Exception"),
+                                                *lang.rules))
+
+    patched_rules(monkeypatch, "py", change)
+    again = run_scores(run)
+    assert [(s.c, s.statuses) for s in again] == [(1, {"OK": 1, "Exception": 1})]
+    assert [r.status for r in read_results(path).results] == ["OK", "Exception"], "rewritten"

@@ -20,7 +20,7 @@ import pandas as pd
 from harness.records import ExecResult, ProblemResults, ProblemScore
 from harness.runs import RunDir
 from harness.score import SCORES_FILE, read_scores, score_run, scores_current
-from harness.score.judge import read_judged
+from harness.score.judge import judged_today, read_judged
 
 # Text kept for the drill-down: the whole report aims at about this many characters of
 # samples, spread over its (problem, adapter) cells, within these bounds per field.
@@ -141,9 +141,12 @@ def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
 
 
 def run_scores(run: RunDir) -> list[ProblemScore]:
-    """The run's score records: scores.csv, scored first when missing or stale."""
+    """The run's score records: scores.csv, scored first when missing, stale, or judged
+    with other status rules than today's (the results are judged again then)."""
     if scores_current(run):
-        return read_scores(run.root / SCORES_FILE)
+        scores = read_scores(run.root / SCORES_FILE)
+        if judged_today(scores):
+            return scores
     return score_run(run)
 
 
