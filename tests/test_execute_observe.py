@@ -14,7 +14,7 @@ from test_execute_support import offered_language, own_containers, small_run, wi
 
 from harness.execute import execute_run
 from harness.execute import languages as languages_module
-from harness.execute.cache import ExecCache
+from harness.execute.cache import ExecCache, cache_key
 from harness.execute.engine import Executor
 from harness.execute.languages import (
     Condition,
@@ -260,10 +260,14 @@ def test_a_rule_change_applies_to_cached_results_without_running(tmp_path, human
     assert execute_run(run, jobs=1).telemetry["executed"] == 4
     loud = "print('x' * 9000)\nprint('magic')\n"
     quiet = "print('magic')\n"
+    legacy = "print('cached by an older version')\n"
     py = load_language("py")
     with Executor(jobs=1, cache=ExecCache(exec_cache)) as executor:
-        before = dict(executor.run_programs(py, [loud, quiet]))
-    assert [r.status for r in before.values()] == ["OK", "OK"]
+        old_row = {"stdout": "", "stderr": "", "exit_code": 0, "status": "OK", "timestamp": 1}
+        executor.cache.put(cache_key(legacy, py_image, executor.limits_key(py)), old_row)
+        before = dict(executor.run_programs(py, [loud, quiet, legacy]))
+        assert executor.stats.executed == 3, "a row without an observation counts as missing"
+    assert [r.status for r in before.values()] == ["OK", "OK", "OK"] and before[2].observation
     assert before[0].observation[0]["stdout_cut"] > 0 and "magic" not in before[0].observation[0]["scanned"]
 
     new_rules = (Rule(Condition(stdout_contains=("magic",)), "AssertionError"),
@@ -275,9 +279,9 @@ def test_a_rule_change_applies_to_cached_results_without_running(tmp_path, human
     patched_rules(monkeypatch, "py", change)
     changed = load_language("py")
     with Executor(jobs=1, cache=ExecCache(exec_cache)) as executor:
-        after = dict(executor.run_programs(changed, [loud, quiet]))
+        after = dict(executor.run_programs(changed, [loud, quiet, legacy]))
         stats = executor.stats.as_dict()
-    assert stats["executed"] == 0 and stats["cache_hits"] == 2, "nothing ran"
+    assert stats["executed"] == 0 and stats["cache_hits"] == 3, "nothing ran"
     assert after[1].status == "AssertionError", "the new rule, from the cached observation"
     assert after[0].status == "Exception", "the rule's text may be in the cut part: never OK"
 
