@@ -424,6 +424,9 @@ class DaskExecutor(Executor):
             self._pools[lang.key] = RemotePool(self, lang)
         return self._pools[lang.key]
 
+    def confirm_pool(self, lang: Language) -> RemotePool:
+        return self.pool(lang)  # timed-out programs run again on the cluster as batches
+
     def close(self) -> None:
         super().close()
         if self._dask is not None:
