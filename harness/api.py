@@ -57,7 +57,8 @@ class Run:
         return self.dir.read_manifest()
 
     def scores(self) -> list[ProblemScore]:
-        """The score records (scores.csv; scored first when missing or older than the results)."""
+        """The score records (scores.csv; scored first when missing or made from other results
+        or under other status rules than those now)."""
         from harness.report.load import run_scores
 
         return run_scores(self.dir)
@@ -206,10 +207,12 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
 
 
 def score(run: Run) -> list[ProblemScore]:
-    """Per-problem score records of every results file, written to scores.csv."""
+    """Per-problem score records of every results file, written to scores.csv (with what they
+    were made from: the results files' hashes and the languages' status rules)."""
+    from harness.report.load import status_rules
     from harness.score import score_run
 
-    return score_run(run.dir)
+    return score_run(run.dir, status_rules)
 
 
 def report(path: str | Path) -> dict[str, Path]:

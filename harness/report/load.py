@@ -2,7 +2,8 @@
 manifest, and a capped digest of each problem's samples for the HTML drill-down.
 
 The numbers come from the score stage's records (`scores.csv`, written first when missing or
-older than the results). A full run is 161 problems × 100 samples × adapters × languages;
+stale: made from other results files or under other status rules, harness/score/stage.py).
+A full run is 161 problems × 100 samples × adapters × languages;
 keeping every program would cost gigabytes, so each results file is reduced here to its
 distinct programs (most frequent first) with their text capped."""
 
@@ -139,10 +140,20 @@ def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
 
 
 def run_scores(run: RunDir) -> list[ProblemScore]:
-    """The run's score records: scores.csv, scored first when missing or stale."""
-    if scores_current(run):
+    """The run's score records: scores.csv, scored first when missing or stale (made from
+    other results than those now present, or under other status rules)."""
+    if scores_current(run, status_rules):
         return read_scores(run.root / SCORES_FILE)
-    return score_run(run)
+    return score_run(run, status_rules)
+
+
+def status_rules(lang: str) -> str:
+    """The fingerprint of the rules that turn `lang`'s observations into statuses ("" for a
+    language this build does not define): what dates a scores.csv besides its results."""
+    from harness.execute.languages import language_key, load_language
+
+    key = language_key(lang) if lang else None
+    return load_language(key).rules_fingerprint() if key else ""
 
 
 def load_run(run: RunDir, label: str | None = None) -> RunData:
