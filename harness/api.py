@@ -169,9 +169,11 @@ def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocatio
 
 
 def record_execution(invocation, execution) -> None:
-    """The execute stage's images, telemetry and (on a cluster) nodes in the manifest."""
+    """The execute stage's images, telemetry, plan (files held, stale, missing, orphaned,
+    executed) and (on a cluster) nodes in the manifest."""
     nodes = {"nodes": execution.nodes} if execution.nodes else {}
-    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry}, **nodes)
+    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry},
+                      plan={"execute": execution.plan}, **nodes)
 
 
 def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = None, *,
