@@ -66,8 +66,10 @@ def test_the_readme_example_runs_as_a_plain_script_and_from_stdin(tmp_path, huma
     env = {**os.environ, "FLORA_EVAL_CACHE": str(tmp_path / "cache.sqlite")}
     script = tmp_path / "example.py"
     script.write_text(source)
-    argv, stdin = ([sys.executable, str(script)], None) if how == "script" else ([sys.executable, "-"], source)
-    done = subprocess.run(argv, input=stdin, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    argv, stdin = {"script": ([sys.executable, str(script)], None),
+                   "stdin": ([sys.executable, "-"], source)}[how]
+    done = subprocess.run(argv, input=stdin, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "scored 1 [2]", done.stdout
     assert [h["stage"] for h in api.open_run(tmp_path / "run").manifest()["invocations"]] == ["evaluate"]

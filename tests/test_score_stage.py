@@ -113,7 +113,8 @@ def test_scores_are_current_only_for_the_results_they_were_made_from(tmp_path, h
     from harness.report.load import run_scores, status_rules
     from harness.score import scores_current
 
-    run = write_run(tmp_path / "run", demo_counts(langs=("py",), adapters=("base",), problems_per_lang=3, n=4))
+    counts = demo_counts(langs=("py",), adapters=("base",), problems_per_lang=3, n=4)
+    run = write_run(tmp_path / "run", counts)
     assert not scores_current(run, status_rules)
     assert len(api.score(api.open_run(run.root))) == 3
     assert scores_current(run, status_rules)
