@@ -4,6 +4,7 @@ its program (program, status, exit code, stdout, stderr), not when it ran (times
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -182,3 +183,29 @@ def test_a_worker_killed_mid_run_loses_nothing_and_leaves_no_container(cluster, 
     while owned_by(docker_client, pids) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert owned_by(docker_client, pids) == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_main_command_on_dask_plans_as_execute_does(cluster, humaneval_dir, tmp_path, exec_cache, capsys):
+    """The main command with `--executor dask`: the same plan (results made under other limits
+    run again, the others are held) as every other path."""
+    import dataclasses
+
+    from harness.files import write_results
+
+    run = tmp_path / "run"
+    argv = ["--model", "tiny", "--device", "cpu", "--lang", "py", "--dataset", str(humaneval_dir),
+            "--limit", "2", "-n", "2", "--max-tokens", "16", "--run-dir", str(run), "--executor", "dask",
+            "--scheduler", cluster.scheduler_address]
+    assert main(argv) == 0
+    other, same = RunDir(run).result_files()
+    held = read_results(other)
+    write_results(other, dataclasses.replace(held, limits="mem=1g,pids=1"))
+    untouched = same.read_bytes()
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert read_results(other).limits == held.limits and same.read_bytes() == untouched
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["plan"]["execute"] == {"held": 1, "stale": 1, "missing": 0, "orphans": 0, "execute": 1}
+    assert manifest["config"]["executor"] == "dask" and len(manifest["nodes"]) == 2

@@ -5,6 +5,7 @@ completions are not kept."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from test_execute_support import small_run
@@ -53,3 +54,13 @@ def test_results_of_deleted_completions_are_removed(tmp_path, humaneval_dir, py_
     assert main(["execute", str(run.root)]) == 0
     assert len(run.result_files()) == 1 and run.result_files()[0].name.startswith(
         run.completion_files()[0].name.removesuffix(".json.gz"))
+
+
+def test_execute_no_cache_on_a_run_with_results_executes_every_program(tmp_path, humaneval_dir, py_image,
+                                                                        exec_cache, capsys):
+    run = small_run(tmp_path / "run", humaneval_dir, problems=2)
+    execute_run(run, jobs=2)
+    assert main(["execute", str(run.root), "--no-cache"]) == 0
+    assert "(6 programs)" in capsys.readouterr().out
+    manifest = json.loads((run.root / "manifest.json").read_text())
+    assert manifest["telemetry"]["execute"]["cache_hits"] == 0 and manifest["plan"]["execute"]["execute"] == 2

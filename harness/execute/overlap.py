@@ -252,9 +252,17 @@ def serve(spec: dict, langs: list[str], inbox: queue.Queue, outbox: Connection) 
                 if STOP in batch:
                     break
             consumer.close()
-            outbox.send(("done", summary_of(executor, consumer.planned), consumer.busy))
+            answer(outbox, ("done", summary_of(executor, consumer.planned), consumer.busy))
     except BaseException as exc:
-        outbox.send(("error", _picklable(exc), consumer.busy if consumer else []))
+        answer(outbox, ("error", _picklable(exc), consumer.busy if consumer else []))
+
+
+def answer(outbox: Connection, message: tuple) -> None:
+    """Send the answer; a main process that is gone (its pipe closed) needs none."""
+    try:
+        outbox.send(message)
+    except OSError:
+        pass
 
 
 @dataclass
