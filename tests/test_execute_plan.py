@@ -20,7 +20,7 @@ pytestmark = pytest.mark.docker
 
 
 def test_the_plan_names_each_difference_and_re_runs_regenerated_completions(tmp_path, humaneval_dir, py_image,
-                                                                             exec_cache):
+                                                                             exec_cache, capsys):
     run = small_run(tmp_path / "run", humaneval_dir, problems=3)
     execute_run(run, jobs=2)
     regenerated, other_image, held = run.completion_files()
@@ -40,7 +40,11 @@ def test_the_plan_names_each_difference_and_re_runs_regenerated_completions(tmp_
         assert str(stale[results_path][0]) == f"image_id: sha256:0ther → {py_image}"
         assert len(plan_run(run.root, executor, rerun=True).todo) == 3, "--no-cache: all of them"
 
+    capsys.readouterr()
     assert execute_run(run, jobs=2).plan == {"held": 1, "stale": 2, "missing": 0, "orphans": 0, "execute": 2}
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("execute: ")]
+    assert len(note) == 1 and "2 results file(s) made otherwise are executed again" in note[0]
+    assert "programs: " in note[0] and "image_id: sha256:0ther → sha256:" in note[0], note
     again = read_results(run.result_files()[0])
     assert all(r.program.startswith(completions.prompt + "    return 1\n") for r in again.results)
     assert execute_run(run, jobs=2).plan["execute"] == 0, "everything is current now"

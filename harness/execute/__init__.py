@@ -102,6 +102,8 @@ def execute_plan(plan, executor) -> ExecutionSummary:
     from harness.execute.plan import remove_orphans
 
     remove_orphans(plan)
+    if plan.note():
+        print(plan.note(), file=sys.stderr)
     if not plan.todo:  # nothing ran: no telemetry
         return ExecutionSummary(images=dict(executor.images), plan=plan.summary())
     execute_tasks(plan.todo, executor=executor)

@@ -307,10 +307,12 @@ class Consumer:
         if not plan.todo:
             return
         started = time.time()
+        bar = self._bar()
+        if plan.note():
+            bar.write(plan.note(), file=sys.stderr)
         by_lang: dict[str, list] = {}
         for task in plan.todo:
             by_lang.setdefault(task.lang, []).append(task)
-        bar = self._bar()
         bar.total += sum(len(t.completions.completions) for t in plan.todo)
         bar.refresh()
         for key, lang_tasks in by_lang.items():

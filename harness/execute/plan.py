@@ -64,9 +64,24 @@ class ExecutionPlan:
         """Every task asked for, whatever its state."""
         return (*self.held, *(s.task for s in self.stale), *self.missing)
 
+    def note(self) -> str | None:
+        """One line on the results files executed again and why (None: no such file)."""
+        parts = []
+        if self.stale:
+            example = {d.setting: d for s in self.stale for d in s.differences}
+            why = "; ".join(f"{name}: {_short(d.held)} → {_short(d.now)}" for name, d in example.items())
+            parts.append(f"{len(self.stale)} results file(s) made otherwise are executed again ({why})")
+        if self.rerun and self.held:
+            parts.append(f"{len(self.held)} held results file(s) are executed again (--no-cache)")
+        return "execute: " + "; ".join(parts) if parts else None
+
     def summary(self) -> dict[str, int]:
         return {"held": len(self.held), "stale": len(self.stale), "missing": len(self.missing),
                 "orphans": len(self.orphans), "execute": len(self.todo)}
+
+
+def _short(value: str, width: int = 24) -> str:
+    return value if len(value) <= width else value[: width - 1] + "…"
 
 
 def programs_hash(programs: Iterable[str]) -> str:
