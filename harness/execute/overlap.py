@@ -113,8 +113,9 @@ class Overlap:
         """Generation failed: the execution process stops without running what is queued."""
         if self.process.poll() is None:
             try:
-                self._send(ABORT)
-            except UserError:
+                with self.lock:
+                    self.inbox.send(ABORT)
+            except OSError:  # gone meanwhile: nothing to stop
                 pass
         self._end(EXIT_WAIT_S)
 
