@@ -197,8 +197,9 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
     overlap = Overlap(spec, resolve_langs(evaluation.langs, []) if evaluation.langs else ())
     try:
         overlap.generation_started()
-        run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
-                                      **generation)
+        with overlap.watching():  # the execution process dying ends generation within a second
+            run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
+                                          **generation)
         overlap.generation_done()
         execution = overlap.finish(run.dir)
     except BaseException:

@@ -22,15 +22,17 @@ scores as generate-then-execute. `finish` plans the whole run (files completed b
 run, or by a path that did not call `submit`), waits, and reports how much the stages
 overlapped.
 
-Every wait is bounded by the other side's life: `submit` checks that the execution process
-is alive before queueing (the pipe never fills: the process reads it continuously), and
-`finish` polls for its answer. A dead execution process ends the run with one line; every
-finished completions and results file is kept, so running the same command again resumes.
-If the main process dies instead, the execution process sees its pipe close and stops.
+Every wait is bounded by the other side's life: a watcher interrupts generation within
+POLL_S of the execution process's end (`watching`), `submit` checks that it is alive before
+queueing (the pipe never fills: the process reads it continuously), and `finish` polls for
+its answer. A dead execution process ends the run with one line; every finished completions
+and results file is kept, so running the same command again resumes. If the main process
+dies instead, the execution process sees its pipe close and stops.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import pickle
 import queue
@@ -39,6 +41,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -49,6 +53,12 @@ from harness.execute import ExecutionSummary, execute_language, summary_of
 STOP, ABORT = "stop", "abort"
 POLL_S = 0.5  # how often a waiting side checks that the other is alive
 EXIT_WAIT_S = 60  # for the execution process to end after STOP or ABORT
+WATCH_SIGNAL = signal.SIGUSR1  # how the watcher interrupts generation (simulated: no signal is sent)
+
+
+class Interrupted(BaseException):
+    """Raised in the generating thread when the execution process ended while it worked
+    (a BaseException, as KeyboardInterrupt: no `except Exception` on the way swallows it)."""
 
 
 @dataclass
@@ -89,6 +99,52 @@ class Overlap:
         self._poll(0)
         self._raise()
         self._send(str(completions_path))
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Around generation: a watcher thread checks every POLL_S that the execution process
+        lives, and when it has ended, interrupts generation where it is (between two files
+        is not soon enough: a batch can hold every file open until its end); the interruption
+        comes out as the execution process's own error, or the one line of its death. Only
+        in the main thread, which alone receives the interruption; elsewhere `submit` and
+        `finish` still notice."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stop = threading.Event()
+
+        def interrupted(signum, frame) -> None:
+            if not stop.is_set():
+                raise Interrupted
+
+        def watch() -> None:
+            while not stop.wait(POLL_S):
+                if self.process.poll() is not None:
+                    if not stop.is_set():
+                        _thread.interrupt_main(WATCH_SIGNAL)
+                    return
+
+        previous = signal.signal(WATCH_SIGNAL, interrupted)
+        watcher = threading.Thread(target=watch, name="flora-execute-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        except Interrupted:
+            raise self.failure() from None
+        finally:
+            stop.set()
+            watcher.join(timeout=5)
+            signal.signal(WATCH_SIGNAL, previous)  # a trip still pending is then skipped
+
+    def failure(self) -> BaseException:
+        """Why the execution process ended early: its own error, else its death."""
+        try:
+            self._poll(0)
+        except Exception:  # a message torn by the interruption: the death is what matters
+            pass
+        if self.error is None:
+            self.error = self._died()
+        return self.error
 
     def generation_started(self) -> None:
         self.clock.generate = (time.time(), time.time())
