@@ -20,10 +20,14 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.files import write_results
 from harness.records import Completions, ExecResult, ProblemResults
 from harness.runs import RunDir
+
+if TYPE_CHECKING:
+    from harness.execute.plan import ExecutionPlan
 
 
 @dataclass(frozen=True)
@@ -97,13 +101,13 @@ def summary_of(executor, plan: dict | None = None) -> ExecutionSummary:
                             nodes=dict(getattr(executor, "nodes", {})), plan=dict(plan or {}))
 
 
-def execute_plan(plan, executor) -> ExecutionSummary:
+def execute_plan(plan: ExecutionPlan, executor) -> ExecutionSummary:
     """Carry out an ExecutionPlan (execute/plan.py): its orphaned results go, its `todo` runs."""
     from harness.execute.plan import remove_orphans
 
     remove_orphans(plan)
-    if plan.note():
-        print(plan.note(), file=sys.stderr)
+    if note := plan.note():
+        print(note, file=sys.stderr)
     if not plan.todo:  # nothing ran: no telemetry
         return ExecutionSummary(images=dict(executor.images), plan=plan.summary())
     execute_tasks(plan.todo, executor=executor)

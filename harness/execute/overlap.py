@@ -365,8 +365,8 @@ class Consumer:
             return
         started = time.time()
         bar = self._bar()
-        if plan.note():
-            bar.write(plan.note(), file=sys.stderr)
+        if note := plan.note():
+            bar.write(note, file=sys.stderr)
         by_lang: dict[str, list] = {}
         for task in plan.todo:
             by_lang.setdefault(task.lang, []).append(task)

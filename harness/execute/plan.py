@@ -59,11 +59,6 @@ class ExecutionPlan:
         again = self.held if self.rerun else ()
         return (*self.missing, *(s.task for s in self.stale), *again)
 
-    @property
-    def tasks(self) -> tuple[Task, ...]:
-        """Every task asked for, whatever its state."""
-        return (*self.held, *(s.task for s in self.stale), *self.missing)
-
     def note(self) -> str | None:
         """One line on the results files executed again and why (None: no such file)."""
         parts = []
