@@ -57,7 +57,8 @@ class Run:
         return self.dir.read_manifest()
 
     def scores(self) -> list[ProblemScore]:
-        """The score records (scores.csv; scored first when missing or older than the results)."""
+        """The score records (scores.csv; scored first when missing or made from other results
+        or under other status rules than those now)."""
         from harness.report.load import run_scores
 
         return run_scores(self.dir)
@@ -153,8 +154,11 @@ def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *
 
 def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None,
             executor: str = "local", scheduler: str | None = None):
-    """Run every completion's tests in Docker, writing results files (resumable); `executor`
-    "dask" runs them on the workers of the Dask scheduler `scheduler` (tls://host:port, tcp:// or a file)."""
+    """Run every completion's tests in Docker, writing results files, as the execution plan
+    says (harness/execute/plan.py, the same for every path: missing results, and results made
+    by another image, other limits or from other programs; with `use_cache=False` all of
+    them); `executor` "dask" runs them on the workers of the Dask scheduler `scheduler`
+    (tls://host:port, tcp:// or a file)."""
     from harness.execute import execute_run, open_executor
 
     run_dir = run.dir
@@ -168,9 +172,11 @@ def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocatio
 
 
 def record_execution(invocation, execution) -> None:
-    """The execute stage's images, telemetry and (on a cluster) nodes in the manifest."""
+    """The execute stage's images, telemetry, plan (files held, stale, missing, orphaned,
+    executed) and (on a cluster) nodes in the manifest."""
     nodes = {"nodes": execution.nodes} if execution.nodes else {}
-    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry}, **nodes)
+    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry},
+                      plan={"execute": execution.plan}, **nodes)
 
 
 def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = None, *,
@@ -191,8 +197,9 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
     overlap = Overlap(spec, resolve_langs(evaluation.langs, []) if evaluation.langs else ())
     try:
         overlap.generation_started()
-        run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
-                                      **generation)
+        with overlap.watching():  # the execution process dying ends generation within a second
+            run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
+                                          **generation)
         overlap.generation_done()
         execution = overlap.finish(run.dir)
     except BaseException:
@@ -206,7 +213,8 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
 
 
 def score(run: Run) -> list[ProblemScore]:
-    """Per-problem score records of every results file, written to scores.csv."""
+    """Per-problem score records of every results file, written to scores.csv (with what they
+    were made from: the results files' hashes and the languages' status rules)."""
     from harness.score import score_run
 
     return score_run(run.dir)

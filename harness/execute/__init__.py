@@ -9,6 +9,7 @@ language's hardened container and write MultiPL-E results files as problems fini
     cache.py      the persistent sqlite3 cache
     engine.py     Executor: dedup, cache (observations), canaries → results judged by today's rules
     cluster.py    DaskExecutor: the same, with the pools on Dask workers (`--executor dask`)
+    plan.py       what to execute: held, stale (each difference) and missing results; every path's plan
     overlap.py    the main command's execution process, fed completions files as generation writes them
     inputs.py     completions files from elsewhere (MultiPL-E files, bigcode generations)
 """
@@ -19,9 +20,14 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.files import write_results
 from harness.records import Completions, ExecResult, ProblemResults
+from harness.runs import RunDir
+
+if TYPE_CHECKING:
+    from harness.execute.plan import ExecutionPlan
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class ExecutionSummary:
     images: dict[str, str] = field(default_factory=dict)  # language → image id
     telemetry: dict = field(default_factory=dict)
     nodes: dict = field(default_factory=dict)  # Dask: worker → node, image ids, toolchain versions
+    plan: dict = field(default_factory=dict)  # held / stale / missing / orphans / execute: file counts
 
 
 @dataclass(frozen=True)
@@ -89,9 +96,22 @@ def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None,
     return summary_of(executor)
 
 
-def summary_of(executor) -> ExecutionSummary:
+def summary_of(executor, plan: dict | None = None) -> ExecutionSummary:
     return ExecutionSummary(images=dict(executor.images), telemetry=executor.stats.as_dict(),
-                            nodes=dict(getattr(executor, "nodes", {})))
+                            nodes=dict(getattr(executor, "nodes", {})), plan=dict(plan or {}))
+
+
+def execute_plan(plan: ExecutionPlan, executor) -> ExecutionSummary:
+    """Carry out an ExecutionPlan (execute/plan.py): its orphaned results go, its `todo` runs."""
+    from harness.execute.plan import remove_orphans
+
+    remove_orphans(plan)
+    if note := plan.note():
+        print(note, file=sys.stderr)
+    if not plan.todo:  # nothing ran: no telemetry
+        return ExecutionSummary(images=dict(executor.images), plan=plan.summary())
+    execute_tasks(plan.todo, executor=executor)
+    return summary_of(executor, plan.summary())
 
 
 @dataclass
@@ -170,14 +190,16 @@ def _write(task: Task, results: list, image_id: str, limits: str) -> None:
 
 
 def execute_run(run, jobs: int | None = None, use_cache: bool = True, executor=None) -> ExecutionSummary:
-    """Execute every completions file of a run that has no results file yet, or one made by
-    another image or other limits (resumable); `executor`: an open executor (local or Dask)."""
-    from harness.execute.inputs import run_tasks
+    """Execute what the run's plan says (execute/plan.py): completions files without results,
+    or whose results were made by another image, other limits or from other programs; with
+    `use_cache=False` (`--no-cache`) every one again. `executor`: an open executor (local or
+    Dask)."""
+    from harness.execute.plan import plan_run
 
     own = executor is None
     executor = executor or open_executor(jobs=jobs, use_cache=use_cache)
     try:
-        return execute_tasks(run_tasks(run.root, out_dir=None, executor=executor), executor=executor)
+        return execute_plan(plan_run(run.root, executor), executor)
     finally:
         if own:
             executor.close()
@@ -186,8 +208,10 @@ def execute_run(run, jobs: int | None = None, use_cache: bool = True, executor=N
 def execute_paths(inputs: list[Path], jobs: int | None = None, out_dir: Path | None = None,
                   lang: str | list[str] | None = None, dataset: str | None = None,
                   benchmark: str = "humaneval", use_cache: bool = True, executor=None) -> list[Path]:
-    """`flora-eval execute`: run dirs, MultiPL-E completions files or bigcode generations."""
+    """`flora-eval execute`: run dirs, MultiPL-E completions files or bigcode generations,
+    planned as `execute_run` plans a run. Returns every results file asked for."""
     from harness.execute.inputs import tasks_for
+    from harness.execute.plan import orphan_results, plan_execution
 
     if isinstance(lang, list):  # the top-level `--lang` is repeatable
         lang = lang[-1] if lang else None
@@ -195,8 +219,10 @@ def execute_paths(inputs: list[Path], jobs: int | None = None, out_dir: Path | N
     executor = executor or open_executor(jobs=jobs, use_cache=use_cache)
     try:
         tasks = [task for path in inputs
-                 for task in tasks_for(Path(path), out_dir, lang, dataset, benchmark, executor)]
-        execute_tasks(tasks, executor=executor)
+                 for task in tasks_for(Path(path), out_dir, lang, dataset, benchmark)]
+        orphans = [o for path in inputs if out_dir is None and RunDir.is_run(path)
+                   for o in orphan_results(Path(path))]
+        execute_plan(plan_execution(tasks, executor, orphans=orphans), executor)
     finally:
         if own:
             executor.close()

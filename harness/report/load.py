@@ -2,11 +2,12 @@
 manifest, and a capped digest of each problem's samples for the HTML drill-down.
 
 The numbers come from the score stage's records (`scores.csv`, written first when missing or
-older than the results). Every results file is judged again with today's language rules first
-(`read_judged`: rewritten when a status changed, so the scores are made again from it).
-A full run is 161 problems × 100 samples × adapters × languages; keeping every program
-would cost gigabytes, so each results file is reduced here to its distinct programs (most
-frequent first) with their text capped."""
+stale: made from other results files or under other status rules, harness/score/stage.py).
+Every results file is judged again with today's language rules first (`read_judged`:
+rewritten when a status changed, so the scores are made again from it). A full run is 161
+problems × 100 samples × adapters × languages; keeping every program would cost gigabytes,
+so each results file is reduced here to its distinct programs (most frequent first) with
+their text capped."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pandas as pd
 from harness.records import ExecResult, ProblemResults, ProblemScore
 from harness.runs import RunDir
 from harness.score import SCORES_FILE, read_scores, score_run, scores_current
-from harness.score.judge import judged_today, read_judged
+from harness.score.judge import read_judged
 
 # Text kept for the drill-down: the whole report aims at about this many characters of
 # samples, spread over its (problem, adapter) cells, within these bounds per field.
@@ -141,12 +142,10 @@ def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
 
 
 def run_scores(run: RunDir) -> list[ProblemScore]:
-    """The run's score records: scores.csv, scored first when missing, stale, or judged
-    with other status rules than today's (the results are judged again then)."""
+    """The run's score records: scores.csv, scored first when missing or stale (made from
+    other results than those now present, or under other status rules)."""
     if scores_current(run):
-        scores = read_scores(run.root / SCORES_FILE)
-        if judged_today(scores):
-            return scores
+        return read_scores(run.root / SCORES_FILE)
     return score_run(run)
 
 

@@ -22,10 +22,18 @@ from harness.score.estimators import (
     sign_test_less,
     standard_error,
 )
-from harness.score.stage import SCORES_FILE, read_scores, score_run, scores_current, write_scores
+from harness.score.stage import (
+    SCORES_FILE,
+    SOURCES_FILE,
+    read_scores,
+    score_run,
+    scores_current,
+    write_scores,
+)
 
 __all__ = [
     "SCORES_FILE",
+    "SOURCES_FILE",
     "Estimate",
     "Paired",
     "align",

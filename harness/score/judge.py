@@ -6,16 +6,16 @@ differ from today's judgment is rewritten.
 
 Results without an observation (files of MultiPL-E or other tools) keep the status they
 were written with. Score records name the rules they were judged with (`rules`), so a
-scores.csv made under other rules is made again (`judged_today`)."""
+scores.csv made under other rules is made again (`status_rules`, in scores.sources.json)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
-from harness.execute.languages import load_language, result_of
+from harness.execute.languages import language_key, load_language, result_of
 from harness.files import read_results, write_results
-from harness.records import ExecResult, ProblemResults, ProblemScore
+from harness.records import ExecResult, ProblemResults
 
 
 def rejudge(results: ProblemResults) -> ProblemResults:
@@ -34,7 +34,7 @@ def _judged(lang, result: ExecResult) -> ExecResult:
     return result_of(lang, result.program, result.observation, result.timestamp)
 
 
-UNKNOWN_RULES = "unknown"  # a score record older than its `rules` field: judged again
+UNKNOWN_RULES = "unknown"  # the `rules` of a score record written before the field existed
 
 
 def rules_of(results: ProblemResults) -> str:
@@ -49,18 +49,23 @@ def _rules(key: str) -> str:
     return f"{key}:{load_language(key).rules_fingerprint()}"
 
 
-def judged_today(scores: list[ProblemScore]) -> bool:
-    """Whether every score record was judged with today's rules of its language."""
-    for rules in {s.rules for s in scores if s.rules}:
-        if rules == UNKNOWN_RULES or rules != _rules(rules.partition(":")[0]):
-            return False
-    return True
+def status_rules(lang: str) -> str:
+    """The fingerprint of the rules that turn `lang`'s observations into statuses ("" for a
+    language this build does not define): what dates a scores.csv besides its results."""
+    key = language_key(lang) if lang else None
+    return load_language(key).rules_fingerprint() if key else ""
 
 
-def read_judged(path: Path) -> ProblemResults:
-    """A results file judged by today's rules, rewritten when that changed a status."""
+def judge_file(path: Path) -> tuple[ProblemResults, bool]:
+    """A results file judged by today's rules, rewritten when that changed a status; and
+    whether it was rewritten."""
     results = read_results(path)
     judged = rejudge(results)
     if judged is not results:
         write_results(path, judged)
-    return judged
+    return judged, judged is not results
+
+
+def read_judged(path: Path) -> ProblemResults:
+    """A results file judged by today's rules, rewritten when that changed a status."""
+    return judge_file(path)[0]

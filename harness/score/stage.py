@@ -7,38 +7,69 @@ scores.csv has one row per (model, adapter, language, problem): the provenance f
 also in languages without a Timeout status), `rules` (the fingerprint of the language rules
 that judged the statuses), one `pass@k` column per k (empty where n < k) and `statuses`
 (JSON counts).
+
+Beside it, scores.sources.json records what it was made from: the content hash of every
+results file and each language's status-rules fingerprint. scores.csv is current only when
+both equal what is there now (never by comparing file times): a results file deleted by
+`--overwrite`, re-made by execution, or judged by changed rules makes it stale.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
-from dataclasses import fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from harness.errors import UserError
-from harness.files import write_text
+from harness.files import read_json, write_json, write_text
 from harness.records import ProblemResults, ProblemScore, Provenance, SamplingConfig
 from harness.runs import RunDir
 from harness.score.estimators import score_problem
-from harness.score.judge import UNKNOWN_RULES, read_judged, rules_of
+from harness.score.judge import UNKNOWN_RULES, judge_file, rules_of, status_rules
 
 SCORES_FILE = "scores.csv"
+SOURCES_FILE = "scores.sources.json"
+# language key → the fingerprint of the rules that turn its observations into statuses
+RulesLookup = Callable[[str], str]
 PROVENANCE_COLUMNS = [f.name for f in fields(Provenance) if f.name != "sampling"]
 SAMPLING_COLUMNS = [f"sampling_{f.name}" for f in fields(SamplingConfig)]
 COLUMNS = [*PROVENANCE_COLUMNS, *SAMPLING_COLUMNS, "image_id", "problem", "n", "c", "timeouts", "rules"]
 
 
-def score_run(run: RunDir) -> list[ProblemScore]:
+@dataclass(frozen=True)
+class ScoreSources:
+    """What a scores.csv was made from: results file (relative path) → content hash, and
+    language → status-rules fingerprint."""
+
+    results: dict[str, str]
+    rules: dict[str, str]
+
+    def to_json(self) -> dict:
+        return {"results": self.results, "rules": self.rules}
+
+
+def score_run(run: RunDir, rules: RulesLookup = status_rules) -> list[ProblemScore]:
     """Score every results file of `run` (its statuses judged again with today's rules, the
-    file rewritten when they changed) and write `scores.csv`; returns the records."""
+    file rewritten when they changed) and write `scores.csv` and what it was made from
+    (`rules`: each language's rules fingerprint); returns the records."""
     paths = run.result_files()
-    scores = [_scored(read_judged(path)) for path in tqdm(paths, desc="score", unit="file",
-                                                          disable=len(paths) < 500)]
+    hashes = results_hashes(run, paths)  # before reading: a file re-made meanwhile makes these stale
+    scores = []
+    for path in tqdm(paths, desc="score", unit="file", disable=len(paths) < 500):
+        results, rewritten = judge_file(path)
+        if rewritten:  # our own rewrite: its new content is what was scored
+            hashes.update(results_hashes(run, [path]))
+        scores.append(_scored(results))
+    langs = sorted({s.provenance.lang for s in scores})
     write_scores(run.root / SCORES_FILE, scores)
+    sources = ScoreSources(hashes, {lang: rules(lang) for lang in langs})
+    write_json(run.root / SOURCES_FILE, sources.to_json())  # after scores.csv: a kill between keeps it stale
     return scores
 
 
@@ -46,13 +77,24 @@ def _scored(results: ProblemResults) -> ProblemScore:
     return replace(score_problem(results), rules=rules_of(results))
 
 
-def scores_current(run: RunDir) -> bool:
-    """Whether scores.csv exists and is newer than every results file."""
-    path = run.root / SCORES_FILE
-    if not path.exists():
+def scores_current(run: RunDir, rules: RulesLookup = status_rules) -> bool:
+    """Whether scores.csv was made from exactly the results files now present (same paths,
+    same contents) and under every language's current status rules."""
+    path, sources_path = run.root / SCORES_FILE, run.root / SOURCES_FILE
+    if not (path.exists() and sources_path.exists()):
         return False
-    written = path.stat().st_mtime_ns
-    return all(p.stat().st_mtime_ns <= written for p in run.result_files())
+    try:
+        data = read_json(sources_path)
+        sources = ScoreSources(dict(data["results"]), dict(data["rules"]))
+    except (UserError, KeyError, TypeError, ValueError):
+        return False
+    if any(rules(lang) != fingerprint for lang, fingerprint in sources.rules.items()):
+        return False
+    return sources.results == results_hashes(run, run.result_files())
+
+
+def results_hashes(run: RunDir, paths: list[Path]) -> dict[str, str]:
+    return {p.relative_to(run.root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
 def write_scores(path: Path, scores: list[ProblemScore]) -> None:
