@@ -66,7 +66,7 @@ def score_run(run: RunDir, rules: RulesLookup = status_rules) -> list[ProblemSco
         if rewritten:  # our own rewrite: its new content is what was scored
             hashes.update(results_hashes(run, [path]))
         scores.append(_scored(results))
-    langs = sorted({s.provenance.lang for s in scores})
+    langs = sorted({s.rules.partition(":")[0] for s in scores if s.rules})  # the judged ones
     write_scores(run.root / SCORES_FILE, scores)
     sources = ScoreSources(hashes, {lang: rules(lang) for lang in langs})
     write_json(run.root / SOURCES_FILE, sources.to_json())  # after scores.csv: a kill between keeps it stale
