@@ -58,14 +58,15 @@ def share_holdings(world: World, group, held: dict[Path, Holding] | None, error:
 
 @dataclass
 class Sender:
-    """Rank r > 0: each finished sample to rank 0, as (item position, sample index, text)."""
+    """Rank r > 0: each finished sample to rank 0, as (item position, sample index, text,
+    finish reason)."""
 
     group: object
 
-    def add(self, position: int, index: int, text: str) -> None:
+    def add(self, position: int, index: int, text: str, reason: str) -> None:
         import torch.distributed as dist
 
-        dist.send_object_list([(position, index, text)], dst=0, group=self.group)
+        dist.send_object_list([(position, index, text, reason)], dst=0, group=self.group)
 
     def close(self) -> None:
         import torch.distributed as dist
@@ -79,7 +80,7 @@ class Receiver:
 
     world: World
     group: object
-    handle: Callable[[int, int, str], None]
+    handle: Callable[[int, int, str, str], None]
     threads: list[threading.Thread] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
 
