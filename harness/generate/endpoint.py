@@ -128,11 +128,11 @@ class Client:
     """One AsyncOpenAI client, `concurrency` calls at a time; transient faults are retried by
     the `openai` client itself (`config.retries` times), every attempt counted in `stats`."""
 
-    def __init__(self, config: EndpointConfig):
+    def __init__(self, config: EndpointConfig, stats: CallStats | None = None):
         from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         self.config = config
-        self.stats = CallStats()
+        self.stats = stats if stats is not None else CallStats()
         self.gate = asyncio.Semaphore(config.concurrency)
         key = os.environ.get(config.api_key_env) or "none"  # servers without keys ignore it
         http = DefaultAsyncHttpxClient(transport=_counting_transport(self.stats))

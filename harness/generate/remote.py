@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from harness.errors import UserError
-from harness.generate.endpoint import Client, EndpointConfig, Reply, probe
+from harness.generate.endpoint import CallStats, Client, EndpointConfig, Reply, probe
 from harness.generate.resume import Holding, Plan, append_partial
 from harness.generate.run import AdapterChoice, WorkItem, _finish, drawn, plan_generation, work_items
 from harness.generate.sampling import sample_seed
@@ -78,6 +78,7 @@ class Endpoint:
     model: ServedModel
     adapters: tuple[AdapterChoice, ...]  # the base model first
     honoured: dict = field(default_factory=dict)  # {"n": bool, "seed": bool | None}
+    stats: CallStats = field(default_factory=CallStats, compare=False)  # every call, connect's too
 
     def languages(self) -> list[str]:
         langs = [a.spec.metadata.get("language") for a in self.adapters if a.spec is not None]
@@ -113,8 +114,10 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
     """Ask the server who it is: its model list (each card's identity; flora-eval serve adds
     the revision, each adapter's method, rank and content hash), then a probe of what it
     honours, whose reply gives its model and system fingerprint."""
+    stats = CallStats()
+
     async def introduce() -> tuple[dict[str, dict], dict, Reply]:
-        client = Client(config)
+        client = Client(config, stats)
         try:
             cards = await client.models()
             if _maybe_clock(cards):
@@ -139,7 +142,7 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
         adapter_identity = {**card_identity(card), "system_fingerprint": reply.system_fingerprint}
         choices.append(AdapterChoice(name, facts.get("hash") or served_digest(adapter_identity), spec))
     served = ServedModel(model, revision, f"endpoint:{config.public_url()}", identity, honoured.get("seed"))
-    return Endpoint(config, served, tuple(choices), honoured)
+    return Endpoint(config, served, tuple(choices), honoured, stats)
 
 
 def card_identity(card: dict) -> dict:
@@ -189,7 +192,7 @@ def generate_remote(endpoint: Endpoint, problem_sets: list[ProblemSet], sampling
 async def _generate(endpoint: Endpoint, todo: list[WorkItem], held, sampling: SamplingConfig):
     config = endpoint.config
     telemetry = EndpointTelemetry(url=config.public_url(), prompts=len(todo), honoured=endpoint.honoured)
-    client = Client(config)
+    client = Client(config, endpoint.stats)
     witness = Witness(endpoint)
     try:
         work = [(item, held[item.path]) for item in todo]
