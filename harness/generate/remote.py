@@ -50,7 +50,8 @@ CLOCK_S = 5.0  # a `created` this close to now may be the listing's own time: re
 @dataclass(frozen=True)
 class ServedModel:
     """The served base model, shaped like `LoadedModel` where work items read it. How the
-    server holds the weights (dtype, quantization, device) is its own: recorded as ""."""
+    server holds the weights (dtype, quantization, device) is recorded when its card says it
+    (`flora_eval` facts), else as "" (unknown: never equal to a value an in-process run records)."""
 
     name: str  # the name the run records (the base model's served name, or --model)
     revision: str
@@ -141,7 +142,9 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
                              {"language": facts.get("language")})
         adapter_identity = {**card_identity(card), "system_fingerprint": reply.system_fingerprint}
         choices.append(AdapterChoice(name, facts.get("hash") or served_digest(adapter_identity), spec))
-    served = ServedModel(model, revision, f"endpoint:{config.public_url()}", identity, honoured.get("seed"))
+    facts = _facts(base_card)
+    served = ServedModel(model, revision, f"endpoint:{config.public_url()}", identity, honoured.get("seed"),
+                         *(str(facts.get(key) or "") for key in ("dtype", "quantization", "device")))
     return Endpoint(config, served, tuple(choices), honoured, stats)
 
 
