@@ -48,6 +48,8 @@ class Alter:
     seedless: bool = False
     refuse: list[tuple[int, dict]] = field(default_factory=list)  # (status, headers), in order
     refused: list[int] = field(default_factory=list)
+    fingerprints: list[str] = field(default_factory=list)  # the replies' system_fingerprint, in order
+    answered: int = 0
 
 
 @contextmanager
@@ -94,7 +96,13 @@ def forwarding(upstream: str, alter: Alter):
             if alter.seedless:
                 body.pop("seed", None)
             reply = client.post(self.path, json=body)
-            self._answer(reply.status_code, reply.content)
+            content = reply.content
+            if alter.fingerprints and reply.status_code == 200:
+                with lock:
+                    said = alter.fingerprints[min(alter.answered, len(alter.fingerprints) - 1)]
+                    alter.answered += 1
+                content = json.dumps({**reply.json(), "system_fingerprint": said}).encode()
+            self._answer(reply.status_code, content)
 
     class Quiet(ThreadingHTTPServer):
         daemon_threads = True
@@ -153,6 +161,24 @@ def test_a_changed_model_card_is_refused_and_another_port_is_not(server, humanev
     line = one_line(capsys)
     assert "model_revision is 'served:sha256:" in line and "--overwrite" in line and "--run-id" in line
     assert records(run) == grown
+
+
+@pytest.mark.slow
+def test_a_fingerprint_that_changes_during_the_run_stops_it(server, humaneval_dir, tmp_path, capsys):
+    """The probe and two samples see fp-a, then the server says fp-b: nothing of fp-b is kept,
+    and the next start (identity fp-b) refuses what fp-a made (or --overwrite redoes it)."""
+    run, card = tmp_path / "run", {"root": "/models/tiny"}
+    with forwarding(server, Alter(card=card, fingerprints=["fp-a"] * 6 + ["fp-b"])) as url:
+        assert generate(url, run, humaneval_dir, 2, "--concurrency", "1") == 2
+    line = one_line(capsys)
+    assert "changed during the run (system_fingerprint 'fp-a' → 'fp-b')" in line
+    kept = [entry for p in run.rglob("*.partial.jsonl") for entry in p.read_text().splitlines()[1:]]
+    assert len(kept) <= 2  # at most the samples fp-a answered; none of fp-b's
+    with forwarding(server, Alter(card=card, fingerprints=["fp-b"])) as url:
+        assert generate(url, run, humaneval_dir, 2) == 2
+        assert "model_revision is 'served:sha256:" in one_line(capsys)
+        assert generate(url, run, humaneval_dir, 2, "--overwrite") == 0
+    assert len(records(run)) == 4
 
 
 @pytest.mark.slow

@@ -150,7 +150,9 @@ class Client:
             page = await self._call(self.openai.models.list)
         except openai.AuthenticationError:
             raise self._auth_error() from None
-        except openai.APIStatusError:
+        except openai.APIStatusError as exc:
+            if _transient(exc):
+                raise self._gave_up(exc) from None
             return {}
         return {m.id: m.model_dump() for m in page.data}
 

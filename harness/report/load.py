@@ -60,7 +60,8 @@ class ProblemDigest:
 @dataclass(frozen=True)
 class FinishCount:
     """How one completions file's samples ended: `cut` at max_tokens (finish_reason "length")
-    of `samples`; `unknown` of them have no recorded reason (files of other tools)."""
+    of `samples`; `unknown` of them have no recorded reason (files of other tools or of older
+    flora-eval versions)."""
 
     benchmark: str
     lang: str
@@ -71,8 +72,9 @@ class FinishCount:
     @classmethod
     def of(cls, record: Completions) -> FinishCount:
         reasons = record.finish_reasons
+        known = sum(reason in ("stop", "length") for reason in reasons)
         return cls(record.provenance.benchmark, record.lang, len(record.completions),
-                   sum(reason == "length" for reason in reasons), len(record.completions) - len(reasons))
+                   sum(reason == "length" for reason in reasons), len(record.completions) - known)
 
 
 @dataclass(frozen=True)
