@@ -155,7 +155,7 @@ def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *
 def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None,
             executor: str = "local", scheduler: str | None = None):
     """Run every completion's tests in Docker, writing results files (resumable); `executor`
-    "dask" runs them on the workers of the Dask scheduler `scheduler` (tcp://host:port or a file)."""
+    "dask" runs them on the workers of the Dask scheduler `scheduler` (tls://host:port, tcp:// or a file)."""
     from harness.execute import execute_run, open_executor
 
     run_dir = run.dir

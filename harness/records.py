@@ -192,7 +192,11 @@ class Completions(ProblemFile):
 
 @dataclass(frozen=True)
 class ExecResult:
-    """What running one program gave: MultiPL-E's per-program result entry."""
+    """What running one program gave: MultiPL-E's per-program result entry, plus the
+    observation it was judged from (every step's outcome as the worker recorded it: exit
+    code, stop reason, output kept, sizes, bytes cut, the rules' texts found). The status,
+    exit code and output fields are derived from the observation with the current rules;
+    results of other tools have no observation (their status is taken as written)."""
 
     program: str
     stdout: str
@@ -200,11 +204,25 @@ class ExecResult:
     exit_code: int
     status: str  # OK, SyntaxError, Exception, Timeout, ...
     timestamp: int = 0
+    observation: tuple[dict, ...] = ()
 
     @property
     def passed(self) -> bool:
         """MultiPL-E's pass rule: status OK and exit code 0."""
         return self.status == "OK" and self.exit_code == 0
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the sandbox stopped it at a time limit, whatever its language calls that
+        (rkt and php have no Timeout status): from the observation, else MultiPL-E's -1."""
+        if self.observation:
+            return any(step.get("timed_out") for step in self.observation)
+        return self.exit_code == -1
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["observation"] = list(self.observation)
+        return d
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,7 +243,7 @@ class ProblemResults(ProblemFile):
         return sum(r.passed for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self._header_json(), "results": [asdict(r) for r in self.results],
+        return {**self._header_json(), "results": [r.to_json() for r in self.results],
                 "image_id": self.image_id, "limits": self.limits}
 
     @classmethod
@@ -249,6 +267,7 @@ def _result_fields(r: dict[str, Any]) -> dict[str, Any]:
     out["stderr"] = out["stderr"] or ""
     out["timestamp"] = out["timestamp"] or 0
     out["exit_code"] = -1 if out["exit_code"] is None else out["exit_code"]
+    out["observation"] = tuple(out["observation"] or ())
     return out
 
 
@@ -264,3 +283,5 @@ class ProblemScore(Traced):
     pass_at: dict[int, float] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     image_id: str = ""
+    timeouts: int = 0  # samples the sandbox stopped at a time limit (whatever their status)
+    rules: str = ""  # "<lang>:<rules_fingerprint>" that judged the statuses ("": none observed)

@@ -7,7 +7,7 @@ language's hardened container and write MultiPL-E results files as problems fini
     worker.py     the in-container worker (stdlib only, one file)
     pool.py       per-language container slots, batches, watchdog, retries
     cache.py      the persistent sqlite3 cache
-    engine.py     Executor: dedup, cache, canaries → results
+    engine.py     Executor: dedup, cache (observations), canaries → results judged by today's rules
     cluster.py    DaskExecutor: the same, with the pools on Dask workers (`--executor dask`)
     overlap.py    the main command's execution process, fed completions files as generation writes them
     inputs.py     completions files from elsewhere (MultiPL-E files, bigcode generations)
@@ -50,7 +50,7 @@ EXECUTORS = ("local", "dask")
 
 def open_executor(kind: str = "local", jobs: int | None = None, use_cache: bool = True,
                   scheduler: str | None = None):
-    """The local pool (default) or a Dask cluster's workers (`scheduler`: tcp://host:port or
+    """The local pool (default) or a Dask cluster's workers (`scheduler`: tls://host:port or
     a scheduler file), with the persistent cache on this side."""
     from harness.execute.cache import ExecCache
     from harness.execute.engine import Executor
@@ -94,36 +94,70 @@ def summary_of(executor) -> ExecutionSummary:
                             nodes=dict(getattr(executor, "nodes", {})))
 
 
-def execute_language(executor, lang, tasks: list[Task], bar=None) -> None:
-    """Run one language's tasks; `bar`: a progress bar to advance (else one of its own)."""
+@dataclass
+class LanguageBatch:
+    """One language's tasks in execution: each results file is written once every program of
+    its task has a result. `held`: programs that timed out and wait for their confirmation
+    run (`confirm_held`), their tasks' files with them."""
+
+    lang: object
+    tasks: list[Task]
+    image_id: str
+    limits: str
+    programs: list[str] = field(default_factory=list)
+    owner: list[tuple[int, int]] = field(default_factory=list)  # program index → (task, completion)
+    results: list[list] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for t, task in enumerate(self.tasks):
+            for c, completion in enumerate(task.completions.completions):
+                self.programs.append(program_of(task.completions, completion))
+                self.owner.append((t, c))
+        self.results = [[None] * len(t.completions.completions) for t in self.tasks]
+        self.missing = [len(t.completions.completions) for t in self.tasks]
+        for t, task in enumerate(self.tasks):
+            if self.missing[t] == 0:
+                _write(task, [], self.image_id, self.limits)
+
+    def deliver(self, index: int, result: ExecResult) -> None:
+        t, c = self.owner[index]
+        self.results[t][c] = result
+        self.missing[t] -= 1
+        if self.missing[t] == 0:
+            _write(self.tasks[t], self.results[t], self.image_id, self.limits)
+
+
+def execute_language(executor, lang, tasks: list[Task], bar=None, hold: bool = False) -> LanguageBatch:
+    """Run one language's tasks; `bar`: a progress bar to advance (else one of its own).
+    `hold`: programs that timed out are not run again now: the batch holds them (and their
+    tasks' results files) for `confirm_held`."""
+    # image_id connects to Docker (or fails in one line) before the bar shows
+    batch = LanguageBatch(lang, tasks, executor.image_id(lang), executor.limits_key(lang))
+    if batch.programs:
+        _feed(batch, executor.run_programs(lang, batch.programs, held=batch.held if hold else None), bar)
+    return batch
+
+
+def confirm_held(executor, batch: LanguageBatch, bar=None) -> None:
+    """Run the batch's held programs again, one at a time, and write the files they held."""
+    if batch.held:
+        held, batch.held = batch.held, []
+        got = executor.confirm(batch.lang, [batch.programs[i] for i in held])
+        _feed(batch, ((held[i], result) for i, result in got), bar, total=len(held))
+
+
+def _feed(batch: LanguageBatch, results, bar, total: int | None = None) -> None:
     from tqdm import tqdm
 
-    programs: list[str] = []
-    owner: list[tuple[int, int]] = []  # program index → (task index, completion index)
-    for t, task in enumerate(tasks):
-        for c, completion in enumerate(task.completions.completions):
-            programs.append(program_of(task.completions, completion))
-            owner.append((t, c))
-    results: list[list[ExecResult | None]] = [[None] * len(t.completions.completions) for t in tasks]
-    missing = [len(t.completions.completions) for t in tasks]
-    image_id = executor.image_id(lang)  # connects to Docker (or fails in one line) before the bar shows
-    limits = executor.limits_key(lang)
-    for t, task in enumerate(tasks):
-        if missing[t] == 0:
-            _write(task, [], image_id, limits)
-    if not programs:
-        return
     own_bar = bar is None
     if own_bar:
-        bar = tqdm(total=len(programs), desc=f"execute {lang.key}", unit="prog", file=sys.stderr,
-                   dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(total=total or len(batch.programs), desc=f"execute {batch.lang.key}", unit="prog",
+                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
     try:
-        for index, result in executor.run_programs(lang, programs):
-            t, c = owner[index]
-            results[t][c] = result
-            missing[t] -= 1
-            if missing[t] == 0:
-                _write(tasks[t], results[t], image_id, limits)
+        for index, result in results:
+            batch.deliver(index, result)
             bar.update(1)
     finally:
         if own_bar:

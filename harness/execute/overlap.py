@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.execute import ExecutionSummary, execute_language, summary_of
+from harness.execute import ExecutionSummary, confirm_held, execute_language, summary_of
 from harness.runs import RunDir
 
 QUEUE_SIZE = 4096  # completions files waiting; generation blocks beyond it
@@ -152,6 +152,7 @@ def serve(spec: dict, langs: list[str], inbox, outbox) -> None:
                     break
                 consumer.execute([Path(p) for p in batch if p != STOP])
                 if STOP in batch:
+                    consumer.confirm_held()  # generation is done: confirm timeouts alone
                     break
             consumer.close()
             outbox.put(("done", summary_of(executor), consumer.busy))
@@ -161,10 +162,13 @@ def serve(spec: dict, langs: list[str], inbox, outbox) -> None:
 
 @dataclass
 class Consumer:
-    """Executes completions files into results files (each once), with one progress bar."""
+    """Executes completions files into results files (each once), with one progress bar.
+    Programs that timed out are confirmed only in `confirm_held`, once generation is done
+    (a confirmation runs alone): until then their results files are held."""
 
     executor: object
     seen: set[Path] = field(default_factory=set)
+    holding: list = field(default_factory=list)  # LanguageBatches with programs to confirm
     busy: list[tuple[float, float]] = field(default_factory=list)
     bar: object = None
 
@@ -190,8 +194,19 @@ class Consumer:
         bar.total += sum(len(t.completions.completions) for t in tasks)
         bar.refresh()
         for key, lang_tasks in by_lang.items():
-            execute_language(self.executor, load_language(key), lang_tasks, bar=bar)
+            batch = execute_language(self.executor, load_language(key), lang_tasks, bar=bar, hold=True)
+            if batch.held:
+                self.holding.append(batch)
         self.busy.append((started, time.time()))
+
+    def confirm_held(self) -> None:
+        """Run the held timeouts again, one at a time, and write the files they held."""
+        if self.holding:
+            started = time.time()
+            for batch in self.holding:
+                confirm_held(self.executor, batch, bar=self._bar())
+            self.holding.clear()
+            self.busy.append((started, time.time()))
 
     def _bar(self):
         if self.bar is None:

@@ -10,9 +10,10 @@ completions files as in-process generation (run.py), filled by an OpenAI-compati
 A served model's identity is what the server says about itself: the /v1/models card (id,
 created, owned_by, root, parent, max_model_len where given) and its replies' model and
 system_fingerprint; the URL is no part of it. flora-eval serve states the weights' revision
-and each adapter's content hash, which are used as they are (the in-process run records the
-same); for any other server the revision and adapter hash are `served:<sha256>` of that
-identity, so resume refuses when the identity changes, not when the port does.
+and each adapter's content hash: the revision is its revision plus the fingerprint (which
+hashes the revision, adapters, dtype and device), the adapter hash its content hash. For any
+other server the revision and adapter hash are `served:<sha256>` of that identity. So resume
+refuses when the identity changes, not when the port does.
 
 Against `flora-eval serve` the completions equal the in-process run's: the server seeds a
 sample from the request's seed exactly as the engine does. A server that ignores `seed`
@@ -133,7 +134,9 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
     speaks = {"system_fingerprint": reply.system_fingerprint, "model": reply.model}
     base_card = cards.get(config.served(model), {})
     identity = {**card_identity(base_card), **speaks}
-    revision = _facts(base_card).get("revision") or served_digest(identity)
+    stated = _facts(base_card).get("revision")
+    revision = (stated + (f"+{reply.system_fingerprint}" if reply.system_fingerprint else "") if stated
+                else served_digest(identity))
     choices = [AdapterChoice(BASE)]
     for name in dict.fromkeys(a for a in adapters if a != BASE):
         card = cards.get(config.served(name), {})

@@ -137,7 +137,7 @@ def generate_run(
     progress = tqdm(total=len(todo) * sampling.n, desc="generate", unit="sample",
                     disable=not todo or world.rank != 0)
     try:
-        for request, sample in engine.generate(requests):
+        for request, sample in stream.watched(engine.generate(requests), receiver):
             progress.update(1)
             position, item = by_key[request.key]
             written = time.perf_counter()

@@ -41,7 +41,7 @@ def assemble(runs: list[RunData], seed: int = SEED) -> Report:
         comparisons=comparisons(counts, 1, seed),
         table1=table1(cells[1]), intervals=interval_table(cells[1]),
         statuses=status_table(statuses, counts), defects=known_defects(counts),
-        timeouts=timeout_shares(statuses),
+        timeouts=timeout_shares(counts),
         cuts=cut_shares(pd.concat([r.finish_counts() for r in runs], ignore_index=True)),
     )
 

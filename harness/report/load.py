@@ -3,9 +3,11 @@ manifest, a capped digest of each problem's samples for the HTML drill-down, and
 completions file's samples ended (the share cut at max_tokens).
 
 The numbers come from the score stage's records (`scores.csv`, written first when missing or
-older than the results). A full run is 161 problems × 100 samples × adapters × languages;
-keeping every program would cost gigabytes, so each results file is reduced here to its
-distinct programs (most frequent first) with their text capped."""
+older than the results). Every results file is judged again with today's language rules first
+(`read_judged`: rewritten when a status changed, so the scores are made again from it).
+A full run is 161 problems × 100 samples × adapters × languages; keeping every program
+would cost gigabytes, so each results file is reduced here to its distinct programs (most
+frequent first) with their text capped."""
 
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness.files import read_completions, read_results
+from harness.files import read_completions
 from harness.records import Completions, ExecResult, ProblemResults, ProblemScore
 from harness.runs import RunDir
 from harness.score import SCORES_FILE, read_scores, score_run, scores_current
+from harness.score.judge import judged_today, read_judged
 
 # Text kept for the drill-down: the whole report aims at about this many characters of
 # samples, spread over its (problem, adapter) cells, within these bounds per field.
@@ -95,16 +98,16 @@ class RunData:
         return {s.adapter: s.provenance.method for s in self.scores}
 
     def counts(self) -> pd.DataFrame:
-        """One row per (model, adapter, lang, problem): n, c and every pass@k (percent, NaN
-        where n < k) of the score records, tagged with the run."""
+        """One row per (model, adapter, lang, problem): n, c, the samples that timed out and
+        every pass@k (percent, NaN where n < k) of the score records, tagged with the run."""
         ks = sorted({k for s in self.scores for k in s.pass_at})
         rows = [{"run": self.label, "model": s.model, "adapter": s.adapter,
                  "benchmark": s.provenance.benchmark, "lang": s.lang, "problem": s.problem,
-                 "n": s.n, "c": s.c,
+                 "n": s.n, "c": s.c, "timeouts": s.timeouts,
                  **{f"pass@{k}": s.pass_at[k] * 100 if k in s.pass_at else float("nan") for k in ks}}
                 for s in self.scores]
         return pd.DataFrame(rows, columns=["run", "model", "adapter", "benchmark", "lang", "problem",
-                                           "n", "c", *(f"pass@{k}" for k in ks)])
+                                           "n", "c", "timeouts", *(f"pass@{k}" for k in ks)])
 
     def finish_counts(self) -> pd.DataFrame:
         """One row per completions file: samples, those cut at max_tokens, those without a reason."""
@@ -167,20 +170,24 @@ def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
 
 
 def run_scores(run: RunDir) -> list[ProblemScore]:
-    """The run's score records: scores.csv, scored first when missing or stale."""
+    """The run's score records: scores.csv, scored first when missing, stale, or judged
+    with other status rules than today's (the results are judged again then)."""
     if scores_current(run):
-        return read_scores(run.root / SCORES_FILE)
+        scores = read_scores(run.root / SCORES_FILE)
+        if judged_today(scores):
+            return scores
     return score_run(run)
 
 
 def load_run(run: RunDir, label: str | None = None) -> RunData:
-    """The run's score records, its manifest and a digest of every results file."""
-    scores = run_scores(run)
+    """The run's score records, its manifest and a digest of every results file (each
+    judged with today's rules before the scores are read)."""
     paths = run.result_files()
+    judged = [read_judged(path) for path in paths]
+    scores = run_scores(run)
     limits = text_limits(len(paths))
     digests, prompts = [], {}
-    for path in paths:
-        results = read_results(path)
+    for results in judged:
         digests.append(digest(results, limits))
         prompts.setdefault((results.provenance.lang, results.name), cap(results.prompt, limits["prompt"]))
     finishes = tuple(FinishCount.of(read_completions(path)) for path in run.completion_files())

@@ -199,16 +199,16 @@ def _p(p: float) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def timeout_shares(statuses: pd.DataFrame) -> pd.DataFrame:
-    """Per (run, benchmark, language): samples, Timeouts and their share (%), over every column.
-    A share that jumps between runs of the same programs points at a loaded machine."""
-    if statuses.empty:
+def timeout_shares(counts: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, benchmark, language): samples, those the sandbox stopped at a time limit
+    (the score records' `timeouts`, from the observation: also in rkt and php, whose status
+    for it is Exception) and their share (%), over every column. A share that jumps between
+    runs of the same programs points at a loaded machine."""
+    if counts.empty:
         return pd.DataFrame(columns=["run", "benchmark", "lang", "samples", "timeouts", "share"])
-    group = statuses.groupby(["run", "benchmark", "lang"], sort=False)
-    frame = pd.DataFrame({"samples": group["count"].sum(),
-                          "timeouts": statuses[statuses["status"] == "Timeout"]
-                          .groupby(["run", "benchmark", "lang"], sort=False)["count"].sum()}).fillna(0)
-    frame = frame.astype({"timeouts": int}).reset_index()
+    group = counts.groupby(["run", "benchmark", "lang"], sort=False)
+    frame = pd.DataFrame({"samples": group["n"].sum(), "timeouts": group["timeouts"].sum()}).reset_index()
+    frame = frame.astype({"samples": int, "timeouts": int})
     return frame.assign(share=frame["timeouts"] / frame["samples"] * 100)
 
 

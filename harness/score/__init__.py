@@ -1,6 +1,7 @@
 """Score stage: results records → per-problem score records (`scores.csv`), and the math.
 
     estimators.py  pass@k (the one place it is computed), intervals, paired comparisons: pure
+    judge.py       results judged again from their observations with today's language rules
     stage.py       score_run: a run's results files → ProblemScore records → scores.csv
 """
 

@@ -3,7 +3,10 @@ written to `scores.csv` (and nothing else). Reports, the CI gate and the Python 
 these records back with `read_scores`; none of them computes pass@k again.
 
 scores.csv has one row per (model, adapter, language, problem): the provenance fields,
-`n`, `c`, one `pass@k` column per k (empty where n < k) and `statuses` (JSON counts).
+`n`, `c`, `timeouts` (samples the sandbox stopped at a time limit, from the observation, so
+also in languages without a Timeout status), `rules` (the fingerprint of the language rules
+that judged the statuses), one `pass@k` column per k (empty where n < k) and `statuses`
+(JSON counts).
 """
 
 from __future__ import annotations
@@ -11,30 +14,36 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from harness.errors import UserError
-from harness.files import read_results, write_text
-from harness.records import ProblemScore, Provenance, SamplingConfig
+from harness.files import write_text
+from harness.records import ProblemResults, ProblemScore, Provenance, SamplingConfig
 from harness.runs import RunDir
 from harness.score.estimators import score_problem
+from harness.score.judge import UNKNOWN_RULES, read_judged, rules_of
 
 SCORES_FILE = "scores.csv"
 PROVENANCE_COLUMNS = [f.name for f in fields(Provenance) if f.name != "sampling"]
 SAMPLING_COLUMNS = [f"sampling_{f.name}" for f in fields(SamplingConfig)]
-COLUMNS = [*PROVENANCE_COLUMNS, *SAMPLING_COLUMNS, "image_id", "problem", "n", "c"]
+COLUMNS = [*PROVENANCE_COLUMNS, *SAMPLING_COLUMNS, "image_id", "problem", "n", "c", "timeouts", "rules"]
 
 
 def score_run(run: RunDir) -> list[ProblemScore]:
-    """Score every results file of `run` and write `scores.csv`; returns the records."""
+    """Score every results file of `run` (its statuses judged again with today's rules, the
+    file rewritten when they changed) and write `scores.csv`; returns the records."""
     paths = run.result_files()
-    scores = [score_problem(read_results(path))
-              for path in tqdm(paths, desc="score", unit="file", disable=len(paths) < 500)]
+    scores = [_scored(read_judged(path)) for path in tqdm(paths, desc="score", unit="file",
+                                                          disable=len(paths) < 500)]
     write_scores(run.root / SCORES_FILE, scores)
     return scores
+
+
+def _scored(results: ProblemResults) -> ProblemScore:
+    return replace(score_problem(results), rules=rules_of(results))
 
 
 def scores_current(run: RunDir) -> bool:
@@ -55,7 +64,7 @@ def write_scores(path: Path, scores: list[ProblemScore]) -> None:
         p = s.provenance
         row = [_cell(getattr(p, name)) for name in PROVENANCE_COLUMNS]
         row += [getattr(p.sampling, name.removeprefix("sampling_")) for name in SAMPLING_COLUMNS]
-        row += [s.image_id, s.problem, s.n, s.c]
+        row += [s.image_id, s.problem, s.n, s.c, s.timeouts, s.rules]
         row += [repr(s.pass_at[k]) if k in s.pass_at else "" for k in ks]
         row.append(json.dumps(s.statuses, sort_keys=True))
         writer.writerow(row)
@@ -83,10 +92,12 @@ def _record(row: dict[str, str]) -> ProblemScore:
     kw["seeded"] = {"True": True, "False": False}.get(kw["seeded"])
     pass_at = {int(key[5:]): float(value) for key, value in row.items()
                if key.startswith("pass@") and value != ""}
+    statuses = {k: int(v) for k, v in json.loads(row["statuses"]).items()}
     return ProblemScore(provenance=Provenance(**kw, sampling=sampling), problem=row["problem"],
                         n=int(row["n"]), c=int(row["c"]), pass_at=pass_at,
-                        statuses={k: int(v) for k, v in json.loads(row["statuses"]).items()},
-                        image_id=row["image_id"])
+                        statuses=statuses, image_id=row["image_id"],
+                        timeouts=int(row["timeouts"]) if row.get("timeouts") else statuses.get("Timeout", 0),
+                        rules=row.get("rules", UNKNOWN_RULES))
 
 
 def _cell(value: object) -> object:
