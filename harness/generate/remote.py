@@ -134,9 +134,7 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
     speaks = {"system_fingerprint": reply.system_fingerprint, "model": reply.model}
     base_card = cards.get(config.served(model), {})
     identity = {**card_identity(base_card), **speaks}
-    stated = _facts(base_card).get("revision")
-    revision = (stated + (f"+{reply.system_fingerprint}" if reply.system_fingerprint else "") if stated
-                else served_digest(identity))
+    revision = served_revision(_facts(base_card).get("revision") or "", identity)
     choices = [AdapterChoice(BASE)]
     for name in dict.fromkeys(a for a in adapters if a != BASE):
         card = cards.get(config.served(name), {})
@@ -149,6 +147,15 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
     served = ServedModel(model, revision, f"endpoint:{config.public_url()}", identity, honoured.get("seed"),
                          *(str(facts.get(key) or "") for key in ("dtype", "quantization", "device")))
     return Endpoint(config, served, tuple(choices), honoured, stats)
+
+
+def served_revision(stated: str, identity: dict) -> str:
+    """The revision a served run records: the weights' revision the server states, with its
+    fingerprint (`rev+fp`), else a hash of all it says of itself."""
+    if not stated:
+        return served_digest(identity)
+    fingerprint = identity.get("system_fingerprint")
+    return f"{stated}+{fingerprint}" if fingerprint else stated
 
 
 def card_identity(card: dict) -> dict:
