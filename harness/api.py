@@ -69,7 +69,8 @@ class Run:
         rows = []
         for s in self.scores():
             p = s.provenance
-            rows.append({"model": p.model, "model_revision": p.model_revision, "adapter": p.adapter,
+            rows.append({"model": p.model, "model_revision": p.model_revision, "dtype": p.dtype,
+                         "quantization": p.quantization, "device": p.device, "adapter": p.adapter,
                          "method": p.method, "rank": p.rank, "adapter_hash": p.adapter_hash,
                          "lang": p.lang, "benchmark": p.benchmark, "dataset_revision": p.dataset_revision,
                          **{f"sampling_{k}": v for k, v in vars(p.sampling).items()},
