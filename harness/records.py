@@ -62,18 +62,28 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class Provenance:
-    """What made a record: the model and its revision, the adapter (method, rank, content
-    hash), the language, the full sampling config and seed, the benchmark and dataset
-    revision, and the flora-eval version that wrote it."""
+    """What made a record: the model and its revision, how its weights were held (dtype,
+    quantization, device type), the adapter (method, rank, content hash), the language, the
+    full sampling config and seed, whether the seeds were honoured, the benchmark and dataset
+    revision, and the flora-eval version that wrote it.
+
+    A setting a file does not record reads as "" (or None), which differs from every value a
+    run records now: such a file is never taken for one made with today's settings."""
 
     model: str = ""  # the name the run was asked for (alias, hub id, path or "tiny")
-    model_revision: str = ""  # hub commit, or "sha256:..." of a local directory / the tiny model
+    model_revision: str = ""  # hub commit, "sha256:..." of a local directory / the tiny model,
+    # or "served:sha256:..." of what a server says of itself (remote.py)
+    dtype: str = ""  # "float32", "bfloat16", ... ("" served: the server's own business)
+    quantization: str = ""  # "none" or "int8" (8-bit base weights); "" served
+    device: str = ""  # the device type ("cpu", "cuda"), not its ordinal; "" served
     adapter: str = BASE
     method: str = BASE  # "base" | a method key ("flora", "lora", "ia3")
     rank: int | None = None
     adapter_hash: str = ""
     lang: str = ""  # the language key (`rb`), not MultiPL-E's `language` field
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seeded: bool | None = None  # every sample drawn from its own seed (False: the server ignores
+    # seeds; None: unknown, as in files that predate this field)
     benchmark: str = BENCHMARK
     dataset: str = ""  # "hub:nuprl/MultiPL-E" or a local file
     dataset_revision: str = ""  # pinned hub revision, or "sha256:..." of the local file
@@ -161,17 +171,22 @@ def _provenance_from_json(d: dict[str, Any]) -> Provenance:
 
 @dataclass(frozen=True, kw_only=True)
 class Completions(ProblemFile):
-    """All completions of one problem by one (model, adapter): a MultiPL-E completions file."""
+    """All completions of one problem by one (model, adapter): a MultiPL-E completions file,
+    with each sample's `finish_reason` ("stop": end of text or a stop token, "length": the
+    token limit; empty for files of other tools)."""
 
     completions: tuple[str, ...]
+    finish_reasons: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {**self._header_json(), "completions": list(self.completions)}
+        return {**self._header_json(), "completions": list(self.completions),
+                "finish_reasons": list(self.finish_reasons)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Completions:
         kw = cls._header_from_json(d)
         kw["completions"] = tuple(d["completions"])
+        kw["finish_reasons"] = tuple(d.get("finish_reasons") or ())
         return cls(**kw)
 
 

@@ -187,4 +187,6 @@ def test_transformers_serve_end_to_end(humaneval_dir, tmp_path, monkeypatch, cap
     manifest = json.loads((run / "manifest.json").read_text())
     generated = manifest["telemetry"]["generate"]
     assert generated["honoured"]["n"] is False  # transformers serve ignores n: one request per sample
-    assert generated["samples"] == 6 and manifest["model"]["revision"] == f"endpoint:{url}/v1"
+    assert generated["samples"] == 6 and manifest["model"]["source"] == f"endpoint:{url}/v1"
+    # what transformers serve says of itself, hashed (the URL no part of it)
+    assert manifest["model"]["revision"].startswith("served:sha256:") and manifest["model"]["identity"]

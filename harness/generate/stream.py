@@ -89,8 +89,8 @@ def lost_rank(rank: int, exc: BaseException) -> UserError:
 
 @dataclass
 class Sender:
-    """Rank r > 0: each finished sample to rank 0, as (item position, sample index, text),
-    and a heartbeat from a thread while the rank computes."""
+    """Rank r > 0: each finished sample to rank 0, as (item position, sample index, text,
+    finish reason), and a heartbeat from a thread while the rank computes."""
 
     group: object
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -121,8 +121,8 @@ class Sender:
             except UserError:
                 return
 
-    def add(self, position: int, index: int, text: str) -> None:
-        self._send((position, index, text))
+    def add(self, position: int, index: int, text: str, reason: str) -> None:
+        self._send((position, index, text, reason))
 
     def close(self) -> None:
         self.stopped.set()
@@ -138,7 +138,7 @@ class Receiver:
 
     world: World
     group: object
-    handle: Callable[[int, int, str], None]
+    handle: Callable[[int, int, str, str], None]
     threads: list[threading.Thread] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
 

@@ -1,5 +1,6 @@
 """Read a run directory once into what the report needs: its score records (the numbers), the
-manifest, and a capped digest of each problem's samples for the HTML drill-down.
+manifest, a capped digest of each problem's samples for the HTML drill-down, and how each
+completions file's samples ended (the share cut at max_tokens).
 
 The numbers come from the score stage's records (`scores.csv`, written first when missing or
 stale: made from other results files or under other status rules, harness/score/stage.py).
@@ -18,7 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.records import ExecResult, ProblemResults, ProblemScore
+from harness.files import read_completions
+from harness.records import Completions, ExecResult, ProblemResults, ProblemScore
 from harness.runs import RunDir
 from harness.score import SCORES_FILE, read_scores, score_run, scores_current
 from harness.score.judge import read_judged
@@ -60,6 +62,26 @@ class ProblemDigest:
 
 
 @dataclass(frozen=True)
+class FinishCount:
+    """How one completions file's samples ended: `cut` at max_tokens (finish_reason "length")
+    of `samples`; `unknown` of them have no recorded reason (files of other tools or of older
+    flora-eval versions)."""
+
+    benchmark: str
+    lang: str
+    samples: int
+    cut: int
+    unknown: int
+
+    @classmethod
+    def of(cls, record: Completions) -> FinishCount:
+        reasons = record.finish_reasons
+        known = sum(reason in ("stop", "length") for reason in reasons)
+        return cls(record.provenance.benchmark, record.lang, len(record.completions),
+                   sum(reason == "length" for reason in reasons), len(record.completions) - known)
+
+
+@dataclass(frozen=True)
 class RunData:
     """One run as the report sees it."""
 
@@ -69,6 +91,7 @@ class RunData:
     scores: tuple[ProblemScore, ...]
     digests: tuple[ProblemDigest, ...]
     prompts: dict[tuple[str, str], str]  # (lang, problem) → prompt
+    finishes: tuple[FinishCount, ...] = ()  # one per completions file
 
     @property
     def methods(self) -> dict[str, str]:
@@ -86,6 +109,12 @@ class RunData:
                 for s in self.scores]
         return pd.DataFrame(rows, columns=["run", "model", "adapter", "benchmark", "lang", "problem",
                                            "n", "c", "timeouts", *(f"pass@{k}" for k in ks)])
+
+    def finish_counts(self) -> pd.DataFrame:
+        """One row per completions file: samples, those cut at max_tokens, those without a reason."""
+        rows = [{"run": self.label, "benchmark": f.benchmark, "lang": f.lang, "samples": f.samples,
+                 "cut": f.cut, "unknown": f.unknown} for f in self.finishes]
+        return pd.DataFrame(rows, columns=["run", "benchmark", "lang", "samples", "cut", "unknown"])
 
     def statuses(self) -> pd.DataFrame:
         """One row per (model, adapter, lang, status) with its sample count."""
@@ -160,5 +189,6 @@ def load_run(run: RunDir, label: str | None = None) -> RunData:
     for results in judged:
         digests.append(digest(results, limits))
         prompts.setdefault((results.provenance.lang, results.name), cap(results.prompt, limits["prompt"]))
+    finishes = tuple(FinishCount.of(read_completions(path)) for path in run.completion_files())
     return RunData(label or run.root.name, run.root, run.read_manifest(), tuple(scores), tuple(digests),
-                   prompts)
+                   prompts, finishes)

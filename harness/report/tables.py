@@ -212,6 +212,28 @@ def timeout_shares(counts: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(share=frame["timeouts"] / frame["samples"] * 100)
 
 
+def cut_shares(finishes: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, benchmark, language): samples with a recorded finish reason, those cut at
+    max_tokens (finish_reason "length") and their share (%). A large share means the budget,
+    not the model, decided many outcomes: raise --max-tokens or read pass@k with that in mind."""
+    columns = ["run", "benchmark", "lang", "samples", "cut", "share"]
+    if finishes.empty:
+        return pd.DataFrame(columns=columns)
+    known = finishes.assign(samples=finishes["samples"] - finishes["unknown"])
+    frame = known.groupby(["run", "benchmark", "lang"], sort=False)[["samples", "cut"]].sum().reset_index()
+    frame = frame[frame["samples"] > 0]
+    return frame.assign(share=frame["cut"] / frame["samples"] * 100)[columns]
+
+
+def cut_markdown(cuts: pd.DataFrame) -> str:
+    """table.md's line on the samples cut at max_tokens (empty when no file records reasons)."""
+    if cuts.empty:
+        return ""
+    shares = ", ".join(f"{benchmark_name(r.benchmark)} {language_name(r.lang)} {r.share:.1f} % "
+                       f"({r.cut} of {r.samples})" for r in cuts.itertuples())
+    return f"Samples cut at max_tokens per language: {shares}.\n"
+
+
 def known_defects(counts: pd.DataFrame) -> pd.DataFrame:
     """The run's problems that their benchmark lists as broken upstream (no completion can
     pass): one row per (benchmark, model, language, problem), with the samples that passed

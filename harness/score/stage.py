@@ -129,8 +129,9 @@ def _record(row: dict[str, str]) -> ProblemScore:
     sampling = SamplingConfig(n=int(row["sampling_n"]), temperature=float(row["sampling_temperature"]),
                               top_p=float(row["sampling_top_p"]), max_tokens=int(row["sampling_max_tokens"]),
                               seed=int(row["sampling_seed"]))
-    kw = {name: row[name] for name in PROVENANCE_COLUMNS}
+    kw = {name: row.get(name, "") for name in PROVENANCE_COLUMNS}  # a column added later reads ""
     kw["rank"] = int(kw["rank"]) if kw["rank"] else None
+    kw["seeded"] = {"True": True, "False": False}.get(kw["seeded"])
     pass_at = {int(key[5:]): float(value) for key, value in row.items()
                if key.startswith("pass@") and value != ""}
     statuses = {k: int(v) for k, v in json.loads(row["statuses"]).items()}
