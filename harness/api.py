@@ -57,7 +57,8 @@ class Run:
         return self.dir.read_manifest()
 
     def scores(self) -> list[ProblemScore]:
-        """The score records (scores.csv; scored first when missing or older than the results)."""
+        """The score records (scores.csv; scored first when missing or made from other results
+        or under other status rules than those now)."""
         from harness.report.load import run_scores
 
         return run_scores(self.dir)
@@ -69,7 +70,8 @@ class Run:
         rows = []
         for s in self.scores():
             p = s.provenance
-            rows.append({"model": p.model, "model_revision": p.model_revision, "adapter": p.adapter,
+            rows.append({"model": p.model, "model_revision": p.model_revision, "dtype": p.dtype,
+                         "quantization": p.quantization, "device": p.device, "adapter": p.adapter,
                          "method": p.method, "rank": p.rank, "adapter_hash": p.adapter_hash,
                          "lang": p.lang, "benchmark": p.benchmark, "dataset_revision": p.dataset_revision,
                          **{f"sampling_{k}": v for k, v in vars(p.sampling).items()},
@@ -110,7 +112,7 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
         return generate_served(evaluation, run_dir, overwrite=overwrite, stage=stage)
     from harness.adapters import adapter_languages
     from harness.generate import generate_run
-    from harness.generate.run import check_run, work_items
+    from harness.generate.run import plan_generation, work_items
     from harness.models import load_model
 
     loaded = load_model(evaluation.model, device=generation_device(device), load_8bit=load_8bit)
@@ -119,13 +121,14 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     problem_sets = load_problem_sets(evaluation, langs)
     root = Path(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
     run = RunDir.open(root) if is_rank0() else RunDir(root)  # the other ranks write nothing
-    invocation = None
-    if is_rank0():
-        check_run(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run, overwrite)
+    invocation = plan = None
+    if is_rank0():  # the plan: what the run holds, read once (a conflict stops here, nothing written)
+        plan = plan_generation(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run,
+                               overwrite)
         invocation = begin_generation(run, stage, evaluation, langs, problem_sets, adapters, loaded,
                                       overwrite)
     telemetry = generate_run(loaded, problem_sets, adapters, evaluation.sampling, run,
-                             batch_size=batch_size, overwrite=overwrite, on_finished=on_finished)
+                             batch_size=batch_size, overwrite=overwrite, on_finished=on_finished, plan=plan)
     if invocation is not None:
         invocation.update(telemetry={"generate": telemetry.as_dict()})
     return Run(run.root), invocation, telemetry
@@ -136,25 +139,28 @@ def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *
     """`generate` through an OpenAI-compatible server: the same files, provenance and resume
     rules; the model and adapters are the server's names (harness/generate/remote.py)."""
     from harness.generate.remote import connect, generate_remote
-    from harness.generate.run import check_run, work_items
+    from harness.generate.run import plan_generation, work_items
 
     endpoint = connect(evaluation.endpoint, evaluation.model, evaluation.adapters)
     langs = resolve_langs(evaluation.langs, endpoint.languages())
     problem_sets = load_problem_sets(evaluation, langs)
     run = RunDir.open(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
-    check_run(work_items(endpoint.model, problem_sets, list(endpoint.adapters), evaluation.sampling, run),
-              run, overwrite)
+    plan = plan_generation(work_items(endpoint.model, problem_sets, list(endpoint.adapters),
+                                      evaluation.sampling, run), run, overwrite)
     invocation = begin_generation(run, stage, evaluation, langs, problem_sets, endpoint.adapters,
                                   endpoint.model, overwrite, endpoint=evaluation.endpoint.entry())
-    telemetry = generate_remote(endpoint, problem_sets, evaluation.sampling, run, overwrite)
+    telemetry = generate_remote(endpoint, problem_sets, evaluation.sampling, run, overwrite, plan=plan)
     invocation.update(telemetry={"generate": telemetry.as_dict()})
     return Run(run.root), invocation, telemetry
 
 
 def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None,
             executor: str = "local", scheduler: str | None = None):
-    """Run every completion's tests in Docker, writing results files (resumable); `executor`
-    "dask" runs them on the workers of the Dask scheduler `scheduler` (tcp://host:port or a file)."""
+    """Run every completion's tests in Docker, writing results files, as the execution plan
+    says (harness/execute/plan.py, the same for every path: missing results, and results made
+    by another image, other limits or from other programs; with `use_cache=False` all of
+    them); `executor` "dask" runs them on the workers of the Dask scheduler `scheduler`
+    (tls://host:port, tcp:// or a file)."""
     from harness.execute import execute_run, open_executor
 
     run_dir = run.dir
@@ -168,9 +174,11 @@ def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocatio
 
 
 def record_execution(invocation, execution) -> None:
-    """The execute stage's images, telemetry and (on a cluster) nodes in the manifest."""
+    """The execute stage's images, telemetry, plan (files held, stale, missing, orphaned,
+    executed) and (on a cluster) nodes in the manifest."""
     nodes = {"nodes": execution.nodes} if execution.nodes else {}
-    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry}, **nodes)
+    invocation.update(images=execution.images, telemetry={"execute": execution.telemetry},
+                      plan={"execute": execution.plan}, **nodes)
 
 
 def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = None, *,
@@ -191,8 +199,9 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
     overlap = Overlap(spec, resolve_langs(evaluation.langs, []) if evaluation.langs else ())
     try:
         overlap.generation_started()
-        run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
-                                      **generation)
+        with overlap.watching():  # the execution process dying ends generation within a second
+            run, invocation, _ = generate(evaluation, run_dir, stage=stage, on_finished=overlap.submit,
+                                          **generation)
         overlap.generation_done()
         execution = overlap.finish(run.dir)
     except BaseException:
@@ -206,7 +215,8 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
 
 
 def score(run: Run) -> list[ProblemScore]:
-    """Per-problem score records of every results file, written to scores.csv."""
+    """Per-problem score records of every results file, written to scores.csv (with what they
+    were made from: the results files' hashes and the languages' status rules)."""
     from harness.score import score_run
 
     return score_run(run.dir)
@@ -254,10 +264,13 @@ def resolve_langs(langs: tuple[str, ...] | list[str], trained_on: list[str]) -> 
 
 
 def load_problem_sets(evaluation: Evaluation, langs: list[str]) -> list:
-    """Every (benchmark, language) of the evaluation, benchmark by benchmark."""
-    from harness.problems import load_problems
+    """Every (benchmark, language) of the evaluation, benchmark by benchmark; a file whose rows
+    are another language's stops the run with one line."""
+    from harness.execute.languages import language_key
+    from harness.problems import check_language, load_problems
 
-    return [load_problems(lang, evaluation.dataset, limit=evaluation.limit, benchmark=benchmark)
+    return [check_language(load_problems(lang, evaluation.dataset, limit=evaluation.limit,
+                                         benchmark=benchmark), language_key)
             for benchmark in dict.fromkeys(evaluation.benchmarks) for lang in langs]
 
 
@@ -272,7 +285,9 @@ def begin_generation(run: RunDir, stage: str, evaluation: Evaluation, langs: lis
                 "sampling": vars(evaluation.sampling), "limit": evaluation.limit, "overwrite": overwrite,
                 **config},
         dataset={f"{ps.benchmark}-{ps.lang}": dataset_entry(ps) for ps in problem_sets},
-        model={"name": model.name, "source": model.source, "revision": model.revision},
+        model={"name": model.name, "source": model.source, "revision": model.revision, "dtype": model.dtype,
+               "quantization": model.quantization, "device": model.device_type, "seeded": model.seeded,
+               **({"identity": model.identity} if getattr(model, "identity", None) else {})},
     )
 
 

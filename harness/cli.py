@@ -85,7 +85,8 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=("local", "dask"), default="local",
                         help="where programs run: this machine's Docker (default) or the workers of a "
                              "Dask cluster (needs the dask extra and --scheduler)")
-    parser.add_argument("--scheduler", help="the Dask scheduler: tcp://HOST:PORT or a scheduler file")
+    parser.add_argument("--scheduler", help="the Dask scheduler: tls://HOST:PORT (TLS settings from Dask's "
+                        "config; docs/scale-out.md), tcp:// on one machine, or a scheduler file")
 
 
 def run_dir_from(args: argparse.Namespace) -> Path:

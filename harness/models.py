@@ -36,10 +36,22 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object  # a transformers PreTrainedTokenizerBase
     revision: str = ""  # hub commit, or "sha256:..." of a local directory or of tiny's weights
+    dtype: str = ""  # the dtype the weights were loaded in ("float32", "bfloat16", ...)
+    quantization: str = "none"  # "int8": base weights kept in 8 bits (bitsandbytes)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def seeded(self) -> bool:
+        """In-process generation draws every sample from its own seed (sampling.py)."""
+        return True
+
+    @property
+    def device_type(self) -> str:
+        """"cpu" or "cuda": what changes samples, not which card of a kind ran them."""
+        return self.device.type
 
 
 def resolve(name: str) -> str:
@@ -77,7 +89,8 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
         model, tokenizer, commit = _from_pretrained(name, source, dtype)
         model = model.to(device=device)
     return LoadedModel(name=name, source=source, model=model.eval(), tokenizer=tokenizer,
-                       revision=commit or model_revision(source, model))
+                       revision=commit or model_revision(source, model),
+                       dtype=str(dtype).removeprefix("torch."), quantization="int8" if load_8bit else "none")
 
 
 def model_revision(source: str, model: torch.nn.Module) -> str:

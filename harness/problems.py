@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -146,6 +147,20 @@ def load_problems(lang: str, dataset: str | Path | None = None, limit: int | Non
         problem_set = _load_hub(definition, lang)
     if limit is not None:
         problem_set = replace(problem_set, problems=problem_set.problems[:limit])
+    return problem_set
+
+
+def check_language(problem_set: ProblemSet, key_of: Callable[[str], str | None]) -> ProblemSet:
+    """The problem set, if every row is in its language: MultiPL-E's `language` field of each
+    row, mapped to a language key by `key_of` (the language definitions' names and aliases),
+    must be the set's key. Python prompts run in the Ruby image and reported as Ruby are
+    wrong numbers, so another language's file stops the run with one line."""
+    for problem in problem_set.problems:
+        if key_of(problem.language) != problem_set.lang:
+            raise UserError(
+                f"{problem_set.source} holds {problem.language!r} problems ({problem.name}), not "
+                f"--lang {problem_set.lang} ones; pass a folder of per-language files with --dataset "
+                f"(e.g. ../shared/multipl-e), or the {problem_set.lang} file itself")
     return problem_set
 
 

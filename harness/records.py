@@ -62,18 +62,28 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class Provenance:
-    """What made a record: the model and its revision, the adapter (method, rank, content
-    hash), the language, the full sampling config and seed, the benchmark and dataset
-    revision, and the flora-eval version that wrote it."""
+    """What made a record: the model and its revision, how its weights were held (dtype,
+    quantization, device type), the adapter (method, rank, content hash), the language, the
+    full sampling config and seed, whether the seeds were honoured, the benchmark and dataset
+    revision, and the flora-eval version that wrote it.
+
+    A setting a file does not record reads as "" (or None), which differs from every value a
+    run records now: such a file is never taken for one made with today's settings."""
 
     model: str = ""  # the name the run was asked for (alias, hub id, path or "tiny")
-    model_revision: str = ""  # hub commit, or "sha256:..." of a local directory / the tiny model
+    model_revision: str = ""  # hub commit, "sha256:..." of a local directory / the tiny model,
+    # or "served:sha256:..." of what a server says of itself (remote.py)
+    dtype: str = ""  # "float32", "bfloat16", ... ("" served: the server's own business)
+    quantization: str = ""  # "none" or "int8" (8-bit base weights); "" served
+    device: str = ""  # the device type ("cpu", "cuda"), not its ordinal; "" served
     adapter: str = BASE
     method: str = BASE  # "base" | a method key ("flora", "lora", "ia3")
     rank: int | None = None
     adapter_hash: str = ""
     lang: str = ""  # the language key (`rb`), not MultiPL-E's `language` field
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seeded: bool | None = None  # every sample drawn from its own seed (False: the server ignores
+    # seeds; None: unknown, as in files that predate this field)
     benchmark: str = BENCHMARK
     dataset: str = ""  # "hub:nuprl/MultiPL-E" or a local file
     dataset_revision: str = ""  # pinned hub revision, or "sha256:..." of the local file
@@ -161,23 +171,32 @@ def _provenance_from_json(d: dict[str, Any]) -> Provenance:
 
 @dataclass(frozen=True, kw_only=True)
 class Completions(ProblemFile):
-    """All completions of one problem by one (model, adapter): a MultiPL-E completions file."""
+    """All completions of one problem by one (model, adapter): a MultiPL-E completions file,
+    with each sample's `finish_reason` ("stop": end of text or a stop token, "length": the
+    token limit; empty for files of other tools)."""
 
     completions: tuple[str, ...]
+    finish_reasons: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {**self._header_json(), "completions": list(self.completions)}
+        return {**self._header_json(), "completions": list(self.completions),
+                "finish_reasons": list(self.finish_reasons)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Completions:
         kw = cls._header_from_json(d)
         kw["completions"] = tuple(d["completions"])
+        kw["finish_reasons"] = tuple(d.get("finish_reasons") or ())
         return cls(**kw)
 
 
 @dataclass(frozen=True)
 class ExecResult:
-    """What running one program gave: MultiPL-E's per-program result entry."""
+    """What running one program gave: MultiPL-E's per-program result entry, plus the
+    observation it was judged from (every step's outcome as the worker recorded it: exit
+    code, stop reason, output kept, sizes, bytes cut, the rules' texts found). The status,
+    exit code and output fields are derived from the observation with the current rules;
+    results of other tools have no observation (their status is taken as written)."""
 
     program: str
     stdout: str
@@ -185,11 +204,25 @@ class ExecResult:
     exit_code: int
     status: str  # OK, SyntaxError, Exception, Timeout, ...
     timestamp: int = 0
+    observation: tuple[dict, ...] = ()
 
     @property
     def passed(self) -> bool:
         """MultiPL-E's pass rule: status OK and exit code 0."""
         return self.status == "OK" and self.exit_code == 0
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the sandbox stopped it at a time limit, whatever its language calls that
+        (rkt and php have no Timeout status): from the observation, else MultiPL-E's -1."""
+        if self.observation:
+            return any(step.get("timed_out") for step in self.observation)
+        return self.exit_code == -1
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["observation"] = list(self.observation)
+        return d
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,7 +243,7 @@ class ProblemResults(ProblemFile):
         return sum(r.passed for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self._header_json(), "results": [asdict(r) for r in self.results],
+        return {**self._header_json(), "results": [r.to_json() for r in self.results],
                 "image_id": self.image_id, "limits": self.limits}
 
     @classmethod
@@ -234,6 +267,7 @@ def _result_fields(r: dict[str, Any]) -> dict[str, Any]:
     out["stderr"] = out["stderr"] or ""
     out["timestamp"] = out["timestamp"] or 0
     out["exit_code"] = -1 if out["exit_code"] is None else out["exit_code"]
+    out["observation"] = tuple(out["observation"] or ())
     return out
 
 
@@ -249,3 +283,5 @@ class ProblemScore(Traced):
     pass_at: dict[int, float] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
     image_id: str = ""
+    timeouts: int = 0  # samples the sandbox stopped at a time limit (whatever their status)
+    rules: str = ""  # "<lang>:<rules_fingerprint>" that judged the statuses ("": none observed)

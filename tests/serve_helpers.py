@@ -54,17 +54,24 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, seconds: float 
 
 
 @contextmanager
-def server_process(argv: list[str], log: Path, port: int, env: dict | None = None):
-    """Start a server command on a loopback port; yield its URL; stop it (SIGINT, then kill)."""
+def started_server(argv: list[str], log: Path, port: int, env: dict | None = None):
+    """Start a server command on a loopback port; yield its URL and process; stop it (SIGINT,
+    then kill)."""
     url = f"http://{LOOPBACK}:{port}"
     with log.open("w") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
     try:
         wait_healthy(url, process, log)
-        yield url
+        yield url, process
     finally:
         stop_server(process)
+
+
+@contextmanager
+def server_process(argv: list[str], log: Path, port: int, env: dict | None = None):
+    with started_server(argv, log, port, env) as (url, _):
+        yield url
 
 
 @contextmanager

@@ -42,3 +42,34 @@ def test_open_run_of_a_missing_folder_is_one_line(tmp_path):
 
     with pytest.raises(UserError, match="run directory not found"):
         api.open_run(tmp_path / "nothing")
+
+
+README_EXAMPLE = '''from harness import api
+
+run = api.evaluate("tiny", langs=["py"], n=2, max_tokens=16, dataset={dataset!r}, limit=1,
+                   run_dir={run_dir!r}, device="cpu")
+print("scored", len(run.scores()), [s.n for s in run.scores()])
+'''
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["script", "stdin"])
+def test_the_readme_example_runs_as_a_plain_script_and_from_stdin(tmp_path, humaneval_dir, how):
+    """No `if __name__ == "__main__":` guard: the execution process must not import the
+    caller's __main__ (multiprocessing's spawn did, and ran the evaluation again in it)."""
+    import os
+    import subprocess
+    import sys
+
+    source = README_EXAMPLE.format(dataset=str(humaneval_dir.parent), run_dir=str(tmp_path / "run"))
+    env = {**os.environ, "FLORA_EVAL_CACHE": str(tmp_path / "cache.sqlite")}
+    script = tmp_path / "example.py"
+    script.write_text(source)
+    argv, stdin = {"script": ([sys.executable, str(script)], None),
+                   "stdin": ([sys.executable, "-"], source)}[how]
+    done = subprocess.run(argv, input=stdin, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "scored 1 [2]", done.stdout
+    assert [h["stage"] for h in api.open_run(tmp_path / "run").manifest()["invocations"]] == ["evaluate"]

@@ -16,7 +16,7 @@ from harness.cli import build_parser, main
 from harness.execute import execute_run
 from harness.execute.cache import ExecCache, cache_key
 from harness.execute.engine import Executor, timeout_jump
-from harness.execute.languages import load_language
+from harness.execute.languages import load_language, result_of
 from harness.files import read_results, write_results
 
 pytest_plugins = ("test_execute_support",)
@@ -150,7 +150,9 @@ def test_timeout_from_a_loaded_container_is_run_again_and_comes_out_ok(py_image,
     assert counts["timeout_share"] == round(2 / 3, 4)
     keys = [cache_key(p, py_image, limits) for p in programs]
     cached = cache.get_many(keys)
-    assert [cached[k]["status"] for k in keys] == ["Timeout", "Timeout", "OK"], "only the second runs"
+    judged = [result_of(lang, program, cached[key]["observation"]).status
+              for program, key in zip(programs, keys, strict=True)]
+    assert judged == ["Timeout", "Timeout", "OK"], "only the second runs"
 
 
 @pytest.mark.docker

@@ -22,9 +22,10 @@ MINIMAL_OK = {"errno", "json", "os", "select", "selectors", "signal", "subproces
 
 
 def run_worker(tmp_path: Path, steps: list[dict], sources: list[str], limit: int = 2048, lanes: int = 2,
-               worker_env: dict | None = None):
+               worker_env: dict | None = None, needles: tuple[str, ...] = ()):
     config = {"file": "main.py", "steps": steps, "env": {"GREETING": "hi {file}"}, "output_limit": limit,
-              "lanes": lanes, "uids": None, "gid": None, "root": str(tmp_path / "work"), "oom_adj": False}
+              "needles": list(needles), "lanes": lanes, "uids": None, "gid": None,
+              "root": str(tmp_path / "work"), "oom_adj": False}
     lines = [json.dumps({"config": config})] + [json.dumps({"id": str(i), "source": s})
                                                 for i, s in enumerate(sources)]
     proc = subprocess.Popen([sys.executable, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -73,11 +74,30 @@ def test_timeout_kills_the_process_group_and_caps_output(tmp_path):
         f"open({str(pidfile)!r}, 'w').write(str(p.pid))\ntime.sleep(60)",
     ], limit=100)
     flood, sleeper = got["0"][0], got["1"][0]
-    assert flood["timed_out"] and len(flood["stdout"]) == 100
+    assert flood["timed_out"] and flood["stdout"].startswith("x" * 100 + "\n... [")
+    assert flood["stdout_bytes"] > 10_000 and flood["stdout_cut"] == flood["stdout_bytes"] - 200
     assert sleeper["timed_out"] and sleeper["seconds"] < 5
     child = int(pidfile.read_text())
     time.sleep(0.2)
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def test_output_keeps_head_and_tail_and_finds_needles_in_the_whole_stream(tmp_path):
+    """A long trace keeps its end; a needle anywhere in the stream (one split across two
+    reads included) is reported even where its text was cut."""
+    got = run_worker(tmp_path, [py_step()], [
+        "import sys, time\nprint('head', flush=True)\nsys.stdout.write('y' * 100_000 + 'NEED')\n"
+        "sys.stdout.flush(); time.sleep(0.2)\nprint('LE middle' + 'z' * 100_000 + 'the end')",
+        "import sys; print('é' * 150, file=sys.stderr)",
+        "print('short NEEDLE')",
+    ], limit=100, needles=("NEEDLE", "absent"))
+    long, wide, short = got["0"][0], got["1"][0], got["2"][0]
+    assert long["stdout"].startswith("head\nyyy") and long["stdout"].endswith("zzthe end\n")
+    assert long["stdout_bytes"] == 5 + 100_004 + 100_017 and long["stdout_cut"] == long["stdout_bytes"] - 200
+    assert long["scanned"] == ["NEEDLE", "absent"] and long["stdout_found"] == ["NEEDLE"]
+    assert long["stderr"] == "" and long["stderr_bytes"] == 0 and long["stderr_cut"] == 0
+    assert wide["stderr"] == "é" * 150 + "\n" and wide["stderr_cut"] == 0 and wide["stderr_bytes"] == 301
+    assert short["stdout"] == "short NEEDLE\n" and "scanned" not in short  # whole: the text decides
 
 
 def test_failed_compile_step_stops_the_program(tmp_path):

@@ -3,6 +3,7 @@ written as MultiPL-E results files, with regressions and noise seeded into the p
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -150,6 +151,24 @@ def test_check_refuses_a_run_sampled_at_another_temperature(tmp_path, baseline, 
     assert "temperature is 0.8 in the run, 0.1 in the baseline" in err and "--allow-different" in err
     assert main(["check", str(run.root), "--baseline", str(path), "--allow-different"]) == 0
     assert "warning: compared although temperature" in capsys.readouterr().out
+
+
+def test_check_compares_dtype_and_an_empty_revision(tmp_path, baseline, capsys):
+    """A baseline sampled in bfloat16, and one whose model revision was not recorded: neither is
+    like a run that records other values (an empty value is compared like any other)."""
+    counts, path = baseline
+    run = write_run(tmp_path / "run", counts, seed=2)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for cell in data["cells"]:
+        cell["settings"].update(dtype="bfloat16", model_revision="")
+    path.write_text(json.dumps(data), encoding="utf-8")
+    code = main(["check", str(run.root), "--baseline", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--allow-different" in err
+    assert "dtype is not recorded in the run, 'bfloat16' in the baseline" in err
+    assert f"model_revision is {'sha256:' + '5e' * 8!r} in the run, not recorded in the baseline" in err
+    assert load_baseline(path).settings and "quantization" in run_baseline(run).settings[
+        next(iter(run_baseline(run).settings))]
 
 
 def test_check_refuses_another_model(tmp_path, baseline, capsys):

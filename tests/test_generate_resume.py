@@ -4,13 +4,14 @@ stops with one line and leaves the run untouched; --overwrite regenerates only w
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from harness.adapters import LoRAConfig, init_adapter, save_adapter
 from harness.cli import main
-from harness.files import read_completions
+from harness.files import read_completions, write_completions
 from harness.models import build_tiny
 from harness.runs import RunDir
 
@@ -124,3 +125,60 @@ def test_a_changed_prompt_is_a_difference(capsys, tmp_path, humaneval_dir):
                                                encoding="utf-8")
     line = one_line_error(*generate(capsys, tmp_path / "run", edited))
     assert "dataset_revision is 'sha256:" in line and "prompt is" in line
+
+
+def restamp(root: Path, **settings) -> None:
+    """Rewrite every completions file's provenance, as if another machine or an older
+    flora-eval (a setting it did not record reads as "" or None) had made it."""
+    for path in RunDir(root).completion_files():
+        record = read_completions(path)
+        provenance = dataclasses.replace(record.provenance, **settings)
+        write_completions(path, dataclasses.replace(record, provenance=provenance))
+
+
+def test_the_provenance_records_how_the_weights_were_held_and_each_finish_reason(capsys, tmp_path,
+                                                                                 humaneval_dir):
+    assert generate(capsys, tmp_path, humaneval_dir, n=3)[0] == 0
+    for path in RunDir(tmp_path).completion_files():
+        record = read_completions(path)
+        p = record.provenance
+        assert (p.dtype, p.quantization, p.device, p.seeded) == ("float32", "none", "cpu", True)
+        assert len(record.finish_reasons) == 3 and set(record.finish_reasons) <= {"stop", "length"}
+    model = RunDir(tmp_path).read_manifest()["model"]
+    assert (model["dtype"], model["quantization"], model["device"]) == ("float32", "none", "cpu")
+
+
+@pytest.mark.parametrize(("settings", "shown"), [
+    ({"dtype": "bfloat16"}, "dtype is 'bfloat16' there, 'float32' now"),
+    ({"quantization": "int8"}, "quantization is 'int8' there, 'none' now"),
+    ({"device": "cuda"}, "device is 'cuda' there, 'cpu' now"),
+    ({"dtype": "", "quantization": "", "device": "", "seeded": None}, "dtype is not recorded there"),
+    ({"model_revision": ""}, "model_revision is not recorded there"),
+])
+def test_samples_of_other_weights_are_never_resumed(capsys, tmp_path, humaneval_dir, settings, shown):
+    """fp32 and bf16 samples (or an older file that does not say) never mix in one run."""
+    assert generate(capsys, tmp_path, humaneval_dir)[0] == 0
+    restamp(tmp_path, **settings)
+    before = snapshot(tmp_path)
+    line = one_line_error(*generate(capsys, tmp_path, humaneval_dir, n=3))
+    assert shown in line and "--run-id" in line and "--overwrite" in line
+    assert snapshot(tmp_path) == before
+    assert generate(capsys, tmp_path, humaneval_dir, "--overwrite", n=3)[0] == 0
+    assert all(read_completions(p).provenance.dtype == "float32" for p in RunDir(tmp_path).completion_files())
+
+
+def test_each_completions_file_is_read_once(capsys, tmp_path, humaneval_dir, monkeypatch):
+    """One plan, made once and carried through: extending n reads every file one time."""
+    from harness.generate import resume
+
+    assert generate(capsys, tmp_path, humaneval_dir, n=2)[0] == 0
+    reads: list[Path] = []
+
+    def counted(path):
+        reads.append(Path(path))
+        return read_completions(path)
+
+    monkeypatch.setattr(resume, "read_completions", counted)
+    assert generate(capsys, tmp_path, humaneval_dir, n=3)[0] == 0
+    files = RunDir(tmp_path).completion_files()
+    assert len(files) == 2 and sorted(reads) == sorted(files)

@@ -51,7 +51,8 @@ def problems(lang, kind: str, expect: str, result) -> list[str]:
         wrong.append(f"{got}: expected a timeout ({timeout_status}, exit -1)")
     elif expect == "fails" and (result.exit_code in (0, TIMEOUT_EXIT_CODE) or result.status == "Timeout"):
         wrong.append(f"{got}: expected it to fail by itself")
-    if len(result.stdout) > lang.output_limit or len(result.stderr) > lang.output_limit:
+    kept = 2 * lang.output_limit + 64  # a stream's head and tail, and the note of the cut
+    if len(result.stdout) > kept or len(result.stderr) > kept:
         wrong.append(f"{kind}: output not capped")
     return wrong
 

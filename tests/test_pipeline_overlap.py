@@ -55,7 +55,7 @@ def test_a_file_is_executed_while_generation_goes_on(tmp_path, humaneval_dir, py
     overlap.submit(files[1])  # twice: executed once
     overlap.generation_done()
     summary = overlap.finish(run)  # files[2] was never submitted: finish executes it
-    assert not overlap.process.is_alive()
+    assert overlap.process.poll() is not None
     assert len(run.result_files()) == 3 and summary.telemetry["programs"] == 9
     report = overlap.report()
     assert report["execute_batches"] >= 2 and report["both_active_s"] > 0
@@ -89,3 +89,30 @@ def test_main_command_overlapped_equals_generate_then_execute(tmp_path, humaneva
     assert {"wall_s", "generate_s", "execute_busy_s", "both_active_s", "execute_batches"} <= set(overlap)
     assert overlap["execute_batches"] >= 1 and manifest["config"]["executor"] == "local"
     assert manifest["telemetry"]["execute"]["programs"] == 24 and manifest["invocations"][-1]["finished"]
+
+
+@pytest.mark.parametrize("then", ["submit", "finish"])
+def test_a_dead_execution_process_is_one_line_not_a_hang(tmp_path, exec_cache, then):
+    """SIGKILL the execution process: the next submit (of thousands: more than the old queue
+    held) or the final wait ends with one line, within seconds; nothing blocks on it."""
+    import os
+    import signal
+
+    from harness.errors import UserError
+
+    overlap = Overlap({"jobs": 1})
+    os.kill(overlap.process.pid, signal.SIGKILL)
+    overlap.process.wait(timeout=30)
+    start = time.monotonic()
+    with pytest.raises(UserError) as error:
+        if then == "submit":
+            for k in range(5000):
+                overlap.submit(tmp_path / f"file-{k}.json.gz")
+        else:
+            overlap.finish(RunDir(tmp_path))
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    assert "\n" not in message and f"(pid {overlap.process.pid}) died (killed by SIGKILL)" in message
+    assert "run the same command again to resume" in message
+    overlap.abort()  # after the error, as api.generate_and_execute does: returns at once
+    assert time.monotonic() - start < 15

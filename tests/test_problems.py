@@ -91,3 +91,18 @@ def test_hub_unreachable_says_how_to_pass_local_data(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UserError, match="--dataset"):
         load_problems("zz_not_a_language")
+
+
+def test_a_file_of_another_language_stops_with_one_line(humaneval_dir, tmp_path, capsys):
+    """`--dataset humaneval-py.jsonl --lang py --lang rb` would run Python prompts in the Ruby
+    image and report them as Ruby: it stops before anything is written."""
+    from harness.cli import main
+
+    run = tmp_path / "run"
+    code = main(["generate", "--model", "tiny", "--dataset", str(humaneval_dir / "humaneval-py.jsonl"),
+                 "--lang", "py", "--lang", "rb", "--limit", "1", "-n", "1", "--max-tokens", "2",
+                 "--device", "cpu", "--run-dir", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "holds 'py' problems" in err and "--lang rb" in err
+    assert not list(run.rglob("*.json.gz"))

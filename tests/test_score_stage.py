@@ -14,7 +14,7 @@ from test_report_build import MODEL, demo_counts, write_run
 from harness.cli import main
 from harness.files import read_results
 from harness.runs import RunDir
-from harness.score import SCORES_FILE, pass_at_k, read_scores, score_run
+from harness.score import SCORES_FILE, SOURCES_FILE, pass_at_k, read_scores, score_run
 
 
 def files(root: Path) -> dict[str, int]:
@@ -26,7 +26,7 @@ def test_score_writes_scores_csv_and_nothing_else(tmp_path, humaneval_dir, capsy
     before = files(run.root)
     assert main(["score", str(run.root)]) == 0
     after = files(run.root)
-    assert set(after) - set(before) == {SCORES_FILE}
+    assert set(after) - set(before) == {SCORES_FILE, SOURCES_FILE}
     assert all(after[name] == stamp for name, stamp in before.items())
     assert "24 problems scored" in capsys.readouterr().out
 
@@ -99,3 +99,43 @@ def test_a_full_disk_is_one_line_and_a_rerun_resumes(tmp_path, humaneval_dir, sm
     filler.unlink()
     assert main(["score", str(run_root)]) == 0
     assert len(read_scores(run_root / SCORES_FILE)) == 2
+
+
+def test_scores_are_current_only_for_the_results_they_were_made_from(tmp_path, humaneval_dir):
+    """scores.csv is dated by the results files' hashes and the status rules, never by file
+    times: a deleted or re-made results file, or a changed rule, makes it stale; a touched
+    file (same content, newer time) does not."""
+    import dataclasses
+    import time
+
+    from harness import api
+    from harness.files import write_results
+    from harness.report.load import run_scores
+    from harness.score import scores_current
+    from harness.score.judge import status_rules
+
+    counts = demo_counts(langs=("py",), adapters=("base",), problems_per_lang=3, n=4)
+    run = write_run(tmp_path / "run", counts)
+    assert not scores_current(run, status_rules)
+    assert len(api.score(api.open_run(run.root))) == 3
+    assert scores_current(run, status_rules)
+    # (these made-up results carry no observation, so no rule judges them: a rule change
+    # making scores stale is test_execute_observe.py::test_scores_judged_under_other_rules_are_made_again)
+
+    first, second, _ = run.result_files()
+    later = time.time() + 3600
+    os.utime(first, (later, later))  # newer than scores.csv, same content
+    assert scores_current(run, status_rules)
+    older = time.time() - 3600
+    os.utime(run.root / SCORES_FILE, (older, older))
+    results = read_results(second)  # re-made with other outcomes (older than scores.csv by time)
+    write_results(second, dataclasses.replace(results, results=tuple(
+        dataclasses.replace(r, status="Exception", exit_code=1) for r in results.results)))
+    os.utime(second, (older - 10, older - 10))
+    assert not scores_current(run, status_rules)
+    assert sum(s.c for s in run_scores(run) if s.problem == results.name) == 0, "scored again"
+    assert scores_current(run, status_rules)
+
+    first.unlink()  # e.g. removed by --overwrite before its completions are made again
+    assert not scores_current(run, status_rules)
+    assert len(run_scores(run)) == 2 and len(read_scores(run.root / SCORES_FILE)) == 2

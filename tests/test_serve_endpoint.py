@@ -100,6 +100,14 @@ def test_an_unknown_served_name_stops_with_one_line(server, humaneval_dir, tmp_p
     assert "no-such-adapter" in err and "--served-name" in err and len(err.splitlines()) == 1
 
 
+def test_max_tokens_above_the_server_cap_stops_with_one_line(server, humaneval_dir, tmp_path, capsys):
+    """The server answers 400 naming its cap (1,024) instead of cutting samples silently."""
+    argv = endpoint_argv(server, humaneval_dir, tmp_path / "r", "-n", "1", "--max-tokens", "2000")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1024" in err and "--max-tokens" in err and len(err.splitlines()) == 1
+
+
 def test_the_client_retries_a_server_that_answers_429(humaneval_dir, tmp_path):
     state = build_state(ServeSpec("tiny", device="cpu", options=ServeOptions(max_rows=2, max_waiting=2)))
     with ServerThread(state) as url:
@@ -107,7 +115,7 @@ def test_the_client_retries_a_server_that_answers_429(humaneval_dir, tmp_path):
                                     dataset=str(humaneval_dir), limit=2,
                                     endpoint=EndpointConfig(url, concurrency=16))
         run, _, telemetry = api.generate(evaluation, tmp_path / "run")
-        rejected = state.scheduler.snapshot()["rejected"]
+        rejected = state.engine.snapshot()["rejected"]
     calls = telemetry.as_dict()
     assert rejected > 0 and calls["retries"] >= rejected and calls["retried"]["HTTP 429"] > 0
     assert all(len(v) == 6 for v in completions(run.root).values()) and len(completions(run.root)) == 2
@@ -179,4 +187,6 @@ def test_transformers_serve_end_to_end(humaneval_dir, tmp_path, monkeypatch, cap
     manifest = json.loads((run / "manifest.json").read_text())
     generated = manifest["telemetry"]["generate"]
     assert generated["honoured"]["n"] is False  # transformers serve ignores n: one request per sample
-    assert generated["samples"] == 6 and manifest["model"]["revision"] == f"endpoint:{url}/v1"
+    assert generated["samples"] == 6 and manifest["model"]["source"] == f"endpoint:{url}/v1"
+    # what transformers serve says of itself, hashed (the URL no part of it)
+    assert manifest["model"]["revision"].startswith("served:sha256:") and manifest["model"]["identity"]

@@ -160,8 +160,10 @@ def served(url: str, items: list[Item], concurrency: int, output_tokens: int) ->
     return asyncio.run(main())
 
 
-def start_server(folder: Path, port: int, rows: int, log: Path) -> subprocess.Popen:
+def start_server(folder: Path, port: int, rows: int, log: Path, max_tokens: int = 1024) -> subprocess.Popen:
+    """The server under test; `max_tokens`: its cap (a request above it is a 400)."""
     argv = [sys.executable, "-m", "harness.cli", "serve", "--model", str(folder / "model"), "--device", "cpu",
+            "--max-tokens", str(max_tokens),
             "--served-model-name", "base", "--host", LOOPBACK, "--port", str(port),
             "--adapters-dir", str(folder / "adapters"),
             "--max-rows", str(rows), "--max-waiting", str(max(4 * rows, 1024)),
@@ -207,7 +209,7 @@ def run_http(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="flora-eval-bench-http-") as tmp:
         folder = prepare(Path(tmp), args.http_model, args.seed)
         port = free_port()
-        process = start_server(folder, port, rows, folder / "serve.log")
+        process = start_server(folder, port, rows, folder / "serve.log", max(output_tokens, 1024))
         try:
             url = f"http://{LOOPBACK}:{port}"
             served(url, items[: min(count, rows)], rows, 4)  # warm-up

@@ -1,5 +1,10 @@
 """The persistent execution cache: one sqlite3 database shared by every run, keyed by
-(sha256 of the program, image id, limits), so re-scoring a run executes nothing. It also
+(sha256 of the program, image id, limits), so re-scoring a run executes nothing. It holds
+observations (what each step of a program did), never statuses: those are judged from the
+observation with the language's current rules on every read, so a rule change applies
+without running anything. `limits` covers everything that decides an observation (the
+language's steps and resources, the sandbox's limits, the worker's hash and the
+observation's version), so rows of an older worker or schema are simply not found. It also
 keeps each execution's Timeout share per (language, image), the history that a jump in the
 share is measured against."""
 
@@ -30,7 +35,7 @@ def cache_key(program: str, image_id: str, limits: str) -> str:
 
 
 class ExecCache:
-    """Maps a cache key to a result dict (stdout, stderr, exit_code, status, timestamp)."""
+    """Maps a cache key to {"observation": [step outcomes], "timestamp": int}."""
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else default_path()

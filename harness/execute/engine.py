@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from harness.errors import UserError
 from harness.execute.cache import ExecCache, cache_key
-from harness.execute.languages import TIMEOUT_EXIT_CODE, Language, compile_step_ok, status_of
+from harness.execute.languages import Language, result_of
 from harness.execute.pool import Pool
 from harness.execute.sandbox import Limits, docker_client, remove_leftovers
 from harness.records import ExecResult
@@ -24,29 +24,11 @@ SHARE_JUMP = 0.05  # a Timeout share this far above the earlier median (and twic
 MIN_PROGRAMS_TO_WARN = 20  # fewer results say little about a share
 
 
-def result_of(lang: Language, program: str, steps: list[dict], timestamp: int | None = None) -> ExecResult:
-    """MultiPL-E's result record from the worker's step outcomes: the first compile step
-    that failed decides, else the final step's rules (never OK for a step the sandbox
-    stopped)."""
-    for index, step in enumerate(steps):
-        args = (step["exit_code"], step["stdout"], step["stderr"], step["timed_out"], step.get("stopped"))
-        if index == len(lang.steps) - 1 or not compile_step_ok(lang, index, *args):
-            status = status_of(lang, index, *args)
-        elif index == len(steps) - 1:
-            status = "Exception"  # cannot happen: the worker stopped after a compile step that passed
-        else:
-            continue
-        exit_code = TIMEOUT_EXIT_CODE if step["timed_out"] else step["exit_code"]
-        return ExecResult(program=program, stdout=step["stdout"], stderr=step["stderr"],
-                          exit_code=exit_code, status=status,
-                          timestamp=int(time.time()) if timestamp is None else timestamp)
-    raise ValueError("no step outcomes")
-
-
 @dataclass
 class LanguageCounts:
-    """One language's Timeout share: results (duplicates and cache hits included), those that
-    timed out, and the first-run timeouts run again alone and timed out again."""
+    """One language's Timeout share: results (duplicates and cache hits included), those the
+    sandbox stopped at a time limit (from the observation, whatever the language's status
+    for it), and the first-run timeouts run again alone and timed out again."""
 
     programs: int = 0
     timeouts: int = 0
@@ -109,8 +91,10 @@ class Executor:
 
     `use_cache=False` (`--no-cache`) executes every program again (results still refresh the
     cache). `lanes` programs run at once in each container. A program that timed out runs
-    once more, alone in a one-lane container, after the language's other programs: only
-    that second result is recorded, and only a confirmed Timeout is cached."""
+    once more, alone (one container of one lane, nothing else of the language running),
+    after the language's other programs: only that second result is recorded, and only a
+    confirmed Timeout is cached. The cache holds observations; every result is judged from
+    its observation with the language's current rules."""
 
     jobs: int | None = None
     cache: ExecCache | None = None
@@ -157,8 +141,10 @@ class Executor:
         return Limits.of(lang, self.lanes)
 
     def limits_key(self, lang: Language) -> str:
-        """Everything besides the image that decides a result: part of the cache key and
-        recorded in results files (`limits`)."""
+        """Everything besides the image that decides an observation (the language's steps
+        and resources, the sandbox's limits, the worker's hash, the observation's version),
+        and nothing that only decides a status: part of the cache key and recorded in
+        results files (`limits`)."""
         return f"{lang.fingerprint()}|{self.limits(lang).key()}"
 
     def pool(self, lang: Language, canary: bool = True) -> Pool:
@@ -170,15 +156,15 @@ class Executor:
         return self._pools[lang.key]
 
     def confirm_pool(self, lang: Language) -> Pool:
-        """Where timed-out programs run again: one program per container (the language's own
-        pool when it has one lane, idle by then)."""
+        """Where timed-out programs run again: one container of one lane, so one program
+        runs at a time (the language's own pool when it is just that)."""
         limits = self.limits(lang)
-        if limits.lanes == 1:
+        if limits.lanes == 1 and self.slots == 1:
             return self.pool(lang)
         key = f"{lang.key}#confirm"
         if key not in self._pools:
             alone = dataclasses.replace(limits, lanes=1, cpus=1.0)
-            self._pools[key] = Pool(self.client, lang, self.image_id(lang), self.slots, alone)
+            self._pools[key] = Pool(self.client, lang, self.image_id(lang), 1, alone)
         return self._pools[key]
 
     def canary_results(self, lang: Language) -> tuple[ExecResult, ExecResult]:
@@ -190,7 +176,7 @@ class Executor:
         for _ in range(CANARY_ATTEMPTS):
             got = dict(pool.run(sources))
             good, bad = result_of(lang, sources[0], got[0]), result_of(lang, sources[1], got[1])
-            if TIMEOUT_EXIT_CODE not in (good.exit_code, bad.exit_code):
+            if not (good.timed_out or bad.timed_out):
                 break
         return good, bad
 
@@ -200,59 +186,85 @@ class Executor:
             raise UserError(f"{lang.image_tag} failed its canary: {problem}; rebuild it with "
                             f"`flora-eval images build --rebuild {lang.key}`")
 
-    def run_programs(self, lang: Language, programs: list[str]) -> Iterator[tuple[int, ExecResult]]:
+    def run_programs(self, lang: Language, programs: list[str],
+                     held: list[int] | None = None) -> Iterator[tuple[int, ExecResult]]:
         """Yield (index, result) for every program, as results become available (a program
-        that timed out only once it timed out again, alone)."""
+        that timed out only once it timed out again, alone). `held`: a list that takes the
+        indices of programs that timed out instead (not yielded): `confirm` runs them later,
+        when nothing else runs (the main command, once generation is done)."""
         start = time.monotonic()
         self.stats.programs += len(programs)
         counts = LanguageCounts()
-        where: dict[str, list[int]] = {}
-        for i, program in enumerate(programs):
-            where.setdefault(program, []).append(i)
-        distinct = list(where)
-        self.stats.distinct += len(distinct)
+        where = positions(programs)
+        self.stats.distinct += len(where)
         image = self.image_id(lang)
-        keys = [cache_key(p, image, self.limits_key(lang)) for p in distinct]
-        cached = self.cache.get_many(keys) if (self.cache and self.use_cache) else {}
+        keys = {p: cache_key(p, image, self.limits_key(lang)) for p in where}
+        cached = self.cache.get_many(list(keys.values())) if (self.cache and self.use_cache) else {}
         todo = []
-        for program, key in zip(distinct, keys, strict=True):
+        for program, key in keys.items():
             hit = cached.get(key)
-            if hit is None:
-                todo.append((program, key))
+            if not hit or not hit.get("observation"):  # rows of older versions hold no observation
+                todo.append(program)
                 continue
             self.stats.cache_hits += len(where[program])
-            yield from self._deliver(counts, where[program], ExecResult(program=program, **hit))
+            result = result_of(lang, program, hit["observation"], hit.get("timestamp"))
+            yield from self._deliver(counts, where[program], result)
         if todo:
             again = []
-            for index, steps in self.pool(lang).run([p for p, _ in todo]):
-                program, key = todo[index]
+            for index, steps in self.pool(lang).run(todo):
+                program = todo[index]
                 self.stats.executed += 1
                 if self.confirm_timeouts and any(step["timed_out"] for step in steps):
-                    again.append((program, key))
+                    again.append(program)
                     continue
-                yield from self._store(counts, where[program], key, result_of(lang, program, steps))
-            counts.reruns += len(again)
-            for index, steps in (self.confirm_pool(lang).run([p for p, _ in again]) if again else ()):
-                program, key = again[index]
-                counts.confirmed += any(step["timed_out"] for step in steps)
-                yield from self._store(counts, where[program], key, result_of(lang, program, steps))
-            pools = self._pools.values()
-            self.stats.restarts = sum(p.restarts for p in pools)
-            self.stats.retired = sum(p.retired for p in pools)
-            self.stats.infra_retries = sum(p.infra_retries for p in pools)
+                yield from self._store(counts, where[program], keys[program], lang, program, steps)
+            if held is not None:
+                held.extend(i for program in again for i in where[program])
+            else:
+                yield from self._confirm(lang, counts, again, {p: where[p] for p in again}, keys)
+            self._pool_stats()
             self._timeout_history(lang, image, counts)
         self.stats.languages.setdefault(lang.key, LanguageCounts()).add(counts)
         self.stats.seconds += time.monotonic() - start
 
+    def confirm(self, lang: Language, programs: list[str]) -> Iterator[tuple[int, ExecResult]]:
+        """Run programs that timed out once more, one at a time (`confirm_pool`); yield
+        (index, result) as each finishes. Each result is recorded and cached."""
+        start = time.monotonic()
+        counts = LanguageCounts()
+        where = positions(programs)
+        image = self.image_id(lang)
+        keys = {p: cache_key(p, image, self.limits_key(lang)) for p in where}
+        yield from self._confirm(lang, counts, list(where), where, keys)
+        self._pool_stats()
+        self.stats.languages.setdefault(lang.key, LanguageCounts()).add(counts)
+        self.stats.seconds += time.monotonic() - start
+
+    def _confirm(self, lang: Language, counts: LanguageCounts, again: list[str], where: dict[str, list[int]],
+                 keys: dict[str, str]):
+        counts.reruns += len(again)
+        for index, steps in (self.confirm_pool(lang).run(again) if again else ()):
+            program = again[index]
+            counts.confirmed += any(step["timed_out"] for step in steps)
+            yield from self._store(counts, where[program], keys[program], lang, program, steps)
+
+    def _pool_stats(self) -> None:
+        pools = self._pools.values()
+        self.stats.restarts = sum(p.restarts for p in pools)
+        self.stats.retired = sum(p.retired for p in pools)
+        self.stats.infra_retries = sum(p.infra_retries for p in pools)
+
     def _deliver(self, counts: LanguageCounts, indices: list[int], result: ExecResult):
         counts.programs += len(indices)
-        counts.timeouts += len(indices) * (result.exit_code == TIMEOUT_EXIT_CODE)
+        counts.timeouts += len(indices) * result.timed_out
         return [(i, result) for i in indices]
 
-    def _store(self, counts: LanguageCounts, indices: list[int], key: str, result: ExecResult):
+    def _store(self, counts: LanguageCounts, indices: list[int], key: str, lang: Language, program: str,
+               steps: list[dict]):
+        """Cache the observation (never the status: that is judged again on every read)."""
+        result = result_of(lang, program, steps)
         if self.cache is not None:
-            self.cache.put(key, {k: getattr(result, k) for k in ("stdout", "stderr", "exit_code", "status",
-                                                                 "timestamp")})
+            self.cache.put(key, {"observation": steps, "timestamp": result.timestamp})
         return self._deliver(counts, indices, result)
 
     def _timeout_history(self, lang: Language, image: str, counts: LanguageCounts) -> None:
@@ -276,6 +288,14 @@ class Executor:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+def positions(programs: list[str]) -> dict[str, list[int]]:
+    """Each distinct program → its positions in `programs` (identical programs run once)."""
+    where: dict[str, list[int]] = {}
+    for i, program in enumerate(programs):
+        where.setdefault(program, []).append(i)
+    return where
 
 
 def canary_problem(lang: Language, good: ExecResult, bad: ExecResult) -> str:

@@ -1,5 +1,5 @@
 """What `flora-eval execute` accepts, turned into Tasks: a run directory (its completions
-files without results), MultiPL-E completions files (.json/.json.gz; `language` may be a
+files), MultiPL-E completions files (.json/.json.gz; `language` may be a
 legacy name such as "python"), directories of such files, and bigcode-evaluation-harness
 `generations.json` (per problem, a list of full programs = prompt + completion)."""
 
@@ -10,22 +10,17 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.execute import Task
-from harness.files import read_completions, read_json, read_results, results_path_for
+from harness.files import read_completions, read_json, results_path_for
 from harness.records import Completions, Provenance, SamplingConfig
 from harness.runs import RESULTS_SUFFIX, RunDir
 
 
-def run_tasks(root: Path, out_dir: Path | None, executor=None) -> list[Task]:
-    """The run's completions files that have no results file yet, or (given the executor)
-    one made by another image or other limits than the executor's now; the language is the
-    one the completions record names (its provenance, else MultiPL-E's `language` field)."""
-    tasks = []
-    for path in RunDir(root).completion_files():
-        out = _out(path, out_dir, root)
-        task = task_of(read_completions(path), out)
-        if not out.exists() or (executor is not None and _stale(out, task.lang, executor)):
-            tasks.append(task)
-    return tasks
+def run_tasks(root: Path, out_dir: Path | None) -> list[Task]:
+    """Every completions file of the run as a Task (what to do with each is the plan's
+    decision: execute/plan.py); the language is the one the completions record names (its
+    provenance, else MultiPL-E's `language` field)."""
+    return [task_of(read_completions(path), _out(path, out_dir, root))
+            for path in RunDir(root).completion_files()]
 
 
 def task_of(completions: Completions, out: Path, lang: str | None = None) -> Task:
@@ -39,23 +34,17 @@ def task_of(completions: Completions, out: Path, lang: str | None = None) -> Tas
     return Task(key, completions, out)
 
 
-def _stale(results_path: Path, lang_key: str, executor) -> bool:
-    from harness.execute.languages import load_language
-
-    lang = load_language(lang_key)
-    done = read_results(results_path)
-    return (done.image_id, done.limits) != (executor.image_id(lang), executor.limits_key(lang))
-
-
 def tasks_for(path: Path, out_dir: Path | None, lang: str | None, dataset: str | None,
-              benchmark: str = "humaneval", executor=None) -> list[Task]:
+              benchmark: str = "humaneval") -> list[Task]:
+    """The Tasks of one input (a run directory, a folder of completions files, one file or
+    a bigcode generations.json), whatever their results' state."""
     if path.is_dir():
         if RunDir(path).completion_files():
-            return run_tasks(path, out_dir, executor)
+            return run_tasks(path, out_dir)
         files = sorted(p for p in path.iterdir() if _is_completions_name(p.name))
         if not files:
             raise UserError(f"{path}: no completions files (.json/.json.gz) or run folders in it")
-        return [task for p in files for task in tasks_for(p, out_dir, lang, dataset, benchmark, executor)]
+        return [task for p in files for task in tasks_for(p, out_dir, lang, dataset, benchmark)]
     data = read_json(path)
     if isinstance(data, list):
         return generations_tasks(path, data, out_dir, lang, dataset, benchmark)

@@ -3,16 +3,22 @@
 The schema is documented at the top of `languages/py.toml`. In short: a language names the
 file a program is written to, its steps (compile steps, then one run step, each with its
 own timeout), ordered (condition → status) rules for the final step, canaries and the
-container's resources. `status_of` turns one step's outcome into MultiPL-E's status; it is
-a pure function, so every language's rules are testable without Docker. A program that the
+container's resources. `judge` turns a program's observation (what the worker recorded of
+each step: exit code, stop reason, the output kept, its size, the bytes cut and the rules'
+texts found in the whole stream) into MultiPL-E's status; it is a pure function of the
+observation and today's rules, so every language's rules are testable without Docker and a
+rule change applies to cached observations without running anything. A program that the
 sandbox stopped (time limit, memory, file size, or a failure after hitting the process
-limit) is never OK, whatever the rules say (go's rule, for one, reads stdout only).
+limit) is never OK, whatever the rules say (go's rule, for one, reads stdout only); neither
+is one whose deciding text may lie in output that was cut and not scanned for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from typing import Annotated, Any, ClassVar
@@ -30,11 +36,79 @@ from harness.definitions import (
     validate,
 )
 from harness.errors import UserError, did_you_mean
+from harness.records import ExecResult
 
 DEFAULT_STATUS = "Exception"
 TIMEOUT_EXIT_CODE = -1  # MultiPL-E's exit code for a timed-out program
-STATUS_LOGIC_VERSION = 1  # bump when `status_of`'s code (not a TOML rule) changes what it derives
+STATUS_LOGIC_VERSION = 2  # bump when `judge`'s code (not a TOML rule) changes what it derives
+OBSERVATION_VERSION = 2  # bump when what the worker records of a step changes (part of the cache key)
+TEXT_KEYS = ("stdout_contains", "stderr_contains", "output_contains",
+             "stdout_lacks", "stderr_lacks", "output_lacks")  # a Condition's text tests
 
+
+
+def any_of(values: Iterable[bool | None]) -> bool | None:
+    """Three-valued "any": True if one holds, None (unknown) if none does but one is unknown."""
+    values = list(values)
+    return True if True in values else None if None in values else False
+
+
+def all_of(values: Iterable[bool | None]) -> bool | None:
+    """Three-valued "all": False if one fails, None (unknown) if none does but one is unknown."""
+    values = list(values)
+    return False if False in values else None if None in values else True
+
+
+def none_of(values: Iterable[bool | None]) -> bool | None:
+    found = any_of(values)
+    return None if found is None else not found
+
+
+@dataclass(frozen=True)
+class Output:
+    """One stream of a step as observed: the text kept (whole, or its head and tail around
+    the cut), its size in bytes (None: not recorded), the bytes cut, and for a cut stream
+    the rules' texts it was scanned for and those found anywhere in it."""
+
+    text: str = ""
+    size: int | None = None
+    cut: int = 0
+    scanned: frozenset[str] = frozenset()
+    found: frozenset[str] = frozenset()
+
+    def has(self, needle: str) -> bool | None:
+        """Whether the whole stream contains `needle`; None when that cannot be known (the
+        stream was cut and not scanned for it: a rule changed since it ran)."""
+        if not self.cut:
+            return needle in self.text
+        return needle in self.found if needle in self.scanned else None
+
+    @property
+    def empty(self) -> bool:
+        return self.size == 0 or (not self.cut and not self.text.strip())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One step as observed: what the worker reports for it."""
+
+    exit_code: int
+    stdout: Output = Output()
+    stderr: Output = Output()
+    timed_out: bool = False
+    stopped: str | None = None  # why the sandbox ended it ("time", "memory", ...), if it did
+
+    @classmethod
+    def of(cls, step: dict) -> Outcome:
+        """From the worker's step dict (older records lack the sizes and the scan)."""
+        scanned = frozenset(step.get("scanned") or ())
+
+        def stream(name: str) -> Output:
+            return Output(step.get(name) or "", step.get(f"{name}_bytes"), step.get(f"{name}_cut") or 0,
+                          scanned, frozenset(step.get(f"{name}_found") or ()))
+
+        return cls(step["exit_code"], stream("stdout"), stream("stderr"), bool(step["timed_out"]),
+                   step.get("stopped"))
 
 
 @dataclass(frozen=True)
@@ -53,22 +127,26 @@ class Condition:
     stdout_empty: bool | None = None
     stderr_empty: bool | None = None
 
-    def holds(self, exit_code: int, stdout: str, stderr: str, timed_out: bool) -> bool:
-        output = (stdout, stderr)
-        checks = (
-            self.timed_out is None or self.timed_out == timed_out,
-            not self.exit_code or exit_code in self.exit_code,
-            exit_code not in self.exit_code_not,
-            not self.stdout_contains or any(s in stdout for s in self.stdout_contains),
-            not self.stderr_contains or any(s in stderr for s in self.stderr_contains),
-            not self.output_contains or any(s in o for s in self.output_contains for o in output),
-            not any(s in stdout for s in self.stdout_lacks),
-            not any(s in stderr for s in self.stderr_lacks),
-            not any(s in o for s in self.output_lacks for o in output),
-            self.stdout_empty is None or self.stdout_empty == (stdout.strip() == ""),
-            self.stderr_empty is None or self.stderr_empty == (stderr.strip() == ""),
-        )
-        return all(checks)
+    @property
+    def needles(self) -> set[str]:
+        return {text for key in TEXT_KEYS for text in getattr(self, key)}
+
+    def holds(self, o: Outcome) -> bool | None:
+        """Whether the condition holds for the step; None when the output it needs was cut."""
+        streams = {"stdout": (o.stdout,), "stderr": (o.stderr,), "output": (o.stdout, o.stderr)}
+        checks: list[bool | None] = [
+            self.timed_out is None or self.timed_out == o.timed_out,
+            not self.exit_code or o.exit_code in self.exit_code,
+            o.exit_code not in self.exit_code_not,
+            self.stdout_empty is None or self.stdout_empty == o.stdout.empty,
+            self.stderr_empty is None or self.stderr_empty == o.stderr.empty,
+        ]
+        for where, outputs in streams.items():
+            contains, lacks = getattr(self, f"{where}_contains"), getattr(self, f"{where}_lacks")
+            if contains:
+                checks.append(any_of(out.has(s) for s in contains for out in outputs))
+            checks.append(none_of(out.has(s) for s in lacks for out in outputs))
+        return all_of(checks)
 
 
 @dataclass(frozen=True)
@@ -129,11 +207,23 @@ class Language:
     def run_step(self) -> Step:
         return self.steps[-1]
 
+    @property
+    def needles(self) -> tuple[str, ...]:
+        """Every text a rule or a step's `ok_when` looks for: the worker scans whole streams
+        for them, so a status is decided on the whole output, not on what was kept."""
+        conditions = [r.when for r in self.rules] + [s.ok_when for s in self.steps]
+        return tuple(sorted(set().union(*(c.needles for c in conditions))))
+
     def fingerprint(self) -> str:
-        """A hash of everything that decides a program's result (part of the cache key)."""
-        data = asdict(self)
-        for key in ("name", "aliases", "corpus_dir", "extensions", "canary", "version", "image"):
-            data.pop(key)
+        """A hash of everything that decides what is observed of a program (part of the cache
+        key): the file, the steps' commands, limits and the exit codes that let the next step
+        run, the env, the output kept, the container's resources. Not the status rules
+        (`rules_fingerprint`): a rule change re-judges cached observations, it runs nothing."""
+        data = {"file": self.file, "env": self.env, "output_limit": self.output_limit,
+                "memory": self.memory, "pids": self.pids, "tmpfs": self.tmpfs,
+                "steps": [{"argv": s.argv, "timeout_s": s.timeout_s, "ok_exit": s.ok_when.exit_code}
+                          for s in self.steps],
+                "observation": OBSERVATION_VERSION}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def rules_fingerprint(self) -> str:
@@ -147,32 +237,62 @@ class Language:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def status_of(lang: Language, step_index: int, exit_code: int, stdout: str, stderr: str,
-              timed_out: bool, stopped: str | None = None) -> str:
-    """MultiPL-E's status of a program whose last step run was `step_index`: a compile step
-    that failed gives its fail/timeout status; the final step goes through the rules.
-    `stopped` is why the sandbox ended the step ("time", "memory", "file_size", "pids"), if
-    it did: such a step is never OK (a time limit gives Timeout, anything else Exception)."""
+def step_status(lang: Language, step_index: int, outcome: Outcome) -> str:
+    """MultiPL-E's status of a program whose deciding step was `step_index`: a compile step
+    that failed gives its fail/timeout status ("OK" for one that succeeded: not a final
+    outcome); the final step goes through the rules, in order. A rule that cannot be decided
+    (its text may lie in output that was cut) ends the rules at Exception: never OK. A step
+    the sandbox stopped is never OK either (a time limit gives Timeout, anything else
+    Exception)."""
     step = lang.steps[step_index]
     if step_index < len(lang.steps) - 1:
-        if timed_out:
+        if outcome.timed_out:
             return step.timeout_status
-        if stopped or not step.ok_when.holds(exit_code, stdout, stderr, timed_out):
+        if outcome.stopped or step.ok_when.holds(outcome) is not True:
             return step.fail_status
-        return "OK"  # a compile step that succeeded is not a final outcome; callers go on
-    status = next((rule.status for rule in lang.rules
-                   if rule.when.holds(exit_code, stdout, stderr, timed_out)), DEFAULT_STATUS)
-    if status == "OK" and timed_out:
+        return "OK"
+    status = DEFAULT_STATUS
+    for rule in lang.rules:
+        verdict = rule.when.holds(outcome)
+        if verdict is not False:
+            status = rule.status if verdict else DEFAULT_STATUS
+            break
+    if status == "OK" and outcome.timed_out:
         return "Timeout"
-    if status == "OK" and stopped:
+    if status == "OK" and outcome.stopped:
         return DEFAULT_STATUS
     return status
 
 
-def compile_step_ok(lang: Language, step_index: int, exit_code: int, stdout: str, stderr: str,
-                    timed_out: bool, stopped: str | None = None) -> bool:
-    step = lang.steps[step_index]
-    return not timed_out and not stopped and step.ok_when.holds(exit_code, stdout, stderr, timed_out)
+def status_of(lang: Language, step_index: int, exit_code: int, stdout: str, stderr: str,
+              timed_out: bool, stopped: str | None = None) -> str:
+    """`step_status` of a step whose whole output is `stdout` and `stderr`."""
+    return step_status(lang, step_index, Outcome(exit_code, Output(stdout, len(stdout.encode())),
+                                                 Output(stderr, len(stderr.encode())), timed_out, stopped))
+
+
+def judge(lang: Language, steps: Sequence[dict]) -> tuple[int, str]:
+    """(the deciding step's index, the status) of a program's observation: the first compile
+    step that failed decides, else the final step's rules."""
+    for index, step in enumerate(steps):
+        status = step_status(lang, index, Outcome.of(step))
+        if index == len(lang.steps) - 1 or status != "OK":
+            return index, status
+    if not steps:
+        raise ValueError("no step outcomes")
+    return len(steps) - 1, DEFAULT_STATUS  # cannot happen: the worker stops after a passed compile step
+
+
+def result_of(lang: Language, program: str, steps: Sequence[dict],
+              timestamp: int | None = None) -> ExecResult:
+    """MultiPL-E's result record from a program's observation (the worker's step outcomes,
+    kept in the record), judged with today's rules."""
+    index, status = judge(lang, steps)
+    step = steps[index]
+    exit_code = TIMEOUT_EXIT_CODE if step["timed_out"] else step["exit_code"]
+    return ExecResult(program=program, stdout=step["stdout"], stderr=step["stderr"], exit_code=exit_code,
+                      status=status, timestamp=int(time.time()) if timestamp is None else timestamp,
+                      observation=tuple(steps))
 
 
 # ---------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ def worker_config(lang: Language, limits: Limits) -> dict:
                    "ok_exit": list(s.ok_when.exit_code) or None} for s in lang.steps],
         "env": dict(lang.env),
         "output_limit": lang.output_limit,
+        "needles": list(lang.needles),  # the rules' texts, looked for in the whole streams
         "lanes": limits.lanes,
         "uids": [RUNNER_UID0 + i for i in range(limits.lanes)],
         "gid": RUNNER_GID,

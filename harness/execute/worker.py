@@ -4,17 +4,23 @@ one file: the harness passes this file's text to `python3 -c` when a container s
 
 Protocol
   first line  {"config": {"file", "steps": [{"argv", "timeout_s", "ok_exit"}], "env",
-               "output_limit", "lanes", "uids": [..] | null, "gid", "root", "oom_adj",
-               "cleanup_s"}}
+               "output_limit", "needles": [str], "lanes", "uids": [..] | null, "gid",
+               "root", "oom_adj", "cleanup_s"}}
   then        {"id": str, "source": str}                       one per program
   answers     {"ready": true, "python": "3.13.5"}               once, after the config
-              {"id": str, "steps": [{"exit_code", "stdout", "stderr", "timed_out", "stopped",
-                                     "seconds"}], "retire": str (only when set)}
+              {"id": str, "steps": [{"exit_code", "stdout", "stderr", "stdout_bytes",
+                                     "stderr_bytes", "stdout_cut", "stderr_cut", "timed_out",
+                                     "stopped", "seconds"}], "retire": str (only when set)}
               {"id": str, "error": str, "bounced": bool}     the worker's own fault
 Steps run in order; a step stops the program when it timed out, the sandbox stopped it, or
 its exit code is not in its `ok_exit` (null: any). The harness decides the status from the
-outcomes. `stopped` says why the sandbox ended a step: "time" (its limit), "memory" (killed
-by SIGKILL, which only the OOM killer sends, or the container's OOM-kill count rose during
+outcomes (the observation). Each stream is read whole: its size in bytes is reported, and
+its text is kept whole up to 2 x `output_limit` characters, else as its first and last
+`output_limit` characters with the number of bytes cut between them. The harness's rules
+look for `needles` (every text its status rules name) in the whole stream: a step whose
+stream was cut also reports "scanned" (the needles) and "<stream>_found" (those seen).
+`stopped` says why the sandbox ended a step: "time" (its limit), "memory" (killed by
+SIGKILL, which only the OOM killer sends, or the container's OOM-kill count rose during
 it), "file_size" (SIGXFSZ), "pids" (it failed after hitting the process limit) or null. The
 cgroup's counters name the program only when it runs alone in its container (one lane).
 
@@ -62,18 +68,91 @@ class SpawnFailed(Exception):
     toolchain): never the program's result."""
 
 
-def cap_text(data, limit):
-    return data.decode("utf-8", errors="replace")[:limit]
+class Stream:
+    """One output stream as it is read: its first and last `keep` bytes, its size, and which
+    of `needles` occur anywhere in it (the last bytes of each read are kept as an overlap
+    window, so a needle split across two reads is found)."""
+
+    def __init__(self, keep, needles):
+        self.keep = keep
+        self.head = bytearray()
+        self.tail = bytearray()  # the last `keep` bytes after the head
+        self.size = 0
+        self.needles = [(n, n.encode("utf-8")) for n in needles]
+        self.window = max([len(b) for _, b in self.needles] + [1]) - 1
+        self.carry = b""
+        self.found = set()
+
+    def add(self, chunk):
+        self.size += len(chunk)
+        room = self.keep - len(self.head)
+        if room > 0:
+            self.head.extend(chunk[:room])
+            rest = chunk[room:]
+        else:
+            rest = chunk
+        if rest:
+            self.tail.extend(rest)
+            if len(self.tail) > self.keep:
+                del self.tail[: len(self.tail) - self.keep]
+        if self.needles:
+            data = self.carry + chunk
+            for needle, raw in self.needles:
+                if needle not in self.found and raw in data:
+                    self.found.add(needle)
+            self.carry = data[len(data) - self.window:] if self.window else b""
 
 
-def read_until(proc, deadline, limit_bytes):
-    """Drain stdout and stderr (keeping the first `limit_bytes` of each) until both close or
-    the deadline passes. Returns (stdout, stderr, timed_out)."""
-    kept = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+def _text(raw):
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def _size(text):
+    return len(text.encode("utf-8", errors="surrogateescape"))
+
+
+def _plain(text):
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+
+
+def observed(stream, limit):
+    """(text, bytes cut): the whole stream when it has at most 2 x `limit` characters, else
+    its first and last `limit` characters around a note of how many bytes were cut."""
+    whole = stream.size == len(stream.head) + len(stream.tail)
+    if whole:
+        text = _text(bytes(stream.head + stream.tail))
+        if len(text) <= 2 * limit:
+            return _plain(text), 0
+        first, last = text[:limit], text[-limit:]
+    else:
+        first, last = _text(bytes(stream.head))[:limit], _text(bytes(stream.tail))[-limit:]
+    cut = stream.size - _size(first) - _size(last)
+    return f"{_plain(first)}\n... [{cut} bytes cut] ...\n{_plain(last)}", cut
+
+
+def outputs(out, err, limit):
+    """The step fields that describe its output: the text kept of each stream, its size in
+    bytes and how many bytes were cut; for a stream that was cut, the needles scanned for
+    and those found (the rules decide on the whole stream, not on what was kept)."""
+    fields = {}
+    for name, stream in (("stdout", out), ("stderr", err)):
+        fields[name], fields[f"{name}_cut"] = observed(stream, limit)
+        fields[f"{name}_bytes"] = stream.size
+        if fields[f"{name}_cut"]:
+            fields[f"{name}_found"] = sorted(stream.found)
+    if fields["stdout_cut"] or fields["stderr_cut"]:
+        fields["scanned"] = sorted(n for n, _ in out.needles)
+    return fields
+
+
+def read_until(proc, deadline, out, err):
+    """Drain stdout and stderr into their Streams until both close or the deadline passes.
+    Returns whether the deadline passed."""
+    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     sel = selectors.DefaultSelector()
     for stream in (proc.stdout, proc.stderr):
         sel.register(stream.fileno(), selectors.EVENT_READ)
-    open_fds = set(kept)
+    open_fds = set(streams)
     timed_out = False
     while open_fds:
         left = deadline - time.monotonic()
@@ -86,11 +165,9 @@ def read_until(proc, deadline, limit_bytes):
                 sel.unregister(key.fd)
                 open_fds.discard(key.fd)
                 continue
-            buf = kept[key.fd]
-            if len(buf) < limit_bytes:
-                buf.extend(chunk[: limit_bytes - len(buf)])
+            streams[key.fd].add(chunk)
     sel.close()
-    return bytes(kept[proc.stdout.fileno()]), bytes(kept[proc.stderr.fileno()]), timed_out
+    return timed_out
 
 
 def wait_until(proc, deadline):
@@ -195,11 +272,12 @@ def limit_counts(alone):
 
 
 def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone=False,
-             cleanup_s=CLEANUP_DEADLINE_S):
+             cleanup_s=CLEANUP_DEADLINE_S, needles=()):
     start = time.monotonic()
     deadline = start + timeout_s
     ids = {} if uid is None else {"user": uid, "group": gid, "extra_groups": []}
     counts_before = limit_counts(alone)
+    out, err = Stream(limit * 4 + 4, needles), Stream(limit * 4 + 4, needles)
     try:
         proc = subprocess.Popen((OOM_WRAPPER if oom_adj else []) + argv, cwd=cwd, env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -207,11 +285,12 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone
     except OSError as exc:
         if exc.errno not in TOOLCHAIN_MISSING:  # EAGAIN, ENOMEM, ...: the sandbox's fault
             raise SpawnFailed(f"cannot start {argv[0]}: {exc}") from exc
-        return {"exit_code": 127, "stdout": "", "stderr": f"worker: cannot start {argv[0]}: {exc}",
-                "timed_out": False, "stopped": None, "seconds": 0.0, "survivors": 0}
+        err.add(f"worker: cannot start {argv[0]}: {exc}".encode())
+        return {"exit_code": 127, **outputs(out, err, limit), "timed_out": False, "stopped": None,
+                "seconds": 0.0, "survivors": 0}
     running.add(proc)
     try:
-        out, err, timed_out = read_until(proc, deadline, limit * 4 + 4)
+        timed_out = read_until(proc, deadline, out, err)
         if not timed_out:
             timed_out = not wait_until(proc, deadline)
     finally:
@@ -221,9 +300,8 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone
         proc.stdout.close()
         proc.stderr.close()
     stopped = stop_reason(proc.returncode, timed_out, counts_before, limit_counts(alone))
-    return {"exit_code": proc.returncode, "stdout": cap_text(out, limit), "stderr": cap_text(err, limit),
-            "timed_out": timed_out, "stopped": stopped, "seconds": round(time.monotonic() - start, 4),
-            "survivors": survivors}
+    return {"exit_code": proc.returncode, **outputs(out, err, limit), "timed_out": timed_out,
+            "stopped": stopped, "seconds": round(time.monotonic() - start, 4), "survivors": survivors}
 
 
 def remove_tree(path):
@@ -317,7 +395,7 @@ def run_program(config, lane, source, running):
             # the cgroup's counters name this program only when it runs alone in the container
             outcome = run_step(argv, work, env, step["timeout_s"], uid, gid, config["output_limit"],
                                config.get("oom_adj", False), running, config.get("lanes", 1) == 1,
-                               config.get("cleanup_s", CLEANUP_DEADLINE_S))
+                               config.get("cleanup_s", CLEANUP_DEADLINE_S), config.get("needles", ()))
             outcomes.append(outcome)
             ok_exit = step.get("ok_exit")
             if outcome["stopped"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):

@@ -3,7 +3,9 @@
 Ranks split the (language, problem) list round-robin by position in the full, deterministic
 list (not the still-missing part, which changes as ranks write files); a rank takes all the
 adapters of its problems, writes their completions files, and rank 0 waits for all of them.
-Per-sample seeds make the files identical to a one-process run.
+Per-sample seeds make the files identical to a one-process run. A rank lost during the final
+gather or barrier ends the others with one line (`one_line`), not a traceback; one lost while
+samples stream is noticed by the stream (stream.py).
 
     torchrun --nproc-per-node 2 -m harness.cli generate --model tiny ...   # gloo on CPU
     torchrun --nproc-per-node 8 -m harness.cli generate --device cuda ...  # nccl, one GPU each
@@ -12,9 +14,13 @@ Per-sample seeds make the files identical to a one-process run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+from harness.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,8 @@ def gather(world: World, payload: dict) -> list[dict]:
     import torch.distributed as dist
 
     out: list[dict] | None = [{} for _ in range(world.size)] if world.rank == 0 else None
-    dist.gather_object(payload, out, dst=0)
+    with one_line("the final gather"):
+        dist.gather_object(payload, out, dst=0)
     return out or []
 
 
@@ -69,6 +76,19 @@ def leave(world: World) -> None:
     if world.size > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        with one_line("the final barrier"):
+            dist.barrier()
         if world.owns_group:
             dist.destroy_process_group()
+
+
+@contextmanager
+def one_line(where: str) -> Iterator[None]:
+    """A rank lost during a collective (gloo: its connection closed, or the group's timeout;
+    nccl: its watchdog) as one line instead of a traceback."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed's DistBackendError is one
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"a rank of the torchrun job stopped during {where} ({first}); the samples "
+                        "finished so far are kept: run the same command again to resume") from None

@@ -3,8 +3,9 @@ what it honours, and one call with retries.
 
     EndpointConfig   the URL, served names (`--served-name ADAPTER=NAME`), concurrency,
                      the environment variable holding the API key (never written anywhere)
-    Client           the `openai` package's AsyncOpenAI, with our own retry loop (backoff on
-                     429, 5xx, timeouts and dropped connections; counted for the manifest)
+    Client           the `openai` package's AsyncOpenAI and its own retries (408, 409, 429,
+                     5xx, timeouts and dropped connections, with backoff and the server's
+                     Retry-After in seconds or as a date); every attempt counted for the manifest
     probe            does the server honour `n` and `seed`? (four short requests)
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -23,8 +23,6 @@ from harness.errors import UserError
 API_KEY_ENV = "OPENAI_API_KEY"
 PROBE_SEED = 1234
 PROBE_TOKENS = 8
-BACKOFF_S = 0.5  # first retry's wait; doubles, capped at BACKOFF_CAP_S, plus jitter
-BACKOFF_CAP_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -84,16 +82,35 @@ class Choice:
     finish_reason: str | None
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One completions response: its choices in index order and what it says of the server."""
+
+    choices: tuple[Choice, ...]
+    model: str = ""
+    system_fingerprint: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int | None = None  # None: the reply gave no usage
+
+
 @dataclass
 class CallStats:
     """Requests, retries, token usage and latency: the manifest's `endpoint` telemetry."""
 
-    requests: int = 0
-    retries: int = 0
-    retried: dict = field(default_factory=dict)  # reason → count
+    requests: int = 0  # calls answered
+    calls: int = 0  # calls made (each may take several attempts)
+    attempts: int = 0  # HTTP attempts, retries included
+    retried: dict = field(default_factory=dict)  # reason → failed attempts
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latencies: list[float] = field(default_factory=list)
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - self.calls)
+
+    def failed(self, reason: str) -> None:
+        self.retried[reason] = self.retried.get(reason, 0) + 1
 
     def as_dict(self) -> dict:
         lat = sorted(self.latencies)
@@ -108,17 +125,19 @@ class CallStats:
 
 
 class Client:
-    """One AsyncOpenAI client, `concurrency` calls at a time, retried on transient faults."""
+    """One AsyncOpenAI client, `concurrency` calls at a time; transient faults are retried by
+    the `openai` client itself (`config.retries` times), every attempt counted in `stats`."""
 
-    def __init__(self, config: EndpointConfig):
-        from openai import AsyncOpenAI
+    def __init__(self, config: EndpointConfig, stats: CallStats | None = None):
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         self.config = config
-        self.stats = CallStats()
+        self.stats = stats if stats is not None else CallStats()
         self.gate = asyncio.Semaphore(config.concurrency)
         key = os.environ.get(config.api_key_env) or "none"  # servers without keys ignore it
-        self.openai = AsyncOpenAI(base_url=config.base_url(), api_key=key, max_retries=0,
-                                  timeout=config.timeout_s)
+        http = DefaultAsyncHttpxClient(transport=_counting_transport(self.stats))
+        self.openai = AsyncOpenAI(base_url=config.base_url(), api_key=key, max_retries=config.retries,
+                                  timeout=config.timeout_s, http_client=http)
 
     async def close(self) -> None:
         await self.openai.close()
@@ -128,21 +147,24 @@ class Client:
         import openai
 
         try:
-            page = await self._retrying(self.openai.models.list)
+            page = await self._call(self.openai.models.list)
         except openai.AuthenticationError:
             raise self._auth_error() from None
-        except openai.APIStatusError:
+        except openai.APIStatusError as exc:
+            if _transient(exc):
+                raise self._gave_up(exc) from None
             return {}
         return {m.id: m.model_dump() for m in page.data}
 
     async def complete(self, model: str, prompt: str, *, n: int, max_tokens: int, temperature: float,
-                       top_p: float, stop: tuple[str, ...], seed: int | None) -> list[Choice]:
-        """One completions request (transient faults retried); the choices in index order."""
+                       top_p: float, stop: tuple[str, ...], seed: int | None) -> Reply:
+        """One completions request (transient faults retried): the choices in index order,
+        the response's model and system fingerprint, and its token usage."""
         import openai
 
         extra = {"seed": seed} if seed is not None else {}
         try:
-            reply = await self._retrying(lambda: self.openai.completions.create(
+            reply = await self._call(lambda: self.openai.completions.create(
                 model=model, prompt=prompt, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                 stop=list(stop) or None, **extra))
         except openai.NotFoundError:
@@ -151,44 +173,71 @@ class Client:
         except openai.AuthenticationError:
             raise self._auth_error() from None
         except openai.APIStatusError as exc:
+            if _transient(exc):
+                raise self._gave_up(exc) from None
             raise UserError(f"{self.config.public_url()} refused a request for {model!r} "
                             f"(HTTP {exc.status_code}: {_message(exc)})") from None
-        if reply.usage is not None:
-            self.stats.prompt_tokens += reply.usage.prompt_tokens or 0
-            self.stats.completion_tokens += reply.usage.completion_tokens or 0
-        return [Choice(c.text or "", c.finish_reason) for c in sorted(reply.choices, key=lambda c: c.index)]
+        usage = reply.usage
+        prompt_tokens = (usage.prompt_tokens or 0) if usage is not None else 0
+        completion_tokens = usage.completion_tokens if usage is not None else None
+        self.stats.prompt_tokens += prompt_tokens
+        self.stats.completion_tokens += completion_tokens or 0
+        ordered = sorted(reply.choices, key=lambda c: c.index)
+        return Reply(tuple(Choice(c.text or "", c.finish_reason) for c in ordered), reply.model or "",
+                     reply.system_fingerprint or "", prompt_tokens, completion_tokens)
 
-    async def _retrying(self, call):
-        """`call()` with at most `concurrency` in flight; 429, 5xx, timeouts and dropped
-        connections are retried with backoff (the server's Retry-After when it gives one)."""
+    async def _call(self, call):
+        """`call()` with at most `concurrency` in flight; a transient fault that outlasts the
+        client's retries ends the run with one line."""
         import openai
 
-        transient = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                     openai.APIConnectionError)
-        for attempt in range(self.config.retries + 1):
-            async with self.gate:
-                start = time.perf_counter()
-                try:
-                    result = await call()
-                except transient as exc:
-                    reason = _reason(exc)
-                    if attempt == self.config.retries:
-                        raise UserError(f"{self.config.public_url()} failed {attempt + 1} times ({reason}); "
-                                        "check the server, then run the same command again to resume"
-                                        ) from None
-                    wait = _retry_after(exc) or min(BACKOFF_CAP_S, BACKOFF_S * 2**attempt)
-                    self.stats.retries += 1
-                    self.stats.retried[reason] = self.stats.retried.get(reason, 0) + 1
-                else:
-                    self.stats.requests += 1
-                    self.stats.latencies.append(time.perf_counter() - start)
-                    return result
-            await asyncio.sleep(wait * (1 + 0.25 * random.random()))
-        raise AssertionError("unreachable")
+        async with self.gate:
+            self.stats.calls += 1
+            start = time.perf_counter()
+            try:
+                result = await call()
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                raise self._gave_up(exc) from None
+            self.stats.requests += 1
+            self.stats.latencies.append(time.perf_counter() - start)
+            return result
+
+    def _gave_up(self, exc: Exception) -> UserError:
+        tries = self.config.retries + 1
+        return UserError(f"{self.config.public_url()} failed {tries} times ({_reason(exc)}); check the server"
+                         ", then run the same command again to resume")
 
     def _auth_error(self) -> UserError:
         return UserError(f"{self.config.public_url()} refused the API key; put the key in "
                          f"${self.config.api_key_env} (or name another variable with --api-key-env)")
+
+
+def _counting_transport(stats: CallStats):
+    """The HTTP transport, counting each attempt and why one failed (a status the `openai`
+    client retries, or a transport error) into `stats`."""
+    import httpx2
+
+    class Counting(httpx2.AsyncHTTPTransport):
+        async def handle_async_request(self, request):
+            stats.attempts += 1
+            try:
+                response = await super().handle_async_request(request)
+            except Exception as exc:
+                stats.failed(type(exc).__name__)
+                raise
+            if response.status_code in RETRIED_STATUS or response.status_code >= 500:
+                stats.failed(f"HTTP {response.status_code}")
+            return response
+
+    return Counting()
+
+
+RETRIED_STATUS = (408, 409, 429)  # and 5xx: what the `openai` client retries
+
+
+def _transient(exc: Exception) -> bool:
+    status = getattr(exc, "status_code", None) or 0
+    return status in RETRIED_STATUS or status >= 500
 
 
 def _reason(exc: Exception) -> str:
@@ -204,23 +253,16 @@ def _message(exc: Exception) -> str:
     return str(exc)[:200]
 
 
-def _retry_after(exc: Exception) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(BACKOFF_CAP_S, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-async def probe(client: Client, model: str, prompt: str) -> dict:
+async def probe(client: Client, model: str, prompt: str) -> tuple[dict, Reply]:
     """What the server honours: `n` (two choices asked, two given) and `seed` (the same seed
-    twice gives the same text, another seed another text; None when it cannot tell)."""
+    twice gives the same text, another seed another text; None when it cannot tell); and the
+    first reply (what the server says of itself: its model and system fingerprint)."""
     def ask(n: int, seed: int):
         return client.complete(model, prompt, n=n, max_tokens=PROBE_TOKENS, temperature=1.0, top_p=1.0,
                                stop=(), seed=seed)
 
     two = await ask(2, PROBE_SEED)
-    first, again, other = [(await ask(1, seed))[0].text for seed in (PROBE_SEED, PROBE_SEED, PROBE_SEED + 1)]
+    first, again, other = [(await ask(1, seed)).choices[0].text
+                           for seed in (PROBE_SEED, PROBE_SEED, PROBE_SEED + 1)]
     seed = None if first == again == other else (first == again and first != other)
-    return {"n": len(two) == 2, "seed": seed}
+    return {"n": len(two.choices) == 2, "seed": seed}, two

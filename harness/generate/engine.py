@@ -59,11 +59,13 @@ class Request:
 
 @dataclass(frozen=True)
 class Sample:
-    """One finished sample: its completion (cut at the earliest stop token) and raw tokens."""
+    """One finished sample: its completion (cut at the earliest stop token), raw tokens, and
+    why it ended ("stop": end of text or a stop token; "length": its token limit)."""
 
     index: int
     text: str
     tokens: tuple[int, ...]
+    finish_reason: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -280,8 +282,10 @@ class Engine:
     def result(self, row: _Row) -> Sample:
         ended = row.tokens and row.tokens[-1] == self.eos and not self.config.ignore_eos
         tokens = row.tokens[:-1] if ended else row.tokens
-        text = truncate_at_stop(self.text(tokens), row.request.stop_tokens)
-        return Sample(row.index, text, tuple(tokens))
+        full = self.text(tokens)
+        text = truncate_at_stop(full, row.request.stop_tokens)
+        cut = not ended and len(row.tokens) >= row.limit and len(text) == len(full)
+        return Sample(row.index, text, tuple(tokens), "length" if cut else "stop")
 
 
 def sharing_pays(model, device: torch.device) -> bool:

@@ -26,15 +26,7 @@ from harness.files import write_completions
 from harness.generate import distributed, stream
 from harness.generate.budget import auto_slots
 from harness.generate.engine import BASE_ROW, Engine, EngineConfig, Request
-from harness.generate.resume import (
-    Holding,
-    append_partial,
-    conflict_error,
-    discard,
-    holding,
-    partial_path,
-    results_path,
-)
+from harness.generate.resume import Holding, Plan, append_partial, partial_path, plan_run, results_path
 from harness.generate.sampling import sample_seed
 from harness.generate.telemetry import GenerationTelemetry
 from harness.models import LoadedModel
@@ -42,7 +34,7 @@ from harness.problems import ProblemSet
 from harness.records import BASE, Completions, Problem, Provenance, SamplingConfig
 from harness.runs import RunDir, harness_version
 
-__all__ = ["AdapterChoice", "WorkItem", "generate_run", "partial_path"]
+__all__ = ["AdapterChoice", "WorkItem", "generate_run", "partial_path", "plan_generation"]
 
 
 @dataclass(frozen=True)
@@ -78,9 +70,11 @@ def provenance_of(loaded: LoadedModel, problem_set: ProblemSet, adapter: Adapter
                   sampling: SamplingConfig) -> Provenance:
     """The provenance of every completion of (model, adapter, language) sampled now."""
     return Provenance(
-        model=loaded.name, model_revision=loaded.revision, adapter=adapter.name, method=adapter.method,
-        rank=adapter.rank, adapter_hash=adapter.content_hash, lang=problem_set.lang, sampling=sampling,
-        benchmark=problem_set.benchmark, dataset=problem_set.source,
+        model=loaded.name, model_revision=loaded.revision, dtype=loaded.dtype,
+        quantization=loaded.quantization, device=loaded.device_type, adapter=adapter.name,
+        method=adapter.method, rank=adapter.rank, adapter_hash=adapter.content_hash, lang=problem_set.lang,
+        sampling=sampling, seeded=loaded.seeded, benchmark=problem_set.benchmark,
+        dataset=problem_set.source,
         dataset_revision=problem_set.revision, harness_version=harness_version(),
     )
 
@@ -94,29 +88,34 @@ def generate_run(
     batch_size: int | None = None,
     overwrite: bool = False,
     on_finished: Callable[[Path], None] | None = None,
+    plan: Plan | None = None,
 ) -> GenerationTelemetry:
     """Sample every missing completion of every (language, problem, adapter) in one pass.
 
     `batch_size` caps the rows decoded together (None: as many as fit the memory budget).
-    Files made with other settings stop the run (`overwrite`: regenerate them instead).
+    `plan`: what the run directory holds (`plan_generation`; made here on rank 0 when not
+    given). Files made with other settings stop the run (`overwrite`: regenerate them instead).
     `on_finished(path)` is called with every completions file as soon as it is complete
-    (files already complete: at the start). Under torchrun each rank takes its share of the
-    work and sends its samples to rank 0, which alone writes the run directory (stream.py);
-    rank 0's telemetry sums all ranks."""
+    (files already complete: at the start). Under torchrun rank 0 plans and tells every rank
+    what is held (the ranks must list the same work); each rank takes its share of the work
+    and sends its samples to rank 0, which alone writes the run directory (stream.py); rank
+    0's telemetry sums all ranks."""
     start = time.perf_counter()
     adapters = [_resolved(choice, loaded) for choice in adapters]
     items = work_items(loaded, problem_sets, adapters, sampling, run)
     world = distributed.join(loaded.device)
     group = stream.side_group(world)
-    held, error = None, ""
-    if world.rank == 0:
+    error = ""
+    if world.rank == 0 and plan is None:
         try:  # before anything is written: a conflict leaves the run as it was
-            held = check_run(items, run, overwrite)
+            plan = plan_generation(items, run, overwrite)
         except UserError as exc:
             error = str(exc)
-    held = stream.share_holdings(world, group, held, error)
+    held = stream.share_holdings(world, group, dict(plan.held) if plan else None, error)
+    _check_agreed(held, items)
     writer = Writer(sampling.n, held, on_finished)
     if world.rank == 0:
+        plan.redo()
         writer.settle([item for _, item in items])
     todo = [item for position, item in items if world.mine(position) and not held[item.path].complete]
     telemetry = GenerationTelemetry()
@@ -132,20 +131,20 @@ def generate_run(
     by_key = {_key(item): (position, item) for position, item in items}
     positions = [item for _, item in items]
     sender = stream.Sender(group) if world.rank != 0 else None
-    receiver = stream.Receiver(world, group, lambda position, index, text: writer.add(
-        positions[position], index, text)).start() if world.rank == 0 and world.size > 1 else None
+    receiver = stream.Receiver(world, group, lambda position, index, text, reason: writer.add(
+        positions[position], index, text, reason)).start() if world.rank == 0 and world.size > 1 else None
     requests = _requests(loaded, todo, held, sampling, index_of)
     progress = tqdm(total=len(todo) * sampling.n, desc="generate", unit="sample",
                     disable=not todo or world.rank != 0)
     try:
-        for request, sample in engine.generate(requests):
+        for request, sample in stream.watched(engine.generate(requests), receiver):
             progress.update(1)
             position, item = by_key[request.key]
             written = time.perf_counter()
             if sender is not None:
-                sender.add(position, sample.index, sample.text)
+                sender.add(position, sample.index, sample.text, sample.finish_reason)
             else:
-                writer.add(item, sample.index, sample.text)
+                writer.add(item, sample.index, sample.text, sample.finish_reason)
             telemetry.samples += 1
             telemetry.add("write", time.perf_counter() - written)
     finally:
@@ -176,7 +175,7 @@ class Writer:
     n: int
     held: dict[Path, Holding]
     on_finished: Callable[[Path], None] | None = None
-    done: dict[Path, dict[int, str]] = field(default_factory=dict)
+    done: dict[Path, dict[int, tuple[str, str]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def settle(self, items: list[WorkItem]) -> None:
@@ -184,21 +183,26 @@ class Writer:
         for item in items:
             found = self.held[item.path]
             if not found.complete and len(found.samples) == self.n:
-                _finish(item, dict(found.samples))
+                _finish(item, drawn(found))
                 self.held[item.path] = Holding(complete=True)
             if self.held[item.path].complete and self.on_finished is not None:
                 self.on_finished(item.path)
 
-    def add(self, item: WorkItem, index: int, text: str) -> None:
+    def add(self, item: WorkItem, index: int, text: str, reason: str) -> None:
         with self.lock:
-            append_partial(item.path, item.provenance, item.problem.prompt, index, text)
-            have = self.done.setdefault(item.path, dict(self.held[item.path].samples))
-            have[index] = text
+            append_partial(item.path, item.provenance, item.problem.prompt, index, text, reason)
+            have = self.done.setdefault(item.path, drawn(self.held[item.path]))
+            have[index] = (text, reason)
             if len(have) < self.n:
                 return
             _finish(item, self.done.pop(item.path))
         if self.on_finished is not None:
             self.on_finished(item.path)
+
+
+def drawn(held: Holding) -> dict[int, tuple[str, str]]:
+    """index → (text, finish reason) of the samples a work item holds."""
+    return {i: (text, held.reasons.get(i, "")) for i, text in held.samples.items()}
 
 
 def work_items(loaded: LoadedModel, problem_sets: list[ProblemSet], adapters: list[AdapterChoice],
@@ -215,19 +219,21 @@ def work_items(loaded: LoadedModel, problem_sets: list[ProblemSet], adapters: li
     ]
 
 
-def check_run(items: list[tuple[int, WorkItem]], run: RunDir, overwrite: bool) -> dict[Path, Holding]:
-    """What each item already has on disk. A file made with other settings stops the run with
-    one line, or, with `overwrite`, is removed (with its results) to be generated again."""
-    held = {}
-    for _, item in items:
-        found = holding(item.path, item.provenance, item.problem.prompt)
-        if found.differences and not overwrite:
-            raise conflict_error(item.path, found.differences, run.root)
-        if found.differences:
-            discard(item.path)
-            found = Holding()
-        held[item.path] = found
-    return held
+def plan_generation(items: list[tuple[int, WorkItem]], run: RunDir, overwrite: bool) -> Plan:
+    """What each item already has on disk, read once. A file made with other settings stops
+    the run with one line, or, with `overwrite`, is planned to be made again (`Plan.redo`
+    removes it, with its results, when generation starts)."""
+    return plan_run([(item.path, item.provenance, item.problem.prompt) for _, item in items], run.root,
+                    overwrite)
+
+
+def _check_agreed(held: dict[Path, Holding], items: list[tuple[int, WorkItem]]) -> None:
+    """Every rank must list the work rank 0 planned (same problems, adapters and settings)."""
+    mine = {item.path for _, item in items}
+    if set(held) != mine:
+        odd = sorted(mine ^ set(held))[0]
+        raise UserError(f"this rank's work differs from rank 0's ({odd}); give every rank the same "
+                        "arguments and data")
 
 
 def _key(item: WorkItem) -> tuple[str, str, str, str]:
@@ -283,9 +289,10 @@ def _attach(loaded: LoadedModel, adapters: list[AdapterChoice], todo: list[WorkI
 
 
 # -- files ------------------------------------------------------------------------------------
-def _finish(item: WorkItem, texts: dict[int, str]) -> None:
-    """Write the completions file (atomically), then drop the partial file and any results
-    of an earlier completions file (they no longer describe it)."""
+def _finish(item: WorkItem, texts: dict[int, tuple[str, str]]) -> None:
+    """Write the completions file (atomically), with each sample's finish reason, then drop
+    the partial file and any results of an earlier completions file (they no longer
+    describe it)."""
     problem, sampling = item.problem, item.provenance.sampling
     record = Completions(
         name=problem.name,
@@ -296,7 +303,8 @@ def _finish(item: WorkItem, texts: dict[int, str]) -> None:
         prompt=problem.prompt,
         tests=problem.tests,
         stop_tokens=problem.stop_tokens,
-        completions=tuple(texts[i] for i in range(sampling.n)),
+        completions=tuple(texts[i][0] for i in range(sampling.n)),
+        finish_reasons=tuple(texts[i][1] for i in range(sampling.n)),
         provenance=item.provenance,
     )
     write_completions(item.path, record)

@@ -8,20 +8,43 @@
 The stream runs on a gloo group of its own (CPU tensors over TCP), beside the main group,
 which may be nccl. A restarted job resumes from what rank 0 has: its partial files hold
 every sample any rank finished, and the other ranks are told which samples exist.
+
+Every failure ends: each rank > 0 also sends a heartbeat every HEARTBEAT_S, and every receive
+and send of the side group gives up after STREAM_TIMEOUT_S (FLORA_EVAL_RANK_TIMEOUT). A rank
+that dies (its connection closes) or hangs (no heartbeat) stops rank 0 with one line within
+that time, after what it had sent was written; rank 0 dying stops the others the same way.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from harness.errors import UserError
 from harness.generate.distributed import World
 from harness.generate.resume import Holding
 
 DONE = "done"
+BEAT = "beat"
+HEARTBEAT_S = 5.0
+STREAM_TIMEOUT_S = 120.0  # no message (sample or heartbeat) from a rank for this long: it is gone
+TIMEOUT_ENV = "FLORA_EVAL_RANK_TIMEOUT"
+RESUME = "the samples finished so far are kept: run the same command again to resume"
+T = TypeVar("T")
+
+
+def stream_timeout_s() -> float:
+    return float(os.environ.get(TIMEOUT_ENV) or STREAM_TIMEOUT_S)
+
+
+def heartbeat_s() -> float:
+    """Often enough that a live rank is never taken for a lost one."""
+    return min(HEARTBEAT_S, stream_timeout_s() / 4)
 
 
 def side_group(world: World):
@@ -30,7 +53,7 @@ def side_group(world: World):
         return None
     import torch.distributed as dist
 
-    return dist.new_group(backend="gloo")
+    return dist.new_group(backend="gloo", timeout=timedelta(seconds=stream_timeout_s()))
 
 
 def share_holdings(world: World, group, held: dict[Path, Holding] | None, error: str = "",
@@ -56,30 +79,66 @@ def share_holdings(world: World, group, held: dict[Path, Holding] | None, error:
             for p, (complete, indices) in payload[0]["held"].items()}
 
 
+def lost_rank(rank: int, exc: BaseException) -> UserError:
+    """The one line for a rank that stopped answering: died (its connection broke: closed or
+    reset) or hung (nothing, not even a heartbeat, within the side group's timeout)."""
+    why = (f"nothing from it in {stream_timeout_s():.0f} s" if "timed out" in str(exc).lower()
+           else "its connection broke")
+    return UserError(f"rank {rank} of the torchrun job stopped ({why}); {RESUME}")
+
+
 @dataclass
 class Sender:
-    """Rank r > 0: each finished sample to rank 0, as (item position, sample index, text)."""
+    """Rank r > 0: each finished sample to rank 0, as (item position, sample index, text,
+    finish reason), and a heartbeat from a thread while the rank computes."""
 
     group: object
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stopped: threading.Event = field(default_factory=threading.Event)
+    failed: list[UserError] = field(default_factory=list)
+    beating: threading.Thread | None = None
 
-    def add(self, position: int, index: int, text: str) -> None:
+    def __post_init__(self) -> None:
+        self.beating = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+        self.beating.start()
+
+    def _send(self, message) -> None:
         import torch.distributed as dist
 
-        dist.send_object_list([(position, index, text)], dst=0, group=self.group)
+        if self.failed:
+            raise self.failed[0]
+        with self.lock:
+            try:
+                dist.send_object_list([message], dst=0, group=self.group)
+            except RuntimeError as exc:  # gloo: connection closed, or timed out
+                self.failed.append(lost_rank(0, exc))
+                raise self.failed[0] from None
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(heartbeat_s()):
+            try:
+                self._send(BEAT)
+            except UserError:
+                return
+
+    def add(self, position: int, index: int, text: str, reason: str) -> None:
+        self._send((position, index, text, reason))
 
     def close(self) -> None:
-        import torch.distributed as dist
-
-        dist.send_object_list([DONE], dst=0, group=self.group)
+        self.stopped.set()
+        if self.beating is not None:
+            self.beating.join()
+        self._send(DONE)
 
 
 @dataclass
 class Receiver:
-    """Rank 0: one thread per other rank, handing each received sample to `handle`."""
+    """Rank 0: one thread per other rank, handing each received sample to `handle`. A rank
+    that stops answering is noticed by `check` (between samples) and `join`."""
 
     world: World
     group: object
-    handle: Callable[[int, int, str], None]
+    handle: Callable[[int, int, str, str], None]
     threads: list[threading.Thread] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
 
@@ -96,18 +155,40 @@ class Receiver:
 
         while True:
             box = [None]
-            dist.recv_object_list(box, src=rank, group=self.group)
+            try:
+                dist.recv_object_list(box, src=rank, group=self.group)
+            except RuntimeError as exc:  # gloo: the rank's connection closed, or nothing came in time
+                self.errors.append(lost_rank(rank, exc))
+                return
             if box[0] == DONE:
                 return
-            if self.errors:
+            if box[0] == BEAT or self.errors:
                 continue  # keep draining so the sender never blocks; the error is raised at join
             try:
                 self.handle(*box[0])
-            except BaseException as exc:  # raised in the main thread at join()
+            except BaseException as exc:  # raised in the main thread at check() or join()
                 self.errors.append(exc)
 
-    def join(self) -> None:
-        for thread in self.threads:
-            thread.join()
+    def check(self) -> None:
         if self.errors:
             raise self.errors[0]
+
+    def watch(self, items: Iterable[T]) -> Iterator[T]:
+        """`items`, checking between them that every rank still answers."""
+        for item in items:
+            self.check()
+            yield item
+        self.check()
+
+    def join(self) -> None:
+        """Wait for every rank's "done"; the first rank that stopped ends the wait at once."""
+        for thread in self.threads:
+            while thread.is_alive():
+                self.check()
+                thread.join(timeout=0.2)
+        self.check()
+
+
+def watched(items: Iterable[T], receiver: Receiver | None) -> Iterable[T]:
+    """Rank 0's own samples, stopping as soon as another rank is lost (others: as they are)."""
+    return receiver.watch(items) if receiver is not None else items

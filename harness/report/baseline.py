@@ -2,9 +2,9 @@
 baseline that `flora-eval check` compares later runs with.
 
 The file keeps (n, c) per problem, not just means, so the check can pair problems and
-recompute any pass@k, and each cell's settings (model revision, sampling, benchmark, dataset
-revision), so the check can refuse to compare unlike runs. Module-level imports stay light:
-the CLI imports this to build its parser."""
+recompute any pass@k, and each cell's settings (model revision, dtype, quantization, device,
+sampling, benchmark, dataset revision), so the check can refuse to compare unlike runs.
+Module-level imports stay light: the CLI imports this to build its parser."""
 
 from __future__ import annotations
 
@@ -30,10 +30,13 @@ class Baseline:
 
 
 def cell_settings(provenance) -> dict[str, Any]:
-    """What makes two cells comparable: the model's weights, the distribution sampled from
-    (temperature, top-p, max tokens) and the problems (benchmark, dataset revision). n and
-    the seed change only which samples are drawn, not what pass@k estimates."""
-    return {"model_revision": provenance.model_revision, "temperature": provenance.sampling.temperature,
+    """What makes two cells comparable: the model's weights and how they were held (dtype,
+    8-bit quantization, device type), the distribution sampled from (temperature, top-p, max
+    tokens) and the problems (benchmark, dataset revision). n and the seed change only which
+    samples are drawn, not what pass@k estimates."""
+    return {"model_revision": provenance.model_revision, "dtype": provenance.dtype,
+            "quantization": provenance.quantization, "device": provenance.device,
+            "temperature": provenance.sampling.temperature,
             "top_p": provenance.sampling.top_p, "max_tokens": provenance.sampling.max_tokens,
             "benchmark": provenance.benchmark, "dataset_revision": provenance.dataset_revision}
 

@@ -12,6 +12,8 @@ from harness.report.load import RunData
 from harness.report.tables import (
     cell_estimates,
     comparisons,
+    cut_markdown,
+    cut_shares,
     interval_table,
     known_defects,
     latex_table1,
@@ -39,7 +41,8 @@ def assemble(runs: list[RunData], seed: int = SEED) -> Report:
         comparisons=comparisons(counts, 1, seed),
         table1=table1(cells[1]), intervals=interval_table(cells[1]),
         statuses=status_table(statuses, counts), defects=known_defects(counts),
-        timeouts=timeout_shares(statuses),
+        timeouts=timeout_shares(counts),
+        cuts=cut_shares(pd.concat([r.finish_counts() for r in runs], ignore_index=True)),
     )
 
 
@@ -58,8 +61,8 @@ def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
     report.statuses.to_csv(paths["statuses"], index=False)
     report.table1.to_csv(paths["table1_csv"])
     paths["table"].write_text(markdown_report(report.table1, report.intervals, report.comparisons,
-                                              report.statuses, report.defects, report.timeouts),
-                              encoding="utf-8")
+                                              report.statuses, report.defects, report.timeouts)
+                              + cut_markdown(report.cuts), encoding="utf-8")
     paths["latex"].write_text(latex_table1(report.table1) if not report.table1.empty else "",
                               encoding="utf-8")
     paths["html"].write_text(render_html(report), encoding="utf-8")

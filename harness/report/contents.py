@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -22,3 +22,4 @@ class Report:
     statuses: pd.DataFrame  # status shares per cell
     defects: pd.DataFrame  # the run's problems that are broken upstream
     timeouts: pd.DataFrame  # Timeout share per (run, benchmark, language)
+    cuts: pd.DataFrame = field(default_factory=pd.DataFrame)  # share cut at max_tokens, the same cells

@@ -71,8 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--summary", metavar="FILE",
                         help="also write a markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     parser.add_argument("--allow-different", action="store_true",
-                        help="compare even when the run's model, sampling settings, benchmark or "
-                             "dataset revision differ from the baseline's")
+                        help="compare even when the run's model, dtype, quantization, device, "
+                             "sampling settings, benchmark or dataset revision differ from the baseline's")
 
 
 def rule_from(args: argparse.Namespace) -> Rule:
@@ -116,19 +116,25 @@ def run(args: argparse.Namespace) -> int:
 
 def differences(baseline, current) -> list[str]:
     """Why the run and the baseline are not like with like: other models, or common cells
-    sampled with other settings (a revision unknown to one side is not compared)."""
+    sampled with other settings. Every setting is compared as recorded: one a side does not
+    record (an older baseline or run: "") differs from one it does."""
     models = sorted({key[0] for key in baseline.cells}), sorted({key[0] for key in current.cells})
     if not set(models[0]) & set(models[1]):
         return [f"model is {', '.join(models[1])} in the run, {', '.join(models[0])} in the baseline"]
     cells: dict[tuple, list[str]] = {}
     for key in sorted(set(baseline.settings) & set(current.settings)):
         before, now = baseline.settings[key], current.settings[key]
-        for name in sorted(set(before) & set(now)):
-            if before[name] != now[name] and "" not in (before[name], now[name]):
-                cells.setdefault((name, now[name], before[name]), []).append(cell_name(key))
-    return [f"{name} is {now!r} in the run, {before!r} in the baseline "
+        for name in sorted(set(before) | set(now)):
+            old, new = before.get(name, ""), now.get(name, "")
+            if old != new:
+                cells.setdefault((name, _shown(new), _shown(old)), []).append(cell_name(key))
+    return [f"{name} is {now} in the run, {before} in the baseline "
             f"({keys[0]}{f' and {len(keys) - 1} more cells' if len(keys) > 1 else ''})"
             for (name, now, before), keys in cells.items()]
+
+
+def _shown(value: object) -> str:
+    return "not recorded" if value in ("", None) else repr(value)
 
 
 def cell_name(key: tuple[str, str, str, str]) -> str:

@@ -183,6 +183,8 @@ def render_html(report: Report) -> str:
         "timeouts": [{"benchmark": benchmark_name(r.benchmark), "lang": language_name(r.lang),
                       "share": r.share, "timeouts": r.timeouts, "samples": r.samples}
                      for r in report.timeouts.itertuples()],
+        "cuts": [{"benchmark": benchmark_name(r.benchmark), "lang": language_name(r.lang), "share": r.share,
+                  "cut": r.cut, "samples": r.samples} for r in report.cuts.itertuples()],
         "status_colors": {s: STATUS_COLORS.get(s, "#94a3b8") for s in statuses},
         "drill": drill_down(report),
         "manifests": manifests(report),

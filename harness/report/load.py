@@ -1,10 +1,14 @@
 """Read a run directory once into what the report needs: its score records (the numbers), the
-manifest, and a capped digest of each problem's samples for the HTML drill-down.
+manifest, a capped digest of each problem's samples for the HTML drill-down, and how each
+completions file's samples ended (the share cut at max_tokens).
 
 The numbers come from the score stage's records (`scores.csv`, written first when missing or
-older than the results). A full run is 161 problems × 100 samples × adapters × languages;
-keeping every program would cost gigabytes, so each results file is reduced here to its
-distinct programs (most frequent first) with their text capped."""
+stale: made from other results files or under other status rules, harness/score/stage.py).
+Every results file is judged again with today's language rules first (`read_judged`:
+rewritten when a status changed, so the scores are made again from it). A full run is 161
+problems × 100 samples × adapters × languages; keeping every program would cost gigabytes,
+so each results file is reduced here to its distinct programs (most frequent first) with
+their text capped."""
 
 from __future__ import annotations
 
@@ -15,10 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness.files import read_results
-from harness.records import ExecResult, ProblemResults, ProblemScore
+from harness.files import read_completions
+from harness.records import Completions, ExecResult, ProblemResults, ProblemScore
 from harness.runs import RunDir
 from harness.score import SCORES_FILE, read_scores, score_run, scores_current
+from harness.score.judge import read_judged
 
 # Text kept for the drill-down: the whole report aims at about this many characters of
 # samples, spread over its (problem, adapter) cells, within these bounds per field.
@@ -57,6 +62,26 @@ class ProblemDigest:
 
 
 @dataclass(frozen=True)
+class FinishCount:
+    """How one completions file's samples ended: `cut` at max_tokens (finish_reason "length")
+    of `samples`; `unknown` of them have no recorded reason (files of other tools or of older
+    flora-eval versions)."""
+
+    benchmark: str
+    lang: str
+    samples: int
+    cut: int
+    unknown: int
+
+    @classmethod
+    def of(cls, record: Completions) -> FinishCount:
+        reasons = record.finish_reasons
+        known = sum(reason in ("stop", "length") for reason in reasons)
+        return cls(record.provenance.benchmark, record.lang, len(record.completions),
+                   sum(reason == "length" for reason in reasons), len(record.completions) - known)
+
+
+@dataclass(frozen=True)
 class RunData:
     """One run as the report sees it."""
 
@@ -66,6 +91,7 @@ class RunData:
     scores: tuple[ProblemScore, ...]
     digests: tuple[ProblemDigest, ...]
     prompts: dict[tuple[str, str], str]  # (lang, problem) → prompt
+    finishes: tuple[FinishCount, ...] = ()  # one per completions file
 
     @property
     def methods(self) -> dict[str, str]:
@@ -73,16 +99,22 @@ class RunData:
         return {s.adapter: s.provenance.method for s in self.scores}
 
     def counts(self) -> pd.DataFrame:
-        """One row per (model, adapter, lang, problem): n, c and every pass@k (percent, NaN
-        where n < k) of the score records, tagged with the run."""
+        """One row per (model, adapter, lang, problem): n, c, the samples that timed out and
+        every pass@k (percent, NaN where n < k) of the score records, tagged with the run."""
         ks = sorted({k for s in self.scores for k in s.pass_at})
         rows = [{"run": self.label, "model": s.model, "adapter": s.adapter,
                  "benchmark": s.provenance.benchmark, "lang": s.lang, "problem": s.problem,
-                 "n": s.n, "c": s.c,
+                 "n": s.n, "c": s.c, "timeouts": s.timeouts,
                  **{f"pass@{k}": s.pass_at[k] * 100 if k in s.pass_at else float("nan") for k in ks}}
                 for s in self.scores]
         return pd.DataFrame(rows, columns=["run", "model", "adapter", "benchmark", "lang", "problem",
-                                           "n", "c", *(f"pass@{k}" for k in ks)])
+                                           "n", "c", "timeouts", *(f"pass@{k}" for k in ks)])
+
+    def finish_counts(self) -> pd.DataFrame:
+        """One row per completions file: samples, those cut at max_tokens, those without a reason."""
+        rows = [{"run": self.label, "benchmark": f.benchmark, "lang": f.lang, "samples": f.samples,
+                 "cut": f.cut, "unknown": f.unknown} for f in self.finishes]
+        return pd.DataFrame(rows, columns=["run", "benchmark", "lang", "samples", "cut", "unknown"])
 
     def statuses(self) -> pd.DataFrame:
         """One row per (model, adapter, lang, status) with its sample count."""
@@ -139,21 +171,24 @@ def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
 
 
 def run_scores(run: RunDir) -> list[ProblemScore]:
-    """The run's score records: scores.csv, scored first when missing or stale."""
+    """The run's score records: scores.csv, scored first when missing or stale (made from
+    other results than those now present, or under other status rules)."""
     if scores_current(run):
         return read_scores(run.root / SCORES_FILE)
     return score_run(run)
 
 
 def load_run(run: RunDir, label: str | None = None) -> RunData:
-    """The run's score records, its manifest and a digest of every results file."""
-    scores = run_scores(run)
+    """The run's score records, its manifest and a digest of every results file (each
+    judged with today's rules before the scores are read)."""
     paths = run.result_files()
+    judged = [read_judged(path) for path in paths]
+    scores = run_scores(run)
     limits = text_limits(len(paths))
     digests, prompts = [], {}
-    for path in paths:
-        results = read_results(path)
+    for results in judged:
         digests.append(digest(results, limits))
         prompts.setdefault((results.provenance.lang, results.name), cap(results.prompt, limits["prompt"]))
+    finishes = tuple(FinishCount.of(read_completions(path)) for path in run.completion_files())
     return RunData(label or run.root.name, run.root, run.read_manifest(), tuple(scores), tuple(digests),
-                   prompts)
+                   prompts, finishes)

@@ -199,17 +199,39 @@ def _p(p: float) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
-def timeout_shares(statuses: pd.DataFrame) -> pd.DataFrame:
-    """Per (run, benchmark, language): samples, Timeouts and their share (%), over every column.
-    A share that jumps between runs of the same programs points at a loaded machine."""
-    if statuses.empty:
+def timeout_shares(counts: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, benchmark, language): samples, those the sandbox stopped at a time limit
+    (the score records' `timeouts`, from the observation: also in rkt and php, whose status
+    for it is Exception) and their share (%), over every column. A share that jumps between
+    runs of the same programs points at a loaded machine."""
+    if counts.empty:
         return pd.DataFrame(columns=["run", "benchmark", "lang", "samples", "timeouts", "share"])
-    group = statuses.groupby(["run", "benchmark", "lang"], sort=False)
-    frame = pd.DataFrame({"samples": group["count"].sum(),
-                          "timeouts": statuses[statuses["status"] == "Timeout"]
-                          .groupby(["run", "benchmark", "lang"], sort=False)["count"].sum()}).fillna(0)
-    frame = frame.astype({"timeouts": int}).reset_index()
+    group = counts.groupby(["run", "benchmark", "lang"], sort=False)
+    frame = pd.DataFrame({"samples": group["n"].sum(), "timeouts": group["timeouts"].sum()}).reset_index()
+    frame = frame.astype({"samples": int, "timeouts": int})
     return frame.assign(share=frame["timeouts"] / frame["samples"] * 100)
+
+
+def cut_shares(finishes: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, benchmark, language): samples with a recorded finish reason, those cut at
+    max_tokens (finish_reason "length") and their share (%). A large share means the budget,
+    not the model, decided many outcomes: raise --max-tokens or read pass@k with that in mind."""
+    columns = ["run", "benchmark", "lang", "samples", "cut", "share"]
+    if finishes.empty:
+        return pd.DataFrame(columns=columns)
+    known = finishes.assign(samples=finishes["samples"] - finishes["unknown"])
+    frame = known.groupby(["run", "benchmark", "lang"], sort=False)[["samples", "cut"]].sum().reset_index()
+    frame = frame[frame["samples"] > 0]
+    return frame.assign(share=frame["cut"] / frame["samples"] * 100)[columns]
+
+
+def cut_markdown(cuts: pd.DataFrame) -> str:
+    """table.md's line on the samples cut at max_tokens (empty when no file records reasons)."""
+    if cuts.empty:
+        return ""
+    shares = ", ".join(f"{benchmark_name(r.benchmark)} {language_name(r.lang)} {r.share:.1f} % "
+                       f"({r.cut} of {r.samples})" for r in cuts.itertuples())
+    return f"Samples cut at max_tokens per language: {shares}.\n"
 
 
 def known_defects(counts: pd.DataFrame) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Score stage: results records → per-problem score records (`scores.csv`), and the math.
 
     estimators.py  pass@k (the one place it is computed), intervals, paired comparisons: pure
+    judge.py       results judged again from their observations with today's language rules
     stage.py       score_run: a run's results files → ProblemScore records → scores.csv
 """
 
@@ -21,10 +22,18 @@ from harness.score.estimators import (
     sign_test_less,
     standard_error,
 )
-from harness.score.stage import SCORES_FILE, read_scores, score_run, scores_current, write_scores
+from harness.score.stage import (
+    SCORES_FILE,
+    SOURCES_FILE,
+    read_scores,
+    score_run,
+    scores_current,
+    write_scores,
+)
 
 __all__ = [
     "SCORES_FILE",
+    "SOURCES_FILE",
     "Estimate",
     "Paired",
     "align",

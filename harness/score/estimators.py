@@ -36,7 +36,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def score_problem(results: ProblemResults, ks: Iterable[int] | None = None) -> ProblemScore:
     """One results file's score record: n, c, pass@k for each k (default: `default_ks(n)`)
-    that n allows, and the count of every status."""
+    that n allows, the count of every status and of the samples that timed out."""
     n, c = results.n, results.n_passed
     ks = default_ks(n) if ks is None else ks
     return ProblemScore(
@@ -47,6 +47,7 @@ def score_problem(results: ProblemResults, ks: Iterable[int] | None = None) -> P
         pass_at={k: pass_at_k(n, c, k) for k in ks if k <= n},
         statuses=dict(Counter(r.status for r in results.results)),
         image_id=results.image_id,
+        timeouts=sum(r.timed_out for r in results.results),
     )
 
 

@@ -4,12 +4,17 @@
                            name), n, seed, stop, max_tokens, temperature, top_p, stream
     GET  /v1/models        the base model and each adapter (`flora_eval`: revision, method,
                            rank, content hash, language)
-    GET  /health           {"status": "ok"}
+    GET  /health           {"status": "ok"}; 503 with "dead", "stalled" or "restarting"
     GET  /telemetry        how requests were batched (the scheduler's counters)
 
-Bad input is answered, never fatal: an unknown model → 404, malformed JSON, bad parameters
-or a prompt that fills the context → 400, a full queue → 429, all with OpenAI's error body
-{"error": {"message", "type", "param", "code"}}. A client that disconnects cancels its job.
+Bad input is answered, never fatal: an unknown model → 404, malformed JSON, bad parameters,
+`max_tokens` above the server's cap or a prompt that fills the context → 400, a body over
+MAX_BODY_BYTES → 413, a full queue → 429, an engine that is dead, stalled or restarting →
+503, no answer by the request's deadline → 504, all with OpenAI's error body {"error":
+{"message", "type", "param", "code"}}. An unexpected exception is logged with a request id
+and answered 500 with that id only: exception text never reaches a client. With an API key
+set, everything but /health needs it (compared in constant time). A client that disconnects
+cancels its job.
 Choice i of a request with `seed` s samples with seed s + i (a sample of a run is sent alone
 with its own seed: `harness.generate.remote`); without a seed each choice draws a fresh one.
 """
@@ -17,10 +22,13 @@ with its own seed: `harness.generate.remote`); without a seed each choice draws 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import logging
 import secrets
 import time
 import uuid
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +36,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from harness.serve.engine_process import EngineUnavailable
 from harness.serve.scheduler import Event, Job, Overloaded
 
 MAX_N = 256  # choices per request
 MAX_STOPS = 16
 SEED_SPACE = 2**63
+MAX_BODY_BYTES = 1 << 20  # a full context of token ids is far less (2,048 ids ≈ 12 kB)
+RETRY_AFTER_S = 5  # what a 503 suggests
+log = logging.getLogger("flora_eval.serve")
 
 
 @dataclass(frozen=True)
@@ -46,12 +58,14 @@ class ServedModel:
 
 @dataclass
 class ServerState:
-    scheduler: Any  # the engine process's handle (EngineProcess): submit, cancel, snapshot
+    engine: Any  # the engine's handle (Supervisor): submit, cancel, snapshot, health
     tokenizer: Any
     models: dict[str, ServedModel]
     context: int  # the model's context length: a prompt must leave room for one token
-    max_tokens: int  # the most new tokens a request may get (longer asks are capped)
+    max_tokens: int  # the most new tokens a request may ask for (more → 400)
     api_key: str | None = None
+    fingerprint: str = ""  # the responses' system_fingerprint: model revision, adapters, dtype
+    request_timeout: float = 600.0  # seconds a request waits for the engine's answer
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -79,17 +93,41 @@ class CompletionRequest(BaseModel):
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers = headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def unavailable(message: str) -> ApiError:
+    """503: the engine is dead, stalled or restarting; the message says which."""
+    return ApiError(503, message, "server_error", code="engine_unavailable",
+                    headers={"retry-after": str(RETRY_AFTER_S)})
+
+
+def event_error(event: Event) -> ApiError:
+    """The error a job's handler heard from the engine side, as the answer to its client."""
+    if event.status == 503:
+        return unavailable(event.text)
+    if event.status == 429:
+        return ApiError(429, event.text, "rate_limit_error", code="overloaded")
+    return ApiError(event.status, event.text, "server_error")
+
+
+def deadline_error(seconds: float) -> ApiError:
+    return ApiError(504, f"no answer from the engine within {seconds:g} s (the server's --request-timeout); "
+                         "the request was cancelled", "server_error", code="timeout")
 
 
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="flora-eval serve", docs_url=None, redoc_url=None, openapi_url=None)
+    tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flora-eval-tokenize")
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -97,15 +135,26 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
-        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").response()
+        request_id = f"req-{uuid.uuid4().hex[:12]}"
+        log.error("%s %s failed (request id %s)", request.method, request.url.path, request_id, exc_info=exc)
+        return ApiError(500, f"internal error (request id {request_id}); the server's log has the details",
+                        "server_error").response()
 
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        now = state.engine.health()
+        if now.ok:
+            return {"status": "ok"}
+        return JSONResponse({"status": now.status, "message": now.message}, status_code=503,
+                            headers={"retry-after": str(RETRY_AFTER_S)})
 
     @app.get("/telemetry")
-    async def telemetry():
-        return await asyncio.to_thread(state.scheduler.snapshot)
+    async def telemetry(request: Request):
+        authorize(state, request)
+        try:
+            return await asyncio.to_thread(state.engine.snapshot)
+        except EngineUnavailable as exc:
+            raise unavailable(str(exc)) from None
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -117,17 +166,25 @@ def create_app(state: ServerState) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(state, request)
-        body = parse_body(await request.body())
+        body = parse_body(await read_body(request))
         served = state.models.get(body.model)
         if served is None:
             raise ApiError(404, f"the model {body.model!r} does not exist here; GET /v1/models lists "
                                 f"{', '.join(state.models)}", param="model", code="model_not_found")
-        job, events = make_job(state, body, served, asyncio.get_running_loop())
+        if body.max_tokens > state.max_tokens:
+            raise ApiError(400, f"max_tokens is {body.max_tokens}; this server gives at most "
+                                f"{state.max_tokens} new tokens (flora-eval serve --max-tokens): ask for "
+                                "fewer, or restart it with a larger --max-tokens", param="max_tokens",
+                           code="max_tokens_exceeded")
+        ids = await prompt_ids(state, body.prompt, tokenize_pool)
+        job, events = make_job(state, body, served, ids, asyncio.get_running_loop())
         try:
-            state.scheduler.submit(job)
+            state.engine.submit(job)
         except Overloaded as exc:
             raise ApiError(429, str(exc), "rate_limit_error", code="overloaded") from None
-        reply = Reply(body.model, len(job.prompt_ids), body.n)
+        except EngineUnavailable as exc:
+            raise unavailable(str(exc)) from None
+        reply = Reply(body.model, len(job.prompt_ids), body.n, state.fingerprint)
         if body.stream:
             return StreamingResponse(stream(state, job, events, reply, body), media_type="text/event-stream")
         return JSONResponse(await collect(state, job, events, reply, request))
@@ -136,11 +193,32 @@ def create_app(state: ServerState) -> FastAPI:
 
 
 def authorize(state: ServerState, request: Request) -> None:
-    """With an API key set, /v1 routes need `Authorization: Bearer <key>` (a plain check, not
-    a middleware: Starlette's HTTP middleware costs about a millisecond per request)."""
-    if state.api_key and request.headers.get("authorization", "") != f"Bearer {state.api_key}":
+    """With an API key set, every route but /health needs `Authorization: Bearer <key>`,
+    compared in constant time (a plain check, not a middleware: Starlette's HTTP middleware
+    costs about a millisecond per request)."""
+    if not state.api_key:
+        return
+    given = request.headers.get("authorization", "").encode("latin-1")  # the header's bytes, as sent
+    if not hmac.compare_digest(given, f"Bearer {state.api_key}".encode()):
         raise ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)", "authentication_error",
                        code="invalid_api_key")
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 past MAX_BODY_BYTES: by its Content-Length before reading,
+    or as it arrives when it has none (chunked)."""
+    too_large = ApiError(413, f"the request body is over {MAX_BODY_BYTES} bytes, the most this server reads",
+                         param=None, code="request_too_large")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_body(raw: bytes) -> CompletionRequest:
@@ -165,12 +243,25 @@ def parse_body(raw: bytes) -> CompletionRequest:
     return body
 
 
-def prompt_ids(state: ServerState, prompt) -> tuple[int, ...]:
+async def prompt_ids(state: ServerState, prompt, pool: Executor) -> tuple[int, ...]:
+    """The prompt's token ids; text is tokenized in `pool`, off the event loop (one thread: a
+    fast tokenizer called from two threads at once can fail with "Already borrowed"). A text
+    the tokenizer cannot take (a lone surrogate, say) is a 400 whose cause is logged."""
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         if len(prompt) != 1:
             raise ApiError(400, "one prompt per request", param="prompt")
         prompt = prompt[0]
-    ids = tuple(state.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else tuple(prompt)
+    if isinstance(prompt, str):
+        try:
+            encoded = await asyncio.get_running_loop().run_in_executor(pool, state.tokenizer, prompt)
+            ids = tuple(encoded["input_ids"])
+        except Exception as exc:  # noqa: BLE001 - the tokenizer's own errors: logged, not sent
+            request_id = f"req-{uuid.uuid4().hex[:12]}"
+            log.warning("the tokenizer refused a prompt (request id %s)", request_id, exc_info=exc)
+            raise ApiError(400, f"the prompt could not be tokenized (request id {request_id}); send valid "
+                                "UTF-8 text or token ids", param="prompt") from None
+    else:
+        ids = tuple(prompt)
     if not ids:
         raise ApiError(400, "the prompt is empty", param="prompt")
     vocab = len(state.tokenizer)
@@ -184,7 +275,7 @@ def prompt_ids(state: ServerState, prompt) -> tuple[int, ...]:
     return ids
 
 
-def make_job(state: ServerState, body: CompletionRequest, served: ServedModel,
+def make_job(state: ServerState, body: CompletionRequest, served: ServedModel, ids: tuple[int, ...],
              loop) -> tuple[Job, asyncio.Queue]:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if len(stop) > MAX_STOPS or any(not s for s in stop):
@@ -203,8 +294,8 @@ def make_job(state: ServerState, body: CompletionRequest, served: ServedModel,
         except RuntimeError:  # the event loop is gone (server shutting down)
             pass
 
-    job = Job(prompt_ids(state, body.prompt), served.adapter_index, seeds, deliver, stop,
-              min(body.max_tokens, state.max_tokens), body.temperature, body.top_p, body.stream)
+    job = Job(ids, served.adapter_index, seeds, deliver, stop, body.max_tokens, body.temperature, body.top_p,
+              body.stream)
     return job, events
 
 
@@ -213,6 +304,7 @@ class Reply:
     model: str
     prompt_tokens: int
     n: int
+    fingerprint: str = ""
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     completion_tokens: int = 0
@@ -223,7 +315,7 @@ class Reply:
 
     def body(self, choices: list[dict], usage: bool = True) -> dict:
         out = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-               "choices": choices}
+               "system_fingerprint": self.fingerprint, "choices": choices}
         if usage:
             out["usage"] = self.usage()
         return out
@@ -235,19 +327,24 @@ def choice(index: int, text: str, finish_reason: str | None) -> dict:
 
 async def collect(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply,
                   request: Request) -> dict:
-    """Wait for every choice; a client that disconnects first cancels the job."""
+    """Wait for every choice until the request's deadline; a client that disconnects first
+    cancels the job, and so does the deadline (504)."""
     disconnected = asyncio.ensure_future(_disconnect(request))
+    deadline = time.monotonic() + state.request_timeout
     done: dict[int, dict] = {}
     try:
         while len(done) < reply.n:
             getter = asyncio.ensure_future(events.get())
-            await asyncio.wait({getter, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({getter, disconnected}, timeout=max(0.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()
-                return {}  # the client left: nobody reads this (`finally` cancels the job)
+                if disconnected.done():
+                    return {}  # the client left: nobody reads this (`finally` cancels the job)
+                raise deadline_error(state.request_timeout)
             event = getter.result()
             if event.kind == "error":
-                raise ApiError(500, event.text, "server_error")
+                raise event_error(event)
             if event.kind == "done":
                 done[event.index] = choice(event.index, event.text, event.finish_reason)
                 reply.completion_tokens += event.tokens
@@ -255,7 +352,7 @@ async def collect(state: ServerState, job: Job, events: asyncio.Queue, reply: Re
     finally:
         disconnected.cancel()
         if len(done) < reply.n:
-            state.scheduler.cancel(job)
+            state.engine.cancel(job)
 
 
 async def _disconnect(request: Request) -> None:
@@ -265,15 +362,20 @@ async def _disconnect(request: Request) -> None:
 
 async def stream(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply, body: CompletionRequest):
     """Server-sent events: text deltas per choice, a last chunk per choice with its finish
-    reason, the usage when asked (`stream_options.include_usage`), then [DONE]."""
+    reason, the usage when asked (`stream_options.include_usage`), then [DONE]. An error or
+    the deadline ends the stream with an error event."""
     sent = [0] * reply.n
     finished = 0
+    deadline = time.monotonic() + state.request_timeout
     try:
         while finished < reply.n:
-            event = await events.get()
+            try:
+                event = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                yield _sse(deadline_error(state.request_timeout).body())
+                return
             if event.kind == "error":
-                yield _sse({"error": {"message": event.text, "type": "server_error", "param": None,
-                                      "code": None}})
+                yield _sse(event_error(event).body())
                 return
             delta = event.text[sent[event.index]:]
             sent[event.index] = max(sent[event.index], len(event.text))
@@ -288,7 +390,7 @@ async def stream(state: ServerState, job: Job, events: asyncio.Queue, reply: Rep
         yield "data: [DONE]\n\n"
     finally:
         if finished < reply.n:
-            state.scheduler.cancel(job)
+            state.engine.cancel(job)
 
 
 def _sse(data: dict) -> str:

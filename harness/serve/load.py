@@ -4,6 +4,8 @@ tokenizer, the served names with their model cards, the context length)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from harness.errors import UserError
@@ -41,7 +43,18 @@ def build_engine(spec: ServeSpec) -> tuple[Scheduler, dict]:
             "revision": loaded.revision, "method": adapter.method, "rank": adapter.rank,
             "hash": adapter.content_hash, "language": adapter.metadata.get("language")}})
     return scheduler, {"tokenizer": loaded.tokenizer, "models": models, "context": context,
-                       "max_tokens": config.max_new_tokens}
+                       "max_tokens": options.max_tokens,
+                       "fingerprint": fingerprint(models, str(loaded.model.dtype), loaded.device.type)}
+
+
+def fingerprint(models: dict, dtype: str, device: str) -> str:
+    """The responses' `system_fingerprint`: a hash of what decides the samples, the model's
+    revision, each served name with its adapter's content hash, the dtype and the device type.
+    Another model or adapter behind the same URL gives another fingerprint; a restart does not."""
+    served = sorted((name, card["flora_eval"]["revision"], card["flora_eval"]["hash"])
+                    for name, (_, card) in models.items())
+    text = json.dumps({"models": served, "dtype": dtype, "device": device}, sort_keys=True)
+    return "fp_" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def context_length(model) -> int:

@@ -16,6 +16,7 @@ sample's completion. Jobs wait in a bounded queue (`max_waiting` samples): beyon
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import Counter, deque
@@ -31,6 +32,7 @@ from harness.generate.stops import stop_index
 
 IDLE_WAIT_S = 0.5  # an idle scheduler wakes this often to see whether it should stop
 _job_ids = itertools.count()
+log = logging.getLogger("flora_eval.serve")
 
 
 class Overloaded(Exception):
@@ -40,13 +42,15 @@ class Overloaded(Exception):
 @dataclass(frozen=True)
 class Event:
     """What a job's handler hears: `text` (a choice's safe text so far, streaming only),
-    `done` (a choice finished: its text, finish reason and token count) or `error`."""
+    `done` (a choice finished: its text, finish reason and token count) or `error` (its
+    message for the client and the HTTP status to answer with)."""
 
     kind: str
     index: int = 0
     text: str = ""
     finish_reason: str | None = None
     tokens: int = 0
+    status: int = 500
 
 
 @dataclass(eq=False)
@@ -117,6 +121,7 @@ class Scheduler:
         self._waiting: deque[Job] = deque()
         self._placing: deque = deque()  # prefilled prompts with samples still to place
         self.batch = DecodeBatch(engine, 1)
+        self.loops = 0  # turns of the scheduler's loop: a number that stops moving means a stall
         self._thread = threading.Thread(target=self._run, name="flora-eval-scheduler", daemon=True)
 
     # -- called from the HTTP handlers' threads -----------------------------------------------
@@ -165,6 +170,7 @@ class Scheduler:
                 except Exception as exc:  # a fault of ours fails the jobs in flight, not the server
                     self._fail_all(exc)
                 self.telemetry.busy_seconds += time.perf_counter() - start
+                self.loops += 1
 
     def _receive(self) -> bool:
         """Take new jobs; block while there is nothing to do. False: stop."""
@@ -292,9 +298,12 @@ class Scheduler:
                 self._sent.pop((job_id, index), None)
 
     def _fail_all(self, exc: Exception) -> None:
-        """Fail every job in flight and start again from an empty batch."""
+        """Fail every job in flight and start again from an empty batch. The exception goes
+        to the server's log, never to clients."""
         self.telemetry.errors += 1
-        message = f"the server failed on this batch: {type(exc).__name__}: {exc}"
+        log.error("the engine failed on a batch of %d requests; they are answered 500", len(self._jobs),
+                  exc_info=exc)
+        message = "the server failed while decoding this request; its log has the details"
         for job in list(self._jobs.values()):
             job.deliver(Event("error", text=message))
             self._forget(job.id)

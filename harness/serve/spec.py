@@ -10,8 +10,10 @@ class ServeOptions:
     max_rows: int = 64  # rows decoded together, at most
     max_waiting: int = 1024  # samples in flight beyond the rows; more → 429
     max_batched_tokens: int = 8192  # prompt tokens (padded) per prefill forward
-    max_tokens: int = 1024  # new tokens a request may get, at most (longer asks are capped)
+    max_tokens: int = 1024  # new tokens a request may ask for, at most (more → 400)
     api_key: str | None = None
+    request_timeout: float = 600.0  # seconds a request waits for the engine's answer (then 504)
+    stall_timeout: float = 60.0  # seconds without progress before the engine counts as stalled
 
 
 @dataclass(frozen=True)
