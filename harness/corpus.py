@@ -32,6 +32,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.execute.languages import load_language
+from harness.hub import hub_state, quiet
 
 STACK_DATASET = "bigcode/the-stack"
 HUB_PREFIX = "hf:"
@@ -189,15 +190,17 @@ def _hub_dataset(corpus: Corpus):
 
 
 def _probe_hub(corpus: Corpus) -> None:
-    """Fail now, in one line, when the dataset cannot be streamed (offline, no token, gated)."""
+    """Fail now, in one line, when the dataset cannot be streamed (hub switched off or out of
+    reach — asked once, `harness.hub` —, no token, gated)."""
     hint = (f"cannot stream {corpus.location} {corpus.data_dir}: it needs network access and, for "
             "gated data like The Stack, a Hugging Face token with its terms accepted (`hf auth login`); "
             "offline, pass --data DIR (source files) or --data FILE.jsonl")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE")
-    if offline and not Path(corpus.location).is_dir():
-        raise UserError(hint + " (HF_HUB_OFFLINE is set)")
+    hub = hub_state(for_datasets=True)
+    if not hub.usable and not Path(corpus.location).is_dir():
+        raise UserError(f"{hint} ({hub.why})")
     try:
-        _hub_dataset(corpus)
+        with quiet():
+            _hub_dataset(corpus)
     except Exception as exc:  # the hub raises many types: DNS, 401 gated, 404, ...
         raise UserError(f"{hint} ({type(exc).__name__})") from None
 

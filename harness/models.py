@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import UserError
+from harness.hub import HubState, hub_state, quiet
 
 ALIASES: dict[str, str] = {
     "starcoder-15b": "bigcode/starcoder",
@@ -78,17 +79,18 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    commit = ""  # the hub commit, when loaded from the hub's local cache
     if load_8bit:
-        model, tokenizer = _from_pretrained_8bit(name, source, device, dtype)
+        model, tokenizer, commit = _from_pretrained_8bit(name, source, device, dtype)
     elif source == "builtin:tiny":
         model, tokenizer = build_tiny()
         model = model.to(device=device, dtype=dtype)
     else:
-        model, tokenizer = _from_pretrained(name, source, dtype)
+        model, tokenizer, commit = _from_pretrained(name, source, dtype)
         model = model.to(device=device)
     return LoadedModel(name=name, source=source, model=model.eval(), tokenizer=tokenizer,
-                       revision=model_revision(source, model), dtype=str(dtype).removeprefix("torch."),
-                       quantization="int8" if load_8bit else "none")
+                       revision=commit or model_revision(source, model),
+                       dtype=str(dtype).removeprefix("torch."), quantization="int8" if load_8bit else "none")
 
 
 def model_revision(source: str, model: torch.nn.Module) -> str:
@@ -121,18 +123,42 @@ def directory_digest(root: Path) -> str:
 
 
 def _from_pretrained(name: str, source: str, dtype: torch.dtype, **kwargs):
+    """`from_pretrained` from a local directory or the hub. When the hub is switched off or
+    cannot be reached (asked once, `harness.hub`), a hub id loads from its snapshot in the hub's
+    local cache, as a directory (transformers' `local_files_only` still asks the hub for some
+    files), and a model not there is one line instead of the libraries' retries. Returns the
+    model, its tokenizer and the hub commit it was loaded at, when that is known here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    where, commit = source, ""
+    if not Path(source).is_dir() and not (hub := hub_state()).usable:
+        where = _cached_snapshot(name, source, hub)
+        commit = Path(where).name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"cannot load model {name!r} from {source} ({first[:160]}); "
+            f"cannot load model {name!r} from {where} ({first[:160]}); "
             "check the name, log in with `hf auth login` for gated models, or pass a local path"
         ) from None
-    return model, tokenizer
+    return model, tokenizer, commit
+
+
+def _cached_snapshot(name: str, source: str, hub: HubState) -> str:
+    """The folder of `source`'s cached snapshot (its name is the commit), without the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        with quiet():
+            return snapshot_download(source, local_files_only=True)
+    except OSError:  # LocalEntryNotFoundError and kin
+        undo = "unset it" if hub.switched_off else "connect to the hub"
+        raise UserError(
+            f"cannot load model {name!r}: {hub.why} and {source} is not in the local Hugging Face "
+            f"cache; pass a local model directory (--model PATH), or {undo}"
+        ) from None
 
 
 def _from_pretrained_8bit(name: str, source: str, device: str, dtype: torch.dtype):

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from harness.definitions import definition_files, load_definition
+from pydantic import StrictStr
+
+from harness.definitions import Name, Table, definition_files, load_definition, validate
 from harness.errors import UserError
+from harness.hub import hub_state, quiet
 from harness.records import BENCHMARK, Problem
-
-BENCHMARK_KEYS = {"key", "name", "hub_dataset", "hub_config", "split", "revision", "revisions",
-                  "local_file", "local_folder", "known_defects"}
 
 
 @dataclass(frozen=True)
@@ -58,27 +58,40 @@ class Benchmark:
         return next((d for d in self.known_defects if d.lang == lang and d.problem == problem), None)
 
 
+class KnownDefectTable(Table):
+    kind: ClassVar[str] = "known_defects"
+    lang: Name
+    problem: Name
+    why: Name
+
+
+class BenchmarkTable(Table):
+    """`benchmarks/<key>.toml`'s schema (documented at the top of `benchmarks/humaneval.toml`)."""
+
+    kind: ClassVar[str] = "benchmark"
+    key: Name
+    name: Name
+    hub_dataset: Name
+    hub_config: Name
+    split: Name = "test"
+    revision: Name
+    revisions: dict[str, Name] = {}
+    local_file: Name
+    local_folder: StrictStr = ""  # "": the key
+    known_defects: tuple[KnownDefectTable, ...] = ()
+
+    def build(self) -> Benchmark:
+        return Benchmark(
+            key=self.key, name=self.name, hub_dataset=self.hub_dataset, hub_config=self.hub_config,
+            revision=self.revision, local_file=self.local_file, local_folder=self.local_folder or self.key,
+            split=self.split, revisions=tuple(sorted(self.revisions.items())),
+            known_defects=tuple(KnownDefect(d.lang, d.problem, d.why) for d in self.known_defects),
+        )
+
+
 def parse_benchmark(data: dict[str, Any], where: str) -> Benchmark:
-    unknown = set(data) - BENCHMARK_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    for key in ("key", "name", "hub_dataset", "hub_config", "revision", "local_file"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ValueError(f"{where}: `{key}` must be a non-empty string")
-    revisions = data.get("revisions", {})
-    if not isinstance(revisions, dict) or not all(isinstance(v, str) for v in revisions.values()):
-        raise ValueError(f"{where}: [revisions] must map language keys to revisions")
-    defects = data.get("known_defects", [])
-    if not isinstance(defects, list) or not all(
-            isinstance(d, dict) and set(d) == {"lang", "problem", "why"} for d in defects):
-        raise ValueError(f"{where}: each [[known_defects]] needs exactly lang, problem and why")
-    return Benchmark(
-        key=data["key"], name=data["name"], hub_dataset=data["hub_dataset"], hub_config=data["hub_config"],
-        revision=data["revision"], local_file=data["local_file"],
-        local_folder=data.get("local_folder") or data["key"], split=data.get("split", "test"),
-        revisions=tuple(sorted(revisions.items())),
-        known_defects=tuple(KnownDefect(d["lang"], d["problem"], d["why"]) for d in defects),
-    )
+    """Validate one TOML document into a Benchmark (ValueError names the file and the bad field)."""
+    return validate(BenchmarkTable, data, where).build()
 
 
 def benchmark_files() -> dict[str, Any]:
@@ -152,16 +165,25 @@ def check_language(problem_set: ProblemSet, key_of: Callable[[str], str | None])
 
 
 def _load_hub(benchmark: Benchmark, lang: str) -> ProblemSet:
+    """The rows at the pinned revision: from the hub, or from its local cache when the hub is
+    switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); one line, not the libraries' retries,
+    when the hub cannot be reached (asked once, `harness.hub`)."""
+    revision, config = benchmark.revision_for(lang), benchmark.config(lang)
+    where = f"{benchmark.hub_dataset} {config}"
+    local = "pass local data with --dataset PATH (e.g. --dataset ../shared/multipl-e)"
+    hub = hub_state(for_datasets=True)
+    if not hub.usable and not hub.switched_off:
+        raise UserError(f"cannot load {where}: {hub.why}; {local}, or set HF_HUB_OFFLINE=1 to use the "
+                        "hub's local cache")
     import datasets
 
-    revision, config = benchmark.revision_for(lang), benchmark.config(lang)
     try:
-        rows = datasets.load_dataset(benchmark.hub_dataset, config, revision=revision, split=benchmark.split)
+        with quiet():
+            rows = datasets.load_dataset(benchmark.hub_dataset, config, revision=revision,
+                                         split=benchmark.split)
     except Exception as exc:  # the hub raises many types: offline, DNS, 404, ...
-        raise UserError(
-            f"cannot load {benchmark.hub_dataset} {config} from the hub ({type(exc).__name__}); "
-            "pass local data with --dataset PATH (e.g. --dataset ../shared/multipl-e)"
-        ) from None
+        why = f"{hub.why} and it is not in the local cache" if not hub.usable else type(exc).__name__
+        raise UserError(f"cannot load {where} from the hub ({why}); {local}") from None
     problems = tuple(Problem.from_row(dict(row)) for row in rows)
     return ProblemSet(lang, problems, f"hub:{benchmark.hub_dataset}", revision, benchmark.key)
 

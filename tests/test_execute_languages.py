@@ -48,6 +48,51 @@ def test_bad_definition_names_the_field():
         parse_language(data, "py.toml")
 
 
+def py_definition() -> dict:
+    return tomllib.loads((language_files()["py"]).read_text())
+
+
+BAD_DEFINITIONS = [
+    # (change to py.toml's data, the start of the one line it gives: the field, and our own
+    # words where the check is ours; pydantic words its own messages by version)
+    (lambda d: d["steps"][0].update(timeout_s="5"), "py.toml.steps[0].timeout_s: "),
+    (lambda d: d["steps"][0].update(timeout_s=True), "py.toml.steps[0].timeout_s: "),
+    (lambda d: d["steps"][0].update(timeout_s=0), "py.toml.steps[0].timeout_s: "),
+    (lambda d: d["steps"][0].update(argv=[]), "py.toml.steps[0].argv: must name a program and its arguments"),
+    (lambda d: d["steps"][0].update(argv=["python3", ""]), "py.toml.steps[0].argv[1]: "),
+    (lambda d: d.update(steps=[]), "py.toml.steps: needs at least one [[steps]]"),
+    (lambda d: d["status"][0]["when"].update(exit_code=[0, True]), "py.toml.status[0].when.exit_code[1]: "),
+    (lambda d: d.update(extensions="py"), 'py.toml.extensions: must list file extensions, e.g. [".rb"]'),
+    (lambda d: d.update(file="a/b.py"), "py.toml.file: must be a plain file name"),
+    (lambda d: d.pop("canary"), "py.toml.canary: is required"),
+    (lambda d: d.update(status=[r for r in d["status"] if r["status"] != "OK"]),
+     "py.toml: no [[status]] rule gives OK"),
+    (lambda d: d.update(colour="red"), "py.toml: unknown language keys ['colour'] (known: key, name, "),
+    (lambda d: d.update(env={"A": 1}), "py.toml.env.A: "),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_DEFINITIONS)
+def test_each_bad_field_is_one_line_naming_it(change, message):
+    data = py_definition()
+    change(data)
+    with pytest.raises(ValueError) as info:
+        parse_language(data, "py.toml")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    assert not str(info.value).endswith(": ")  # something is said about the field
+    assert "; " not in str(info.value)  # one problem, one error (a bad step is not also "too few steps")
+
+
+def test_the_pydantic_schema_builds_the_same_language():
+    py = load_language("py")
+    assert parse_language(py_definition(), "py.toml") == py
+    assert py.run_step.ok_when.exit_code == (0,) and py.run_step.fail_status == "SyntaxError"  # defaults
+    data = py_definition()
+    data["aliases"], data["status"][0]["when"]["exit_code"] = "snake", 3  # one value for a list
+    parsed = parse_language(data, "py.toml")
+    assert parsed.aliases == ("snake",) and parsed.rules[0].when.exit_code == (3,)
+
+
 # -- py status rules (MultiPL-E eval_python) ---------------------------------------------
 PY_CASES = [
     # (exit_code, stdout, stderr, timed_out) → status

@@ -1,9 +1,10 @@
 import json
+import tomllib
 
 import pytest
 
 from harness.errors import UserError
-from harness.problems import all_benchmarks, load_benchmark, load_problems, parse_benchmark
+from harness.problems import all_benchmarks, benchmark_files, load_benchmark, load_problems, parse_benchmark
 
 V3_3 = "28441b6024e71d4a1c1c0f6bf171c935cd5a43f2"
 PRE_V3 = "d23b094346c5dbda1080a74bb2a24c18adbf7409"
@@ -59,8 +60,16 @@ def test_every_benchmark_definition_is_complete():
 
 
 def test_a_bad_definition_or_name_is_one_line():
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"^benchmarks/x.toml: unknown benchmark keys \['colour'\] \(known"):
         parse_benchmark({"key": "x", "colour": "red"}, "benchmarks/x.toml")
+    good = tomllib.loads(benchmark_files()["mbpp"].read_text())
+    assert parse_benchmark(good, "mbpp.toml") == load_benchmark("mbpp")
+    bad = good | {"known_defects": [{"lang": "rb", "problem": "mbpp_1"}], "revision": 7}
+    with pytest.raises(ValueError) as info:
+        parse_benchmark(bad, "benchmarks/mbpp.toml")
+    first, second = str(info.value).split("; ")
+    assert first.startswith("benchmarks/mbpp.toml.revision: ")
+    assert second == "benchmarks/mbpp.toml.known_defects[0].why: is required"
     with pytest.raises(UserError, match="unknown benchmark 'mbbp'.*did you mean mbpp"):
         load_benchmark("mbbp")
 

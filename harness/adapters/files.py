@@ -26,6 +26,7 @@ from harness.adapters.methods import BY_NAME, METHODS
 from harness.adapters.validate import check_file, linear_layout, module_tensors
 from harness.errors import UserError, did_you_mean
 from harness.execute.languages import language_key
+from harness.hub import hub_state, quiet
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -132,11 +133,19 @@ def _by_short_name(root: Path, name: str) -> Path | None:
 
 
 def _from_hub(repo_id: str) -> Path:
+    """The adapter's files from the hub, or — when the hub is switched off or cannot be reached
+    (asked once, `harness.hub`) — from the hub's local cache only, quietly."""
+    hub = hub_state()
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, LEGACY_WEIGHTS_FILE])
+        with quiet():
+            path = snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, LEGACY_WEIGHTS_FILE],
+                                     local_files_only=not hub.usable)
     except Exception as exc:  # offline, unknown repo, gated: all one line
+        if not hub.usable:
+            raise UserError(f"cannot fetch adapter {repo_id!r} from the Hugging Face hub: {hub.why} and "
+                            "it is not in the hub's local cache; pass a local directory") from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise UserError(
             f"cannot fetch adapter {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: "

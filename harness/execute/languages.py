@@ -21,9 +21,20 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from harness.definitions import definition_files, load_definition
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
+
+from harness.definitions import (
+    Ints,
+    Name,
+    Strings,
+    Table,
+    definition_files,
+    load_definition,
+    non_empty,
+    validate,
+)
 from harness.errors import UserError, did_you_mean
 from harness.records import ExecResult
 
@@ -31,13 +42,9 @@ DEFAULT_STATUS = "Exception"
 TIMEOUT_EXIT_CODE = -1  # MultiPL-E's exit code for a timed-out program
 STATUS_LOGIC_VERSION = 2  # bump when `judge`'s code (not a TOML rule) changes what it derives
 OBSERVATION_VERSION = 2  # bump when what the worker records of a step changes (part of the cache key)
-
 TEXT_KEYS = ("stdout_contains", "stderr_contains", "output_contains",
-             "stdout_lacks", "stderr_lacks", "output_lacks")
-CONDITION_KEYS = {"timed_out", "exit_code", "exit_code_not", "stdout_empty", "stderr_empty", *TEXT_KEYS}
-TOP_KEYS = {"key", "name", "file", "aliases", "corpus_dir", "extensions", "version", "output_limit",
-            "memory", "pids", "tmpfs", "env", "steps", "status", "canary", "image"}
-STEP_KEYS = {"argv", "timeout_s", "fail_status", "timeout_status", "ok_when"}
+             "stdout_lacks", "stderr_lacks", "output_lacks")  # a Condition's text tests
+
 
 
 def any_of(values: Iterable[bool | None]) -> bool | None:
@@ -289,117 +296,115 @@ def result_of(lang: Language, program: str, steps: Sequence[dict],
 
 
 # ---------------------------------------------------------------------------------------
-# Loading
+# Loading: the TOML schema as pydantic tables, each built into the dataclass the code uses
 # ---------------------------------------------------------------------------------------
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ValueError(f"{where}: expected a string or a list of strings")
+def _extensions(value: tuple[str, ...]) -> tuple[str, ...]:
+    if not value or not all(e.startswith(".") and len(e) > 1 for e in value):
+        raise ValueError('must list file extensions, e.g. [".rb"]')
+    return value
 
 
-def _ints(value: Any, where: str) -> tuple[int, ...]:
-    if isinstance(value, bool):
-        raise ValueError(f"{where}: expected an int or a list of ints")
-    if isinstance(value, int):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return tuple(value)
-    raise ValueError(f"{where}: expected an int or a list of ints")
+def _plain_file_name(value: str) -> str:
+    if "/" in value:
+        raise ValueError("must be a plain file name")
+    return value
+
+
+class ConditionTable(Table):
+    kind: ClassVar[str] = "condition"
+    timed_out: StrictBool | None = None
+    exit_code: Ints = ()
+    exit_code_not: Ints = ()
+    stdout_contains: Strings = ()
+    stderr_contains: Strings = ()
+    output_contains: Strings = ()
+    stdout_lacks: Strings = ()
+    stderr_lacks: Strings = ()
+    output_lacks: Strings = ()
+    stdout_empty: StrictBool | None = None
+    stderr_empty: StrictBool | None = None
+
+    def build(self) -> Condition:
+        return Condition(**dict(self))
+
+
+class StepTable(Table):
+    kind: ClassVar[str] = "step"
+    argv: Annotated[tuple[Name, ...], non_empty("must name a program and its arguments")]
+    timeout_s: Annotated[float, Field(gt=0, strict=True)]
+    fail_status: Name | None = None  # None: the Step's default
+    timeout_status: Name | None = None
+    ok_when: ConditionTable | None = None
+
+    def build(self) -> Step:
+        given = {key: getattr(self, key) for key in self.model_fields_set}
+        if self.ok_when is not None:
+            given["ok_when"] = self.ok_when.build()
+        return Step(**given)
+
+
+class RuleTable(Table):
+    kind: ClassVar[str] = "status rule"
+    when: ConditionTable = ConditionTable()
+    status: Name
+
+
+class CanaryTable(Table):
+    kind: ClassVar[str] = "canary"
+    good: StrictStr
+    bad: StrictStr
+    bad_status: Name | None = None
+
+
+class LanguageTable(Table):
+    kind: ClassVar[str] = "language"
+    key: Name
+    name: Name
+    file: Annotated[Name, AfterValidator(_plain_file_name)]
+    corpus_dir: Name
+    extensions: Annotated[Strings, AfterValidator(_extensions)]
+    aliases: Strings = ()
+    version: Strings = ()
+    output_limit: StrictInt | None = None  # None: the Language's default
+    memory: StrictStr | None = None
+    pids: StrictInt | None = None
+    tmpfs: StrictStr | None = None
+    image: StrictStr | None = None
+    env: dict[str, StrictStr] = {}
+    steps: Annotated[tuple[StepTable, ...], non_empty("needs at least one [[steps]]")]
+    status: Annotated[tuple[RuleTable, ...], non_empty("needs [[status]] rules")]
+    canary: CanaryTable
+
+    @model_validator(mode="after")
+    def _some_rule_gives_ok(self) -> LanguageTable:
+        if not any(rule.status == "OK" for rule in self.status):
+            raise ValueError("no [[status]] rule gives OK")
+        return self
+
+    def build(self) -> Language:
+        limits = {key: getattr(self, key) for key in ("output_limit", "memory", "pids", "tmpfs", "image")
+                  if getattr(self, key) is not None}
+        return Language(
+            key=self.key, name=self.name, file=self.file, corpus_dir=self.corpus_dir,
+            extensions=self.extensions, aliases=self.aliases, version=self.version,
+            steps=tuple(step.build() for step in self.steps),
+            rules=tuple(Rule(rule.when.build(), rule.status) for rule in self.status),
+            canary=Canary(self.canary.good, self.canary.bad, self.canary.bad_status),
+            env=tuple(sorted(self.env.items())), **limits,
+        )
 
 
 def parse_condition(raw: Any, where: str) -> Condition:
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: a condition must be a table")
-    unknown = set(raw) - CONDITION_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown condition keys {sorted(unknown)}")
-    kw: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in ("timed_out", "stdout_empty", "stderr_empty"):
-            if not isinstance(value, bool):
-                raise ValueError(f"{where}.{key}: expected true or false")
-            kw[key] = value
-        elif key in ("exit_code", "exit_code_not"):
-            kw[key] = _ints(value, f"{where}.{key}")
-        else:
-            kw[key] = _strings(value, f"{where}.{key}")
-    return Condition(**kw)
+    return validate(ConditionTable, raw, where).build()
 
 
 def parse_step(raw: Any, where: str) -> Step:
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: a step must be a table")
-    unknown = set(raw) - STEP_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    argv = raw.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
-        raise ValueError(f"{where}.argv: expected a non-empty list of non-empty strings")
-    timeout = raw.get("timeout_s")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise ValueError(f"{where}.timeout_s: expected a positive number of seconds")
-    kw: dict[str, Any] = {"argv": tuple(argv), "timeout_s": float(timeout)}
-    for key in ("fail_status", "timeout_status"):
-        if key in raw:
-            if not isinstance(raw[key], str) or not raw[key]:
-                raise ValueError(f"{where}.{key}: expected a status name")
-            kw[key] = raw[key]
-    if "ok_when" in raw:
-        kw["ok_when"] = parse_condition(raw["ok_when"], f"{where}.ok_when")
-    return Step(**kw)
+    return validate(StepTable, raw, where).build()
 
 
 def parse_language(data: dict[str, Any], where: str) -> Language:
-    """Validate one TOML document into a Language (ValueError names the bad field)."""
-    unknown = set(data) - TOP_KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    for key in ("key", "name", "file", "corpus_dir"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ValueError(f"{where}: `{key}` must be a non-empty string")
-    if "/" in data["file"]:
-        raise ValueError(f"{where}: `file` must be a plain file name")
-    extensions = _strings(data.get("extensions"), f"{where}.extensions") if "extensions" in data else ()
-    if not extensions or not all(e.startswith(".") and len(e) > 1 for e in extensions):
-        raise ValueError(f"{where}: `extensions` must list file extensions, e.g. [\".rb\"]")
-    steps_raw = data.get("steps")
-    if not isinstance(steps_raw, list) or not steps_raw:
-        raise ValueError(f"{where}: needs at least one [[steps]]")
-    steps = tuple(parse_step(s, f"{where}.steps[{i}]") for i, s in enumerate(steps_raw))
-    rules_raw = data.get("status")
-    if not isinstance(rules_raw, list) or not rules_raw:
-        raise ValueError(f"{where}: needs [[status]] rules")
-    rules = []
-    for i, rule in enumerate(rules_raw):
-        if not isinstance(rule, dict) or set(rule) - {"when", "status"} or "status" not in rule:
-            raise ValueError(f"{where}.status[{i}]: expected `when` and `status`")
-        rules.append(Rule(parse_condition(rule.get("when", {}), f"{where}.status[{i}].when"),
-                          str(rule["status"])))
-    if not any(r.status == "OK" for r in rules):
-        raise ValueError(f"{where}: no [[status]] rule gives OK")
-    canary = data.get("canary")
-    if not isinstance(canary, dict) or not all(isinstance(canary.get(k), str) for k in ("good", "bad")):
-        raise ValueError(f"{where}: [canary] needs `good` and `bad` programs")
-    env = data.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        raise ValueError(f"{where}: `env` must be a table of strings")
-    kw: dict[str, Any] = {}
-    for key, kind in (("output_limit", int), ("pids", int), ("memory", str), ("tmpfs", str),
-                      ("image", str)):
-        if key in data:
-            if not isinstance(data[key], kind) or isinstance(data[key], bool):
-                raise ValueError(f"{where}: `{key}` must be a {kind.__name__}")
-            kw[key] = data[key]
-    return Language(
-        key=data["key"], name=data["name"], file=data["file"], steps=steps, rules=tuple(rules),
-        canary=Canary(canary["good"], canary["bad"], canary.get("bad_status")),
-        corpus_dir=data["corpus_dir"], extensions=extensions,
-        aliases=_strings(data.get("aliases", []), f"{where}.aliases"),
-        version=_strings(data.get("version", []), f"{where}.version"),
-        env=tuple(sorted(env.items())), **kw,
-    )
+    """Validate one TOML document into a Language (ValueError names the file and the bad field)."""
+    return validate(LanguageTable, data, where).build()
 
 
 def language_files() -> dict[str, Any]:

@@ -8,28 +8,46 @@ import ipaddress
 import socket
 import threading
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from harness.serve.app import ServedModel, ServerState, create_app
+from harness.errors import UserError
 from harness.serve.spec import ServeSpec
 from harness.serve.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from harness.serve.app import ServerState
 
 LOOPBACK = "127.0.0.1"
 
 
+def _app() -> ModuleType:
+    """The app, which needs the `serve` extra (fastapi, uvicorn): imported when a server is
+    built, so that the rest of the command line works without the extra."""
+    try:
+        import uvicorn  # noqa: F401
+
+        from harness.serve import app
+    except ModuleNotFoundError as exc:
+        raise UserError(f"flora-eval serve needs {exc.name}: pip install 'flora-eval[serve]'") from None
+    return app
+
+
 def build_state(spec: ServeSpec) -> ServerState:
     """Start the engine process (it loads the model and adapters) and wait until it is ready."""
+    app = _app()
     options = spec.options
     engine = Supervisor(spec, options.stall_timeout)
     info = engine.start()
-    models = {name: ServedModel(name, index, card) for name, (index, card) in info["models"].items()}
-    return ServerState(engine, info["tokenizer"], models, info["context"], info["max_tokens"],
-                       options.api_key, info["fingerprint"], options.request_timeout)
+    models = {name: app.ServedModel(name, index, card) for name, (index, card) in info["models"].items()}
+    return app.ServerState(engine, info["tokenizer"], models, info["context"], info["max_tokens"],
+                           options.api_key, info["fingerprint"], options.request_timeout)
 
 
 def uvicorn_server(state: ServerState, host: str, port: int, log_level: str = "warning"):
     import uvicorn
 
-    config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level,
+    config = uvicorn.Config(_app().create_app(state), host=host, port=port, log_level=log_level,
                             access_log=False, timeout_graceful_shutdown=2, backlog=2048)
     server = uvicorn.Server(config)
     state.engine.on_fatal = lambda message: setattr(server, "should_exit", True)
