@@ -129,7 +129,12 @@ class Client:
     the `openai` client itself (`config.retries` times), every attempt counted in `stats`."""
 
     def __init__(self, config: EndpointConfig, stats: CallStats | None = None):
-        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+        try:
+            from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+        except ImportError:
+            from harness.errors import UserError
+
+            raise UserError("--endpoint needs the `openai` client: pip install 'flora-eval[serve]'") from None
 
         self.config = config
         self.stats = stats if stats is not None else CallStats()
