@@ -132,8 +132,6 @@ class Client:
         try:
             from openai import AsyncOpenAI, DefaultAsyncHttpxClient
         except ImportError:
-            from harness.errors import UserError
-
             raise UserError("--endpoint needs the `openai` client: pip install 'flora-eval[serve]'") from None
 
         self.config = config
