@@ -465,3 +465,27 @@ def test_the_main_command_on_dask_plans_as_execute_does(cluster, humaneval_dir, 
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["plan"]["execute"] == {"held": 1, "stale": 1, "missing": 0, "orphans": 0, "execute": 1}
     assert manifest["config"]["executor"] == "dask" and len(manifest["nodes"]) == 2
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_timeouts_are_confirmed_alone_on_the_workers_too(cluster, py_image):
+    """A program that timed out runs again as a task of its own, one task at a time, in the
+    node's one-container one-lane pool, as on the local pool (a 1 s limit keeps it short)."""
+    import dataclasses
+
+    from harness.execute.cluster import DaskExecutor
+    from harness.execute.languages import load_language
+
+    py = load_language("py")
+    lang = dataclasses.replace(py, steps=tuple(dataclasses.replace(s, timeout_s=1.0) for s in py.steps))
+    loops = [f"while True:\n    x = {k}\n" for k in range(3)]
+    with DaskExecutor(jobs=2, cache=None, use_cache=False, scheduler=cluster.scheduler_address) as executor:
+        got = dict(executor.run_programs(lang, [*loops, "print('ok')\n"]))
+        batches = sum(node["batches"] for node in executor.nodes.values())
+        counts = executor.stats.languages["py"]
+        assert executor._pools["py#confirm"].alone
+    assert [got[i].timed_out for i in range(4)] == [True, True, True, False]
+    assert [got[i].status for i in range(4)] == ["Timeout", "Timeout", "Timeout", "OK"]
+    assert (counts.reruns, counts.confirmed) == (3, 3)
+    assert batches >= 1 + 3, "each confirmation is a task of its own"

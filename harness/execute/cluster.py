@@ -213,15 +213,17 @@ def _node_executor(lang: Language, image_id: str, slots: int | None) -> Executor
         return _NODE[key]
 
 
-def run_batch(lang: Language, sources: list[str], slots: int | None, expected: str) -> dict:
+def run_batch(lang: Language, sources: list[str], slots: int | None, expected: str,
+              alone: bool = False) -> dict:
     """Run one batch in this node's pool of the `expected` image (canaries first, once per
-    worker process); a node without that image runs nothing and says which it has."""
+    worker process); a node without that image runs nothing and says which it has. `alone`:
+    in the node's confirmation pool (one container, one lane: a timed-out program again)."""
     facts = node_facts(lang, expected)
     if facts["image"] != expected:
         return {"facts": facts, "steps": [], "restarts": 0}
     executor = _node_executor(lang, expected, slots)
     with _NODE_LOCK:
-        pool = executor.pool(lang)
+        pool = executor.confirm_pool(lang) if alone else executor.pool(lang)
     steps = dict(pool.run(sources))
     return {"facts": facts, "steps": [steps[i] for i in range(len(sources))], "restarts": pool.restarts,
             "retired": pool.retired, "infra_retries": pool.infra_retries}
@@ -273,22 +275,33 @@ def image_refusal(lang: Language, facts: dict, want: str, own: bool, first: str)
 
 @dataclass
 class RemotePool:
-    """A language's pool on the cluster: `run` has the local Pool's shape."""
+    """A language's pool on the cluster: `run` has the local Pool's shape. `alone`: one
+    program per task, one task at a time, each in its node's confirmation pool (timed-out
+    programs run again with nothing else of theirs beside them)."""
 
     owner: DaskExecutor
     lang: Language
+    alone: bool = False
     restarts: int = 0  # the node pools' counters (the largest a node reported)
     retired: int = 0
     infra_retries: int = 0
 
     def run(self, sources: list[str]) -> Iterator[tuple[int, list[dict]]]:
+        if self.alone:
+            for index, source in enumerate(sources):
+                yield from ((index, steps) for _, steps in self._run([source], size=1))
+            return
+        yield from self._run(sources, self.owner.batch_size())
+
+    def _run(self, sources: list[str], size: int) -> Iterator[tuple[int, list[dict]]]:
         owner = self.owner
-        size, image = owner.batch_size(), owner.image_id(self.lang)
+        image = owner.image_id(self.lang)
         run_id = uuid.uuid4().hex[:8]
         futures = {}
         for start in range(0, len(sources), size):
             future = owner.client.submit(run_batch, self.lang, sources[start:start + size], owner.jobs, image,
-                                         key=f"flora-{self.lang.key}-{run_id}-{start}", pure=False)
+                                         self.alone, key=f"flora-{self.lang.key}-{run_id}-{start}",
+                                         pure=False)
             futures[future] = start
         try:
             for future in owner.settle(dict.fromkeys(futures), self.lang):
@@ -425,7 +438,11 @@ class DaskExecutor(Executor):
         return self._pools[lang.key]
 
     def confirm_pool(self, lang: Language) -> RemotePool:
-        return self.pool(lang)  # timed-out programs run again on the cluster as batches
+        key = f"{lang.key}#confirm"
+        if key not in self._pools:
+            self.image_id(lang)
+            self._pools[key] = RemotePool(self, lang, alone=True)
+        return self._pools[key]
 
     def close(self) -> None:
         super().close()
