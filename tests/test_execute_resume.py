@@ -23,9 +23,11 @@ PROBLEMS, SLOW = 6, 5
 
 
 def comparable(run) -> dict:
-    """Every results file, timestamps aside (they record when a program ran)."""
-    return {p.relative_to(run.root).as_posix(): [replace(r, timestamp=0) for r in read_results(p).results]
-            for p in run.result_files()}
+    """Every results file, the clock aside: when a program ran (timestamp) and how long each
+    step took (the observation's seconds)."""
+    return {p.relative_to(run.root).as_posix(): [
+        replace(r, timestamp=0, observation=tuple({**step, "seconds": 0} for step in r.observation))
+        for r in read_results(p).results] for p in run.result_files()}
 
 
 def execute_cli(run_root, cache, **kw) -> subprocess.Popen:
