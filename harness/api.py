@@ -75,7 +75,8 @@ class Run:
             rows.append({"model": p.model, "model_revision": p.model_revision, "dtype": p.dtype,
                          "quantization": p.quantization, "device": p.device, "adapter": p.adapter,
                          "method": p.method, "rank": p.rank, "adapter_hash": p.adapter_hash,
-                         "lang": p.lang, "benchmark": p.benchmark, "dataset_revision": p.dataset_revision,
+                         "lang": p.lang, "prompt_style": p.prompt_style, "chat_template": p.chat_template,
+                         "benchmark": p.benchmark, "dataset_revision": p.dataset_revision,
                          **{f"sampling_{k}": v for k, v in vars(p.sampling).items()},
                          "problem": s.problem, "n": s.n, "c": s.c,
                          **{f"pass@{k}": v for k, v in s.pass_at.items()}, "statuses": s.statuses})

@@ -129,10 +129,27 @@ def fit(code: str, prompt: str, rules: ExtractRules) -> tuple[str, bool]:
     if rules.skip and (skipped := re.match(rules.skip, rest)):
         rest = rest[skipped.end():]
     body, closing = _split_at_end(rest, indent, rules, name)
+    body = _carry_imports(code[:header.start()], prompt, body, rules)
     completion = body + ("" if rules.tests_close else closing)
     if rules.after:
         completion = completion.rstrip() + "\n" + rules.after.lstrip("\n") + "\n"
     return completion, True
+
+
+def _carry_imports(before: str, prompt: str, body: str, rules: ExtractRules) -> str:
+    """The reply's own imports (lines before the header matching `imports` that the prompt
+    lacks) moved to the top of the body, in languages where a function body may hold them."""
+    if not rules.imports:
+        return body
+    pattern = re.compile(rules.imports)
+    held = {line.strip() for line in prompt.splitlines()}
+    carried = [line.strip() for line in before.splitlines()
+               if pattern.match(line.strip()) and line.strip() not in held]
+    first, newline, rest = body.partition("\n")
+    if not carried or not newline:
+        return body
+    lead = next((line[:len(line) - len(line.lstrip())] for line in rest.splitlines() if line.strip()), "    ")
+    return first + newline + "".join(f"{lead}{line}\n" for line in carried) + rest
 
 
 def _split_at_end(rest: str, indent: int, rules: ExtractRules, name: str) -> tuple[str, str]:

@@ -201,6 +201,16 @@ LANGS: dict[str, Lang] = {
 }
 
 
+# A reply that brings its own import (which the prompt lacks) and needs it, in languages whose
+# `[extract] imports` lets the import move into the function's body.
+OWN_IMPORT = {
+    "py": ("import math\n\n", "    return int(math.fsum([x, y]))"),
+    "rs": ("use std::ops::Add;\n\n", "    Add::add(x, y)"),
+    "pl": ("use List::Util qw(sum);\n\n", "    return sum($x, $y);"),
+    "rb": ("require 'set'\n\n", "  Set[x, y].sum + (x == y ? x : 0)"),
+}
+
+
 def problem(lang: str) -> Problem:
     with (MULTIPLE / "humaneval" / f"humaneval-{lang}.jsonl").open(encoding="utf-8") as f:
         for line in f:
@@ -262,6 +272,17 @@ def replies(lang: str) -> list[Reply]:
         ),
         Reply("no code", "   \n", NO_CODE, False, False),
     ]
+    if lang in OWN_IMPORT:
+        imports, body = OWN_IMPORT[lang]
+        out.append(
+            Reply(
+                "its own import before the function",
+                f"```{spec.tag}\n{imports}{spec.function(body)}```",
+                FENCED_LANG,
+                True,
+                True,
+            )
+        )
     if spec.body_alone:
         out.append(
             Reply(
@@ -269,15 +290,6 @@ def replies(lang: str) -> list[Reply]:
                 textwrap.dedent(spec.right).strip("\n") + "\n",
                 NO_FENCE,
                 True,
-                False,
-            )
-        )
-        out.append(
-            Reply(
-                "only the wrong body, tagged",
-                f"```{spec.tag}\n{textwrap.dedent(spec.wrong)}\n```",
-                FENCED_LANG,
-                False,
                 False,
             )
         )

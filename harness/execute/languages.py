@@ -182,6 +182,7 @@ class ExtractRules:
     skip: str = ""  # regex matched right after the header: text the prompt already holds (py's docstring)
     closing: str = ""  # regex (with {name}) of the line that closes the function ("": no such line)
     continues: str = ""  # regex of lines at the header's indentation that do not end it (Ada's `begin`)
+    imports: str = ""  # regex of a reply's import lines that may move into the body ("": none may)
     tests_close: bool = False  # the row's tests start with that closing line: the completion omits it
     body_indent: str = ""  # a body given alone and unindented gets this indentation
     body_open: str = ""  # put before a body given alone (d: the prompt stops before `{`)
@@ -382,6 +383,7 @@ class ExtractTable(Table):
     skip: StrictStr = ""
     closing: StrictStr = ""
     continues: StrictStr = ""
+    imports: StrictStr = ""
     tests_close: StrictBool = False
     body_indent: StrictStr = ""
     body_open: StrictStr = ""
@@ -390,7 +392,7 @@ class ExtractTable(Table):
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> ExtractTable:
-        for key in ("header", "skip", "closing", "continues"):
+        for key in ("header", "skip", "closing", "continues", "imports"):
             try:
                 re.compile(getattr(self, key).replace("{name}", "x"))
             except re.error as exc:
