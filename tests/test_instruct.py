@@ -176,3 +176,23 @@ def test_main_command_with_instruct_prompts_end_to_end(loaded, tmp_path, humanev
     assert manifest["invocations"][0]["config"]["prompt_style"] == INSTRUCT
     assert len(list(run_dir.glob("tiny/*/humaneval-*/*.results.json.gz"))) == 4
     capsys.readouterr()
+
+
+def test_scores_of_older_versions_read_as_completion_prompts(tmp_path):
+    """A scores.csv written before prompt styles existed has no such column: its rows were made
+    with completion prompts, and read so (not as a style of their own)."""
+    import csv
+
+    from harness.records import ProblemScore
+    from harness.score.stage import read_scores, write_scores
+
+    path = tmp_path / "scores.csv"
+    write_scores(path, [ProblemScore(Provenance(model="tiny", lang="py"), "HumanEval_0", 2, 1, {1: 0.5})])
+    rows = list(csv.DictReader(path.open()))
+    with path.open("w", newline="") as f:
+        kept = [k for k in rows[0] if k not in ("prompt_style", "chat_template")]
+        writer = csv.DictWriter(f, kept, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    (score,) = read_scores(path)
+    assert score.provenance.prompt_style == "completion" and score.provenance.chat_template == ""
