@@ -208,6 +208,7 @@ OWN_IMPORT = {
     "rs": ("use std::ops::Add;\n\n", "    Add::add(x, y)"),
     "pl": ("use List::Util qw(sum);\n\n", "    return sum($x, $y);"),
     "rb": ("require 'set'\n\n", "  Set[x, y].sum + (x == y ? x : 0)"),
+    "cpp": ("using namespace std;\n\n", "    vector<long> v{x, y};\n    return v[0] + v[1];"),
 }
 
 
