@@ -6,6 +6,16 @@
                 template's end of turn or end of text, and its code is taken from the reply
                 (harness/extract.py)
 
+Surface (in-process generation uses all of it; a chat endpoint needs the first three):
+
+    style = style_for("instruct", tokenizer, model_name)   # Style(name, template_hash); checks
+    messages = conversation(problem, lang)                   # [{"role", "content"}, ...]
+    text = render(tokenizer, messages)                       # the model's template, generation prompt
+    ids = prompt_ids(problem, lang, style, tokenizer)        # what the engine prefills
+    ends = end_of_turn_ids(tokenizer)                        # tokens that end a reply
+
+The replies become completions in `harness.extract.extract(reply, problem, lang)`.
+
 The instruction follows MultiPL-E's chat mode (its chat-templates/default.yaml): the same
 system message and request, with the prompt in a fenced block; it also names the language
 and tags the fence with it (docs/instruct.md lists every difference).
