@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UserError
 from harness.records import BASE, BENCHMARK, ProblemScore, SamplingConfig
 from harness.runs import RunDir, new_run_id
 
@@ -41,6 +42,7 @@ class Evaluation:
     limit: int | None = None
     adapters_dir: str | None = None
     endpoint: Any = None  # harness.generate.endpoint.EndpointConfig: a served model, not in-process
+    prompt_style: str = "completion"  # "completion" (MultiPL-E's) or "instruct" (harness/prompts.py)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,8 @@ class Run:
             rows.append({"model": p.model, "model_revision": p.model_revision, "dtype": p.dtype,
                          "quantization": p.quantization, "device": p.device, "adapter": p.adapter,
                          "method": p.method, "rank": p.rank, "adapter_hash": p.adapter_hash,
-                         "lang": p.lang, "benchmark": p.benchmark, "dataset_revision": p.dataset_revision,
+                         "lang": p.lang, "prompt_style": p.prompt_style, "chat_template": p.chat_template,
+                         "benchmark": p.benchmark, "dataset_revision": p.dataset_revision,
                          **{f"sampling_{k}": v for k, v in vars(p.sampling).items()},
                          "problem": s.problem, "n": s.n, "c": s.c,
                          **{f"pass@{k}": v for k, v in s.pass_at.items()}, "statuses": s.statuses})
@@ -108,6 +111,9 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     run, its invocation in the manifest and the generation telemetry. `on_finished(path)`:
     called with each completions file once complete. Under torchrun rank 0 alone writes. With
     `evaluation.endpoint` the completions come from that server instead (`generate_served`)."""
+    from harness.prompts import check_style, style_for
+
+    check_style(evaluation.prompt_style)
     if evaluation.endpoint is not None:
         return generate_served(evaluation, run_dir, overwrite=overwrite, stage=stage)
     from harness.adapters import adapter_languages
@@ -116,6 +122,7 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     from harness.models import load_model
 
     loaded = load_model(evaluation.model, device=generation_device(device), load_8bit=load_8bit)
+    style = style_for(evaluation.prompt_style, loaded.tokenizer, evaluation.model)
     adapters = resolve_adapters(evaluation, loaded)
     langs = resolve_langs(evaluation.langs, adapter_languages([a.spec for a in adapters if a.spec]))
     problem_sets = load_problem_sets(evaluation, langs)
@@ -123,12 +130,13 @@ def generate(evaluation: Evaluation, run_dir: str | Path | None = None, *, batch
     run = RunDir.open(root) if is_rank0() else RunDir(root)  # the other ranks write nothing
     invocation = plan = None
     if is_rank0():  # the plan: what the run holds, read once (a conflict stops here, nothing written)
-        plan = plan_generation(work_items(loaded, problem_sets, adapters, evaluation.sampling, run), run,
-                               overwrite)
+        plan = plan_generation(work_items(loaded, problem_sets, adapters, evaluation.sampling, run, style),
+                               run, overwrite)
         invocation = begin_generation(run, stage, evaluation, langs, problem_sets, adapters, loaded,
-                                      overwrite)
+                                      overwrite, prompt_style=style.name, chat_template=style.template_hash)
     telemetry = generate_run(loaded, problem_sets, adapters, evaluation.sampling, run,
-                             batch_size=batch_size, overwrite=overwrite, on_finished=on_finished, plan=plan)
+                             batch_size=batch_size, overwrite=overwrite, on_finished=on_finished, plan=plan,
+                             style=style)
     if invocation is not None:
         invocation.update(telemetry={"generate": telemetry.as_dict()})
     return Run(run.root), invocation, telemetry
@@ -140,6 +148,11 @@ def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *
     rules; the model and adapters are the server's names (harness/generate/remote.py)."""
     from harness.generate.remote import connect, generate_remote
     from harness.generate.run import plan_generation, work_items
+    from harness.prompts import COMPLETION
+
+    if evaluation.prompt_style != COMPLETION:
+        raise UserError("--endpoint takes completion prompts only for now (/v1/completions); "
+                        "drop --prompt-style instruct, or evaluate in-process")
 
     endpoint = connect(evaluation.endpoint, evaluation.model, evaluation.adapters)
     langs = resolve_langs(evaluation.langs, endpoint.languages())

@@ -59,7 +59,7 @@ def evaluation_from(args: argparse.Namespace) -> api.Evaluation:
     return api.Evaluation(model=args.model, adapters=tuple(args.adapter or ()), langs=tuple(args.lang or ()),
                           sampling=sampling, benchmarks=tuple(args.benchmark or (BENCHMARK,)),
                           dataset=args.dataset, limit=args.limit, adapters_dir=args.adapters_dir,
-                          endpoint=endpoint_from(args))
+                          endpoint=endpoint_from(args), prompt_style=args.prompt_style)
 
 
 def endpoint_from(args: argparse.Namespace):
@@ -181,6 +181,10 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt-style", choices=("completion", "instruct"), default="completion",
+                        help="completion: MultiPL-E's prompt, cut at its stop tokens (default); instruct: a "
+                             "chat conversation in the model's chat template, code taken from the reply "
+                             "(docs/instruct.md)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="rows decoded together (default: from the memory budget)")
     parser.add_argument("--device", help="torch device (default: cuda when available)")

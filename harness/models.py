@@ -25,6 +25,15 @@ ALIASES: dict[str, str] = {
 TINY = "tiny"
 TINY_SEED = 1234
 EOS = "<|endoftext|>"
+# tiny's own chat template (a small Jinja one, so the instruct path runs in tests): each turn
+# is `<|role|>` and its text on the next line; an assistant turn ends with the end of text.
+TINY_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}"
+    "{%- if message['role'] == 'assistant' %}" + EOS + "{% endif %}\n"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}<|assistant|>\n{% endif -%}"
+)
 
 
 @dataclass
@@ -211,7 +220,8 @@ def build_tiny():
 
 
 def byte_tokenizer():
-    """A byte-level tokenizer (one token per byte, id 0 = end of text), built in code."""
+    """A byte-level tokenizer (one token per byte, id 0 = end of text), built in code, with
+    tiny's chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -220,6 +230,8 @@ def byte_tokenizer():
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=None
     )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer

@@ -84,6 +84,9 @@ class Provenance:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seeded: bool | None = None  # every sample drawn from its own seed (False: the server ignores
     # seeds; None: unknown, as in files that predate this field)
+    prompt_style: str = "completion"  # "completion" (MultiPL-E's) or "instruct" (harness/prompts.py);
+    # files that predate this field were all made with completion prompts
+    chat_template: str = ""  # instruct: "sha256:..." of the exact chat template that rendered the prompts
     benchmark: str = BENCHMARK
     dataset: str = ""  # "hub:nuprl/MultiPL-E" or a local file
     dataset_revision: str = ""  # pinned hub revision, or "sha256:..." of the local file
@@ -172,21 +175,26 @@ def _provenance_from_json(d: dict[str, Any]) -> Provenance:
 @dataclass(frozen=True, kw_only=True)
 class Completions(ProblemFile):
     """All completions of one problem by one (model, adapter): a MultiPL-E completions file,
-    with each sample's `finish_reason` ("stop": end of text or a stop token, "length": the
-    token limit; empty for files of other tools)."""
+    with each sample's `finish_reason` ("stop": end of text, end of turn or a stop token,
+    "length": the token limit; empty for files of other tools). Instruct runs also keep each
+    sample's raw `replies`, the completions being the code extracted from them
+    (harness/extract.py); completion-style files have none."""
 
     completions: tuple[str, ...]
     finish_reasons: tuple[str, ...] = ()
+    replies: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        replies = {"replies": list(self.replies)} if self.replies else {}
         return {**self._header_json(), "completions": list(self.completions),
-                "finish_reasons": list(self.finish_reasons)}
+                "finish_reasons": list(self.finish_reasons), **replies}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Completions:
         kw = cls._header_from_json(d)
         kw["completions"] = tuple(d["completions"])
         kw["finish_reasons"] = tuple(d.get("finish_reasons") or ())
+        kw["replies"] = tuple(d.get("replies") or ())
         return cls(**kw)
 
 

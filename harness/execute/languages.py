@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -172,6 +173,24 @@ class Canary:
 
 
 @dataclass(frozen=True)
+class ExtractRules:
+    """How code is taken from an instruction-tuned model's reply and fitted after the row's
+    prompt (`harness.extract`; the `[extract]` table of languages/py.toml documents each key)."""
+
+    fences: tuple[str, ...] = ()  # info-string tags that mark a fenced block in this language
+    header: str = ""  # regex with {name}: a restated function's start; its match ends where the prompt does
+    skip: str = ""  # regex matched right after the header: text the prompt already holds (py's docstring)
+    closing: str = ""  # regex (with {name}) of the line that closes the function ("": no such line)
+    continues: str = ""  # regex of lines at the header's indentation that do not end it (Ada's `begin`)
+    imports: str = ""  # regex of a reply's import lines that may move into the body ("": none may)
+    tests_close: bool = False  # the row's tests start with that closing line: the completion omits it
+    body_indent: str = ""  # a body given alone and unindented gets this indentation
+    body_open: str = ""  # put before a body given alone (d: the prompt stops before `{`)
+    body_close: str = ""  # put after a body given alone when the tests do not close the function
+    after: str = ""  # put after a restated function: what the prompt opened around it (elixir's module)
+
+
+@dataclass(frozen=True)
 class Language:
     key: str
     name: str  # the display name: what reports and tables show
@@ -189,6 +208,7 @@ class Language:
     tmpfs: str = "256m"
     env: tuple[tuple[str, str], ...] = ()
     image: str = ""  # the image tag; default flora-eval/<key>
+    extract: ExtractRules = ExtractRules()  # instruct replies: how their code is taken
 
     @property
     def image_tag(self) -> str:
@@ -356,6 +376,35 @@ class CanaryTable(Table):
     bad_status: Name | None = None
 
 
+class ExtractTable(Table):
+    kind: ClassVar[str] = "extract"
+    fences: Strings = ()
+    header: StrictStr = ""
+    skip: StrictStr = ""
+    closing: StrictStr = ""
+    continues: StrictStr = ""
+    imports: StrictStr = ""
+    tests_close: StrictBool = False
+    body_indent: StrictStr = ""
+    body_open: StrictStr = ""
+    body_close: StrictStr = ""
+    after: StrictStr = ""
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> ExtractTable:
+        for key in ("header", "skip", "closing", "continues", "imports"):
+            try:
+                re.compile(getattr(self, key).replace("{name}", "x"))
+            except re.error as exc:
+                raise ValueError(f"{key} is not a regular expression ({exc})") from None
+        if self.header and "{name}" not in self.header:
+            raise ValueError("header must hold {name} (where the function's name stands)")
+        return self
+
+    def build(self) -> ExtractRules:
+        return ExtractRules(**self.model_dump())
+
+
 class LanguageTable(Table):
     kind: ClassVar[str] = "language"
     key: Name
@@ -374,6 +423,7 @@ class LanguageTable(Table):
     steps: Annotated[tuple[StepTable, ...], non_empty("needs at least one [[steps]]")]
     status: Annotated[tuple[RuleTable, ...], non_empty("needs [[status]] rules")]
     canary: CanaryTable
+    extract: ExtractTable = ExtractTable()
 
     @model_validator(mode="after")
     def _some_rule_gives_ok(self) -> LanguageTable:
@@ -390,7 +440,7 @@ class LanguageTable(Table):
             steps=tuple(step.build() for step in self.steps),
             rules=tuple(Rule(rule.when.build(), rule.status) for rule in self.status),
             canary=Canary(self.canary.good, self.canary.bad, self.canary.bad_status),
-            env=tuple(sorted(self.env.items())), **limits,
+            env=tuple(sorted(self.env.items())), extract=self.extract.build(), **limits,
         )
 
 

@@ -55,6 +55,8 @@ class Request:
     max_new_tokens: int | None = None  # this request's own cap (≤ the engine's); None: the engine's
     temperature: float | None = None  # this request's own sampling settings; None: the engine's
     top_p: float | None = None
+    end_ids: tuple[int, ...] = ()  # tokens that also end a row, besides the end of text (a chat
+    # template's end of turn)
 
 
 @dataclass(frozen=True)
@@ -243,9 +245,15 @@ class Engine:
         """End of text, max tokens (`row.limit`), or a stop token in the completion so far."""
         if len(row.tokens) >= row.limit:
             return True
-        if row.tokens[-1] == self.eos and not self.config.ignore_eos:
+        if self._ended(row):
             return True
         return self._stopped(row)
+
+    def _ended(self, row: _Row) -> bool:
+        """The row's last token ends its text: the end of text, or an end of turn."""
+        if self.config.ignore_eos or not row.tokens:
+            return False
+        return row.tokens[-1] == self.eos or row.tokens[-1] in row.request.end_ids
 
     def _stopped(self, row: _Row) -> bool:
         """Speed tricks: only a token whose text holds a stop token's last character can end
@@ -280,7 +288,7 @@ class Engine:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def result(self, row: _Row) -> Sample:
-        ended = row.tokens and row.tokens[-1] == self.eos and not self.config.ignore_eos
+        ended = self._ended(row)
         tokens = row.tokens[:-1] if ended else row.tokens
         full = self.text(tokens)
         text = truncate_at_stop(full, row.request.stop_tokens)

@@ -30,7 +30,7 @@ PARTIAL_SUFFIX = ".partial.jsonl"
 # settings whose change makes stored samples someone else's (n is handled apart)
 COMPARED = ("temperature", "top_p", "max_tokens", "seed")
 COMPARED_TOP = ("model_revision", "dtype", "quantization", "device", "adapter_hash", "dataset_revision",
-                "seeded")
+                "seeded", "prompt_style", "chat_template")
 
 
 @dataclass(frozen=True)

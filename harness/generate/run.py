@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from harness.errors import UserError
+from harness.extract import extract
 from harness.files import write_completions
 from harness.generate import distributed, stream
 from harness.generate.budget import auto_slots
@@ -31,6 +32,7 @@ from harness.generate.sampling import sample_seed
 from harness.generate.telemetry import GenerationTelemetry
 from harness.models import LoadedModel
 from harness.problems import ProblemSet
+from harness.prompts import COMPLETION_STYLE, INSTRUCT, Style, end_of_turn_ids, prompt_ids
 from harness.records import BASE, Completions, Problem, Provenance, SamplingConfig
 from harness.runs import RunDir, harness_version
 
@@ -67,13 +69,14 @@ class WorkItem:
 
 
 def provenance_of(loaded: LoadedModel, problem_set: ProblemSet, adapter: AdapterChoice,
-                  sampling: SamplingConfig) -> Provenance:
+                  sampling: SamplingConfig, style: Style = COMPLETION_STYLE) -> Provenance:
     """The provenance of every completion of (model, adapter, language) sampled now."""
     return Provenance(
         model=loaded.name, model_revision=loaded.revision, dtype=loaded.dtype,
         quantization=loaded.quantization, device=loaded.device_type, adapter=adapter.name,
         method=adapter.method, rank=adapter.rank, adapter_hash=adapter.content_hash, lang=problem_set.lang,
-        sampling=sampling, seeded=loaded.seeded, benchmark=problem_set.benchmark,
+        sampling=sampling, seeded=loaded.seeded, prompt_style=style.name, chat_template=style.template_hash,
+        benchmark=problem_set.benchmark,
         dataset=problem_set.source,
         dataset_revision=problem_set.revision, harness_version=harness_version(),
     )
@@ -89,6 +92,7 @@ def generate_run(
     overwrite: bool = False,
     on_finished: Callable[[Path], None] | None = None,
     plan: Plan | None = None,
+    style: Style = COMPLETION_STYLE,
 ) -> GenerationTelemetry:
     """Sample every missing completion of every (language, problem, adapter) in one pass.
 
@@ -99,10 +103,11 @@ def generate_run(
     (files already complete: at the start). Under torchrun rank 0 plans and tells every rank
     what is held (the ranks must list the same work); each rank takes its share of the work
     and sends its samples to rank 0, which alone writes the run directory (stream.py); rank
-    0's telemetry sums all ranks."""
+    0's telemetry sums all ranks. `style`: the prompt style (harness/prompts.py; `style_for`
+    checks the model can take it)."""
     start = time.perf_counter()
     adapters = [_resolved(choice, loaded) for choice in adapters]
-    items = work_items(loaded, problem_sets, adapters, sampling, run)
+    items = work_items(loaded, problem_sets, adapters, sampling, run, style)
     world = distributed.join(loaded.device)
     group = stream.side_group(world)
     error = ""
@@ -123,7 +128,7 @@ def generate_run(
     index_of = {a.name: i for i, a in enumerate(a for a in adapters if a.name != BASE)}
     max_prompt = 0
     if todo:
-        max_prompt = max(len(_prompt_ids(loaded, item.problem)) for item in todo)
+        max_prompt = max(len(_prompt_ids(loaded, item, style)) for item in todo)
     slots = batch_size or auto_slots(loaded.model, max_prompt + sampling.max_tokens)
     config = EngineConfig(sampling.temperature, sampling.top_p, sampling.max_tokens, slots,
                           max_positions=_max_positions(loaded.model))
@@ -133,7 +138,7 @@ def generate_run(
     sender = stream.Sender(group) if world.rank != 0 else None
     receiver = stream.Receiver(world, group, lambda position, index, text, reason: writer.add(
         positions[position], index, text, reason)).start() if world.rank == 0 and world.size > 1 else None
-    requests = _requests(loaded, todo, held, sampling, index_of)
+    requests = _requests(loaded, todo, held, sampling, index_of, style)
     progress = tqdm(total=len(todo) * sampling.n, desc="generate", unit="sample",
                     disable=not todo or world.rank != 0)
     try:
@@ -206,7 +211,8 @@ def drawn(held: Holding) -> dict[int, tuple[str, str]]:
 
 
 def work_items(loaded: LoadedModel, problem_sets: list[ProblemSet], adapters: list[AdapterChoice],
-               sampling: SamplingConfig, run: RunDir) -> list[tuple[int, WorkItem]]:
+               sampling: SamplingConfig, run: RunDir,
+               style: Style = COMPLETION_STYLE) -> list[tuple[int, WorkItem]]:
     """(problem position, item) for every (language, problem, adapter): a rank takes whole
     problems (all their adapters: one prefill batch, mixed decode batches)."""
     problems = [(ps, problem) for ps in problem_sets for problem in ps.problems]
@@ -214,7 +220,7 @@ def work_items(loaded: LoadedModel, problem_sets: list[ProblemSet], adapters: li
         (position, WorkItem(ps.lang, problem, adapter,
                             run.completions_path(loaded.name, adapter.name, ps.lang, problem.name,
                                                  ps.benchmark),
-                            provenance_of(loaded, ps, adapter, sampling)))
+                            provenance_of(loaded, ps, adapter, sampling, style)))
         for position, (ps, problem) in enumerate(problems) for adapter in adapters
     ]
 
@@ -241,8 +247,11 @@ def _key(item: WorkItem) -> tuple[str, str, str, str]:
 
 
 def _requests(loaded, todo: list[WorkItem], held: dict[Path, Holding], sampling: SamplingConfig,
-              index_of: dict[str, int]) -> Iterator[Request]:
-    """One request per unfinished (problem, adapter), built lazily (the engine pulls them)."""
+              index_of: dict[str, int], style: Style) -> Iterator[Request]:
+    """One request per unfinished (problem, adapter), built lazily (the engine pulls them).
+    Completion prompts stop at the row's stop tokens; instruct replies at the chat template's
+    end of turn (and the end of text), never at stop tokens that would cut inside a block."""
+    ends = end_of_turn_ids(loaded.tokenizer) if style.chat else ()
     for item in todo:
         key = _key(item)
         missing = [i for i in range(sampling.n) if i not in held[item.path].samples]
@@ -252,13 +261,15 @@ def _requests(loaded, todo: list[WorkItem], held: dict[Path, Holding], sampling:
             (i, sample_seed(sampling.seed, f"{item.lang}/{item.problem.name}", item.adapter.name, i))
             for i in missing
         )
-        yield Request(key, tuple(_prompt_ids(loaded, item.problem)),
-                      index_of.get(item.adapter.name, BASE_ROW), seeds, item.problem.stop_tokens)
+        stops = () if style.chat else item.problem.stop_tokens
+        yield Request(key, tuple(_prompt_ids(loaded, item, style)),
+                      index_of.get(item.adapter.name, BASE_ROW), seeds, stops, end_ids=ends)
 
 
-def _prompt_ids(loaded: LoadedModel, problem: Problem) -> list[int]:
-    """MultiPL-E gives the model `prompt.strip()`."""
-    return loaded.tokenizer(problem.prompt.strip())["input_ids"]
+def _prompt_ids(loaded: LoadedModel, item: WorkItem, style: Style) -> list[int]:
+    """MultiPL-E gives the model `prompt.strip()`; instruct, the row's conversation rendered
+    with the model's chat template (rendered per row: the prompt differs by language)."""
+    return prompt_ids(item.problem, item.lang, style, loaded.tokenizer)
 
 
 def _max_positions(model) -> int:
@@ -292,8 +303,14 @@ def _attach(loaded: LoadedModel, adapters: list[AdapterChoice], todo: list[WorkI
 def _finish(item: WorkItem, texts: dict[int, tuple[str, str]]) -> None:
     """Write the completions file (atomically), with each sample's finish reason, then drop
     the partial file and any results of an earlier completions file (they no longer
-    describe it)."""
+    describe it). An instruct sample is a reply: the file keeps it, and the code extracted
+    from it is the completion."""
     problem, sampling = item.problem, item.provenance.sampling
+    samples = tuple(texts[i][0] for i in range(sampling.n))
+    replies: tuple[str, ...] = ()
+    if item.provenance.prompt_style == INSTRUCT:
+        replies = samples
+        samples = tuple(extract(reply, problem, item.lang).completion for reply in replies)
     record = Completions(
         name=problem.name,
         language=problem.language,
@@ -303,8 +320,9 @@ def _finish(item: WorkItem, texts: dict[int, tuple[str, str]]) -> None:
         prompt=problem.prompt,
         tests=problem.tests,
         stop_tokens=problem.stop_tokens,
-        completions=tuple(texts[i][0] for i in range(sampling.n)),
+        completions=samples,
         finish_reasons=tuple(texts[i][1] for i in range(sampling.n)),
+        replies=replies,
         provenance=item.provenance,
     )
     write_completions(item.path, record)

@@ -32,12 +32,14 @@ class Baseline:
 def cell_settings(provenance) -> dict[str, Any]:
     """What makes two cells comparable: the model's weights and how they were held (dtype,
     8-bit quantization, device type), the distribution sampled from (temperature, top-p, max
-    tokens) and the problems (benchmark, dataset revision). n and the seed change only which
-    samples are drawn, not what pass@k estimates."""
+    tokens), how the model was prompted (prompt style, chat template) and the problems
+    (benchmark, dataset revision). n and the seed change only which samples are drawn, not
+    what pass@k estimates."""
     return {"model_revision": provenance.model_revision, "dtype": provenance.dtype,
             "quantization": provenance.quantization, "device": provenance.device,
             "temperature": provenance.sampling.temperature,
             "top_p": provenance.sampling.top_p, "max_tokens": provenance.sampling.max_tokens,
+            "prompt_style": provenance.prompt_style, "chat_template": provenance.chat_template,
             "benchmark": provenance.benchmark, "dataset_revision": provenance.dataset_revision}
 
 

@@ -14,11 +14,14 @@ from harness.report.tables import (
     comparisons,
     cut_markdown,
     cut_shares,
+    extraction_markdown,
+    extraction_shares,
     interval_table,
     known_defects,
     latex_table1,
     markdown_report,
     status_table,
+    style_line,
     table1,
     timeout_shares,
 )
@@ -43,6 +46,7 @@ def assemble(runs: list[RunData], seed: int = SEED) -> Report:
         statuses=status_table(statuses, counts), defects=known_defects(counts),
         timeouts=timeout_shares(counts),
         cuts=cut_shares(pd.concat([r.finish_counts() for r in runs], ignore_index=True)),
+        extractions=extraction_shares(pd.concat([r.extraction_counts() for r in runs], ignore_index=True)),
     )
 
 
@@ -60,9 +64,11 @@ def write_files(report: Report, out_dir: Path) -> dict[str, Path]:
     report.comparisons.to_csv(paths["comparisons"], index=False)
     report.statuses.to_csv(paths["statuses"], index=False)
     report.table1.to_csv(paths["table1_csv"])
-    paths["table"].write_text(markdown_report(report.table1, report.intervals, report.comparisons,
-                                              report.statuses, report.defects, report.timeouts)
-                              + cut_markdown(report.cuts), encoding="utf-8")
+    paths["table"].write_text(style_line(report.styles)
+                              + markdown_report(report.table1, report.intervals, report.comparisons,
+                                                report.statuses, report.defects, report.timeouts)
+                              + cut_markdown(report.cuts) + extraction_markdown(report.extractions),
+                              encoding="utf-8")
     paths["latex"].write_text(latex_table1(report.table1) if not report.table1.empty else "",
                               encoding="utf-8")
     paths["html"].write_text(render_html(report), encoding="utf-8")

@@ -23,3 +23,9 @@ class Report:
     defects: pd.DataFrame  # the run's problems that are broken upstream
     timeouts: pd.DataFrame  # Timeout share per (run, benchmark, language)
     cuts: pd.DataFrame = field(default_factory=pd.DataFrame)  # share cut at max_tokens, the same cells
+    extractions: pd.DataFrame = field(default_factory=pd.DataFrame)  # instruct: share per extraction kind
+
+    @property
+    def styles(self) -> dict[str, tuple[str, ...]]:
+        """run label → its prompt styles."""
+        return {run.label: run.styles for run in self.runs}

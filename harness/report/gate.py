@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write a markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     parser.add_argument("--allow-different", action="store_true",
                         help="compare even when the run's model, dtype, quantization, device, "
-                             "sampling settings, benchmark or dataset revision differ from the baseline's")
+                             "sampling settings, prompt style, benchmark or dataset revision differ from the "
+                             "baseline's")
 
 
 def rule_from(args: argparse.Namespace) -> Rule:
@@ -114,10 +115,16 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# settings older baselines do not record but whose value is known: every baseline saved before
+# prompt styles existed was sampled with completion prompts and no chat template
+KNOWN_BEFORE = {"prompt_style": "completion", "chat_template": ""}
+
+
 def differences(baseline, current) -> list[str]:
     """Why the run and the baseline are not like with like: other models, or common cells
-    sampled with other settings. Every setting is compared as recorded: one a side does not
-    record (an older baseline or run: "") differs from one it does."""
+    sampled with other settings (the prompt style among them). Every setting is compared as
+    recorded: one a side does not record (an older baseline or run: "") differs from one it
+    does, except those whose value was the same for every older file (`KNOWN_BEFORE`)."""
     models = sorted({key[0] for key in baseline.cells}), sorted({key[0] for key in current.cells})
     if not set(models[0]) & set(models[1]):
         return [f"model is {', '.join(models[1])} in the run, {', '.join(models[0])} in the baseline"]
@@ -125,7 +132,7 @@ def differences(baseline, current) -> list[str]:
     for key in sorted(set(baseline.settings) & set(current.settings)):
         before, now = baseline.settings[key], current.settings[key]
         for name in sorted(set(before) | set(now)):
-            old, new = before.get(name, ""), now.get(name, "")
+            old, new = before.get(name, KNOWN_BEFORE.get(name, "")), now.get(name, KNOWN_BEFORE.get(name, ""))
             if old != new:
                 cells.setdefault((name, _shown(new), _shown(old)), []).append(cell_name(key))
     return [f"{name} is {now} in the run, {before} in the baseline "

@@ -110,6 +110,18 @@ def status_rows(report: Report) -> tuple[list[str], list[dict]]:
     return statuses, rows
 
 
+def extraction_rows(report: Report) -> tuple[list[str], list[dict]]:
+    """The extraction kinds and one row per (model, adapter, benchmark, language) of instruct runs."""
+    frame = report.extractions
+    if frame.empty:
+        return [], []
+    kinds = [c for c in frame.columns if c not in ("run", "model", "adapter", "benchmark", "lang", "replies")]
+    rows = [{"model": r["model"], "adapter": r["adapter"], "benchmark": benchmark_name(r["benchmark"]),
+             "lang": language_name(r["lang"]), "replies": int(r["replies"]), "shares": [r[k] for k in kinds]}
+            for _, r in frame.iterrows()]
+    return kinds, rows
+
+
 def drill_down(report: Report) -> list[dict]:
     """Per (model, language), per problem: the prompt and each column's distinct programs."""
     label = dict(zip(zip(report.counts["run"], report.counts["adapter"], strict=True),
@@ -186,6 +198,8 @@ def render_html(report: Report) -> str:
         "cuts": [{"benchmark": benchmark_name(r.benchmark), "lang": language_name(r.lang), "share": r.share,
                   "cut": r.cut, "samples": r.samples} for r in report.cuts.itertuples()],
         "status_colors": {s: STATUS_COLORS.get(s, "#94a3b8") for s in statuses},
+        "styles": report.styles,
+        "extraction_kinds": extraction_rows(report)[0], "extractions": extraction_rows(report)[1],
         "drill": drill_down(report),
         "manifests": manifests(report),
         "significance": SIGNIFICANCE,

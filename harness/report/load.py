@@ -21,7 +21,7 @@ import pandas as pd
 
 from harness.files import read_completions
 from harness.records import Completions, ExecResult, ProblemResults, ProblemScore
-from harness.runs import RunDir
+from harness.runs import COMPLETIONS_SUFFIX, RESULTS_SUFFIX, RunDir
 from harness.score import SCORES_FILE, read_scores, score_run, scores_current
 from harness.score.judge import read_judged
 
@@ -43,6 +43,7 @@ class DistinctProgram:
     count: int
     stdout: str
     stderr: str
+    reply: str = ""  # instruct runs: the raw reply the completion was extracted from
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,34 @@ class FinishCount:
 
 
 @dataclass(frozen=True)
+class ExtractCount:
+    """How the code of one instruct completions file's replies was found (harness/extract.py
+    kinds, derived from the stored replies with the language's current rules)."""
+
+    model: str
+    adapter: str
+    benchmark: str
+    lang: str
+    kinds: dict[str, int]
+
+    @classmethod
+    def of(cls, record: Completions) -> ExtractCount | None:
+        if not record.replies:
+            return None
+        from harness.extract import kind_of
+
+        kinds = Counter(kind_of(reply, record.lang) for reply in record.replies)
+        p = record.provenance
+        return cls(model_label(p), p.adapter, p.benchmark, p.lang, dict(kinds))
+
+
+def model_label(provenance) -> str:
+    """The model as tables show it: with its prompt style when that is not MultiPL-E's."""
+    style = provenance.prompt_style
+    return provenance.model if style == "completion" else f"{provenance.model} ({style})"
+
+
+@dataclass(frozen=True)
 class RunData:
     """One run as the report sees it."""
 
@@ -92,6 +121,12 @@ class RunData:
     digests: tuple[ProblemDigest, ...]
     prompts: dict[tuple[str, str], str]  # (lang, problem) → prompt
     finishes: tuple[FinishCount, ...] = ()  # one per completions file
+    extractions: tuple[ExtractCount, ...] = ()  # one per instruct completions file
+
+    @property
+    def styles(self) -> tuple[str, ...]:
+        """The prompt styles of the run's score records ("completion", "instruct")."""
+        return tuple(sorted({s.provenance.prompt_style for s in self.scores}))
 
     @property
     def methods(self) -> dict[str, str]:
@@ -102,7 +137,7 @@ class RunData:
         """One row per (model, adapter, lang, problem): n, c, the samples that timed out and
         every pass@k (percent, NaN where n < k) of the score records, tagged with the run."""
         ks = sorted({k for s in self.scores for k in s.pass_at})
-        rows = [{"run": self.label, "model": s.model, "adapter": s.adapter,
+        rows = [{"run": self.label, "model": model_label(s.provenance), "adapter": s.adapter,
                  "benchmark": s.provenance.benchmark, "lang": s.lang, "problem": s.problem,
                  "n": s.n, "c": s.c, "timeouts": s.timeouts,
                  **{f"pass@{k}": s.pass_at[k] * 100 if k in s.pass_at else float("nan") for k in ks}}
@@ -116,9 +151,17 @@ class RunData:
                  "cut": f.cut, "unknown": f.unknown} for f in self.finishes]
         return pd.DataFrame(rows, columns=["run", "benchmark", "lang", "samples", "cut", "unknown"])
 
+    def extraction_counts(self) -> pd.DataFrame:
+        """One row per instruct completions file: its replies per extraction kind."""
+        from harness.extract import KINDS
+
+        rows = [{"run": self.label, "model": e.model, "adapter": e.adapter, "benchmark": e.benchmark,
+                 "lang": e.lang, **{kind: e.kinds.get(kind, 0) for kind in KINDS}} for e in self.extractions]
+        return pd.DataFrame(rows, columns=["run", "model", "adapter", "benchmark", "lang", *KINDS])
+
     def statuses(self) -> pd.DataFrame:
         """One row per (model, adapter, lang, status) with its sample count."""
-        rows = [{"run": self.label, "model": s.model, "adapter": s.adapter,
+        rows = [{"run": self.label, "model": model_label(s.provenance), "adapter": s.adapter,
                  "benchmark": s.provenance.benchmark, "lang": s.lang, "status": status, "count": count}
                 for s in self.scores for status, count in s.statuses.items()]
         return pd.DataFrame(rows, columns=["run", "model", "adapter", "benchmark", "lang", "status", "count"])
@@ -148,12 +191,16 @@ def completion_of(program: str, results: ProblemResults) -> str:
     return program[start:end] if start <= end else program
 
 
-def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
+def digest(results: ProblemResults, limits: dict[str, int], replies: tuple[str, ...] = ()) -> ProblemDigest:
     """Reduce one results file: counts per status and the most frequent distinct programs,
-    the most frequent passing one first when there is one, then the failing ones."""
+    the most frequent passing one first when there is one, then the failing ones; with the
+    samples' `replies` (instruct), each program beside the first reply it came from."""
     by_program: dict[str, list[ExecResult]] = {}
-    for r in results.results:
+    first_reply: dict[str, str] = {}
+    for i, r in enumerate(results.results):
         by_program.setdefault(r.program, []).append(r)
+        if i < len(replies):
+            first_reply.setdefault(r.program, replies[i])
     by_count = sorted(by_program.values(), key=len, reverse=True)
     passing = [rs for rs in by_count if rs[0].passed][:1]
     shown = (passing + [rs for rs in by_count if not rs[0].passed])[:PROGRAMS_PER_CELL]
@@ -162,12 +209,14 @@ def digest(results: ProblemResults, limits: dict[str, int]) -> ProblemDigest:
             completion=cap(completion_of(rs[0].program, results), limits["program"]),
             status=rs[0].status, exit_code=rs[0].exit_code, passed=rs[0].passed, count=len(rs),
             stdout=cap(rs[0].stdout, limits["output"]), stderr=cap(rs[0].stderr, limits["output"]),
+            reply=cap(first_reply.get(rs[0].program, ""), limits["program"]),
         )
         for rs in shown
     )
     p = results.provenance
-    return ProblemDigest(p.model, p.adapter, p.benchmark, p.lang, results.name, results.n, results.n_passed,
-                         len(by_program), dict(Counter(r.status for r in results.results)), programs)
+    statuses = dict(Counter(r.status for r in results.results))
+    return ProblemDigest(model_label(p), p.adapter, p.benchmark, p.lang, results.name, results.n,
+                         results.n_passed, len(by_program), statuses, programs)
 
 
 def run_scores(run: RunDir) -> list[ProblemScore]:
@@ -186,9 +235,16 @@ def load_run(run: RunDir, label: str | None = None) -> RunData:
     scores = run_scores(run)
     limits = text_limits(len(paths))
     digests, prompts = [], {}
-    for results in judged:
-        digests.append(digest(results, limits))
+    completions = {path: read_completions(path) for path in run.completion_files()}
+    replies = {_results_of(path): record.replies for path, record in completions.items() if record.replies}
+    for path, results in zip(paths, judged, strict=True):
+        digests.append(digest(results, limits, replies.get(path, ())))
         prompts.setdefault((results.provenance.lang, results.name), cap(results.prompt, limits["prompt"]))
-    finishes = tuple(FinishCount.of(read_completions(path)) for path in run.completion_files())
+    finishes = tuple(FinishCount.of(record) for record in completions.values())
+    extractions = tuple(e for e in map(ExtractCount.of, completions.values()) if e is not None)
     return RunData(label or run.root.name, run.root, run.read_manifest(), tuple(scores), tuple(digests),
-                   prompts, finishes)
+                   prompts, finishes, extractions)
+
+
+def _results_of(completions_path: Path) -> Path:
+    return completions_path.with_name(completions_path.name[: -len(COMPLETIONS_SUFFIX)] + RESULTS_SUFFIX)

@@ -234,6 +234,37 @@ def cut_markdown(cuts: pd.DataFrame) -> str:
     return f"Samples cut at max_tokens per language: {shares}.\n"
 
 
+def extraction_shares(extractions: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, model, adapter, benchmark, language) of instruct runs: the replies and the
+    share (%) of each extraction kind (harness/extract.py: fenced in the language, fenced
+    other, no fence, no code). Many "no fence" or "no code" replies mean the model did not
+    answer with code, whatever its pass@k."""
+    keys = ["run", "model", "adapter", "benchmark", "lang"]
+    if extractions.empty:
+        return pd.DataFrame(columns=[*keys, "replies"])
+    kinds = [c for c in extractions.columns if c not in keys]
+    frame = extractions.groupby(keys, sort=False)[kinds].sum().reset_index()
+    total = frame[kinds].sum(axis=1)
+    return frame[keys].assign(replies=total, **{k: frame[k] / total.where(total > 0) * 100 for k in kinds})
+
+
+def extraction_markdown(shares: pd.DataFrame) -> str:
+    """table.md's extraction breakdown (empty when no run used instruct prompts)."""
+    if shares.empty:
+        return ""
+    shown = shares.drop(columns=["run"]).assign(lang=shares["lang"].map(language_name),
+                                                 benchmark=shares["benchmark"].map(benchmark_name))
+    return "\n".join(["", "## Extraction (% of replies): where the code was found", "",
+                      shown.to_markdown(index=False, floatfmt=".1f"), ""]) + "\n"
+
+
+def style_line(styles: dict[str, tuple[str, ...]]) -> str:
+    """table.md's line naming each run's prompt style."""
+    shown = "; ".join(f"{run}: {', '.join(found) or 'completion'}" for run, found in styles.items())
+    return f"Prompt style: {shown} (completion: MultiPL-E's prompt and stop tokens; instruct: the model's " \
+           "chat template, code extracted from the reply).\n\n"
+
+
 def known_defects(counts: pd.DataFrame) -> pd.DataFrame:
     """The run's problems that their benchmark lists as broken upstream (no completion can
     pass): one row per (benchmark, model, language, problem), with the samples that passed

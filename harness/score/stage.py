@@ -132,6 +132,7 @@ def _record(row: dict[str, str]) -> ProblemScore:
     kw = {name: row.get(name, "") for name in PROVENANCE_COLUMNS}  # a column added later reads ""
     kw["rank"] = int(kw["rank"]) if kw["rank"] else None
     kw["seeded"] = {"True": True, "False": False}.get(kw["seeded"])
+    kw["prompt_style"] = kw["prompt_style"] or "completion"  # files before styles: completion prompts
     pass_at = {int(key[5:]): float(value) for key, value in row.items()
                if key.startswith("pass@") and value != ""}
     statuses = {k: int(v) for k, v in json.loads(row["statuses"]).items()}
