@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
+from harness.corpus import IGNORE
 from harness.training.checkpoint import Checkpoint, CheckpointStore, TrainState
 from harness.training.config import AdapterJob, TrainConfig, lr_at
 
@@ -39,13 +40,24 @@ def build_optimizer(adapters: TrainableAdapters, jobs: list[AdapterJob], config:
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def row_losses(logits: Tensor, ids: Tensor) -> Tensor:
-    """Mean next-token cross-entropy of each row: [rows, seq] ids → [rows]."""
+def row_losses(logits: Tensor, ids: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Mean next-token cross-entropy of each row over its targets: [rows, seq] ids → [rows].
+    `labels` (default: the ids) marks the tokens that are not targets with -100 (a
+    conversation's prompt tokens); a row without any target counts 0."""
     shift_logits = logits[:, :-1].float()
-    targets = ids[:, 1:]
+    targets = (ids if labels is None else labels)[:, 1:]
     token_loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), targets.reshape(-1),
-                                 reduction="none")
-    return token_loss.view(targets.shape).mean(dim=1)
+                                 reduction="none", ignore_index=IGNORE).view(targets.shape)
+    counted = (targets != IGNORE).sum(dim=1)
+    return token_loss.sum(dim=1) / counted.clamp(min=1)
+
+
+def batch_tensors(blocks: list, device) -> tuple[Tensor, Tensor]:
+    """A batch's ids and labels: a block is a list of ids (every token a target) or an
+    (ids, labels) pair (`harness.corpus.conversation_tokens`)."""
+    pairs = [block if isinstance(block, tuple) else (block, block) for block in blocks]
+    ids = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
+    return ids, torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
 
 
 def clip_per_adapter(adapters: TrainableAdapters, n: int, max_norm: float) -> None:
@@ -90,11 +102,11 @@ def train(
         step_loss = torch.zeros(n)
         for _ in range(config.grad_accum):
             batch = [next(its[i]) for i in range(n) for _ in range(micro)]
-            ids = torch.tensor(batch, dtype=torch.long, device=device)
+            ids, labels = batch_tensors(batch, device)
             adapters.set_rows(rows)
             with autocast:
                 logits = model(input_ids=ids).logits
-            per_adapter = row_losses(logits, ids).view(n, micro).mean(dim=1)
+            per_adapter = row_losses(logits, ids, labels).view(n, micro).mean(dim=1)
             (per_adapter.sum() / config.grad_accum).backward()
             step_loss += per_adapter.detach().float().cpu() / config.grad_accum
         clip_per_adapter(adapters, n, config.max_grad_norm)
@@ -133,11 +145,11 @@ def heldout_loss(model: torch.nn.Module, adapters: TrainableAdapters, blocks: li
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(blocks), config.micro_batch):
-        ids = torch.tensor(blocks[start:start + config.micro_batch], dtype=torch.long, device=device)
+        ids, labels = batch_tensors(blocks[start:start + config.micro_batch], device)
         adapters.set_rows(torch.full((ids.shape[0],), index, dtype=torch.long))
         with _autocast(config, device):
             logits = model(input_ids=ids).logits
-        losses = row_losses(logits, ids)
+        losses = row_losses(logits, ids, labels)
         total += float(losses.sum())
         count += ids.shape[0]
     return total / max(count, 1)
