@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MULTIPLE
 
 from harness import api
-from harness.cli import main
 from harness.adapters import load_adapter
+from harness.cli import main
 from harness.corpus import IGNORE, conversation_tokens, documents, encoder_for, heldout_blocks, open_corpus
 from harness.errors import UserError
 from harness.files import read_completions
 from harness.models import build_tiny
 from harness.records import SamplingConfig
 
-MBPP = Path(__file__).resolve().parents[1] / ".." / "shared" / "multipl-e" / "mbpp" / "sanitized-mbpp.json"
+MBPP = MULTIPLE / "mbpp" / "sanitized-mbpp.json"
 TINY_LR = {"flora": 0.1, "lora": 0.005, "ia3": 0.2}  # as in test_train.py: the tiny model's rates
 
 
