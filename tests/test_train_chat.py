@@ -89,6 +89,7 @@ def test_chat_trained_adapters_learn_the_replies_and_evaluate_in_one_mixed_batch
     for name in names:
         held = load_adapter(out / name).metadata["heldout"]
         assert held["loss"] < held["base_loss"] - 0.01, (name, held)  # reply tokens only
+        assert 0 < held["tokens"] < 32 * 64  # the replies' tokens, not the blocks'
         assert load_adapter(out / name).metadata["data_source"].startswith("chat:")
 
     evaluation = api.Evaluation("tiny", names, ("py",), SamplingConfig(2, 0.8, 0.95, 16, 3),

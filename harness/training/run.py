@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from harness.corpus import Corpus, encoder_for, heldout_blocks, open_corpus, train_blocks
+from harness.corpus import IGNORE, Corpus, encoder_for, heldout_blocks, open_corpus, train_blocks
 from harness.errors import UserError
 from harness.models import LoadedModel, load_model
 from harness.training import session as adapter_session
@@ -133,12 +133,19 @@ def evaluate(loaded: LoadedModel, adapters, jobs: list[AdapterJob], corpora: dic
     base = {lang: heldout_loss(loaded.model, adapters, held, -1, config=config)
             for lang, held in blocks.items() if held}
     return [
-        HeldOut(blocks=len(blocks[job.lang]), tokens=len(blocks[job.lang]) * config.seq_len,
+        HeldOut(blocks=len(blocks[job.lang]), tokens=scored_tokens(blocks[job.lang], config.seq_len),
                 base_loss=base[job.lang], loss=heldout_loss(loaded.model, adapters, blocks[job.lang], i,
                                                             config=config))
         if blocks[job.lang] else None
         for i, job in enumerate(jobs)
     ]
+
+
+def scored_tokens(blocks: list, seq_len: int) -> int:
+    """The tokens a held-out loss is over: every token of text blocks, the labelled (reply)
+    tokens of conversation blocks."""
+    return sum(sum(label != IGNORE for label in block[1]) if isinstance(block, tuple) else seq_len
+               for block in blocks)
 
 
 def save(loaded: LoadedModel, adapters, i: int, job: AdapterJob, config: TrainConfig, state: TrainState,
