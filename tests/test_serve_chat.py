@@ -153,7 +153,8 @@ def test_instruct_main_command_against_flora_serve_end_to_end(server, humaneval_
     assert main(instruct_argv(server, humaneval_dir, run)) == 0, capsys.readouterr().err
     assert len(list(run.rglob("*.results.json.gz"))) == 2 * 2 * 4
     table = (run / "table.md").read_text()
-    assert "instruct" in table and "extraction" in table.lower()
+    assert table.startswith("Prompt style: run: instruct") and "| tiny (instruct) |" in table
+    assert "## Extraction" in table and "fenced in the language" in table and "no code" in table
     assert "instruct" in (run / "report.html").read_text()
 
 
