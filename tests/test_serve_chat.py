@@ -4,6 +4,7 @@ against it (the same replies as in-process, same seed) and against `transformers
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -113,6 +114,37 @@ def test_a_served_model_without_a_chat_template_refuses_chat(tmp_path):
                                     endpoint=EndpointConfig(url))
         with pytest.raises(UserError, match="no chat template"):
             api.generate(evaluation, tmp_path / "run")
+
+
+def end_of_turn_model(folder: Path) -> Path:
+    """The tiny model saved with a template whose end of turn is not the end of text: a byte
+    it emits often ('<'), made a special token, so replies end early at it."""
+    model, tokenizer = build_tiny()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<"]})  # an existing id: no new row
+    tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<\n{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_served_replies_end_at_the_templates_end_of_turn(humaneval_dir, tmp_path):
+    """A template whose end of turn differs from the end of text: the server ends replies
+    there as in-process runs do (same replies, same seed), and some end before max_tokens."""
+    folder = end_of_turn_model(tmp_path / "model")
+    sampling = SamplingConfig(4, 1.0, 1.0, 24, 11)
+    evaluation = api.Evaluation(str(folder), (), ("py",), sampling, dataset=str(humaneval_dir), limit=2,
+                                prompt_style="instruct")
+    api.generate(evaluation, tmp_path / "local", device="cpu")
+    state = build_state(ServeSpec(str(folder), device="cpu", options=ServeOptions(max_rows=8)))
+    with ServerThread(state) as url:
+        served = dataclasses.replace(evaluation, endpoint=EndpointConfig(url))
+        api.generate(served, tmp_path / "served")
+    local = records(tmp_path / "local")
+    assert records(tmp_path / "served") == local and len(local) == 2
+    reasons = [r for p in (tmp_path / "served").rglob("HumanEval_*.json.gz") if "results" not in p.name
+               for r in read_completions(p).finish_reasons]
+    assert "stop" in reasons and len(reasons) == 8
 
 
 @pytest.mark.slow
