@@ -171,6 +171,13 @@ def test_instruct_through_the_chat_endpoint_equals_the_in_process_run(server, ad
     assert provenance.prompt_style == "instruct" and provenance.chat_template == mine.chat_template
     manifest = json.loads((tmp_path / "served" / "manifest.json").read_text())
     assert manifest["telemetry"]["generate"]["honoured"] == {"n": True, "seed": True}
+    # run again: every file is complete, so only the probe is asked; completion prompts refuse
+    assert main(["generate", *instruct_argv(server, humaneval_dir, tmp_path / "served")]) == 0
+    assert httpx2.get(f"{server}/telemetry").json()["requests"] == after["requests"] + 4
+    assert records(tmp_path / "served") == local
+    completion = ["completion" if a == "instruct" else a
+                  for a in instruct_argv(server, humaneval_dir, tmp_path / "served")]
+    assert main(["generate", *completion]) == 2
 
 
 @pytest.mark.docker
