@@ -284,7 +284,8 @@ async def answer(state: ServerState, job: Job, events: asyncio.Queue, reply: Rep
 
 async def rendered(state: ServerState, messages: list[Message], pool: Executor) -> str:
     """The conversation as the served model's chat template writes it, with the generation
-    prompt (rendered in `pool`, off the event loop); a template that refuses it is a 400."""
+    prompt (rendered in `pool`, off the event loop); a template that refuses it (roles out of
+    the order it wants, say) is a 400 whose cause is logged."""
     plain = []
     for message in messages:
         if message.role not in CHAT_ROLES:
@@ -294,8 +295,13 @@ async def rendered(state: ServerState, messages: list[Message], pool: Executor) 
                       "content": message.text()})
     try:
         return await asyncio.get_running_loop().run_in_executor(pool, render, state.tokenizer, plain)
-    except UserError as exc:
+    except UserError as exc:  # our own line (a template that refused the conversation)
         raise ApiError(400, str(exc), param="messages") from None
+    except Exception as exc:  # noqa: BLE001 - the template's own errors: logged, not sent
+        request_id = f"req-{uuid.uuid4().hex[:12]}"
+        log.warning("the chat template refused a conversation (request id %s)", request_id, exc_info=exc)
+        raise ApiError(400, f"the model's chat template refused these messages (request id {request_id}); "
+                            "check their roles and order", param="messages") from None
 
 
 def authorize(state: ServerState, request: Request) -> None:
