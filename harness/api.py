@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
 from harness.records import BASE, BENCHMARK, ProblemScore, SamplingConfig
 from harness.runs import RunDir, new_run_id
 
@@ -148,20 +147,17 @@ def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *
     rules; the model and adapters are the server's names (harness/generate/remote.py)."""
     from harness.generate.remote import connect, generate_remote
     from harness.generate.run import plan_generation, work_items
-    from harness.prompts import COMPLETION
 
-    if evaluation.prompt_style != COMPLETION:
-        raise UserError("--endpoint takes completion prompts only for now (/v1/completions); "
-                        "drop --prompt-style instruct, or evaluate in-process")
-
-    endpoint = connect(evaluation.endpoint, evaluation.model, evaluation.adapters)
+    endpoint = connect(evaluation.endpoint, evaluation.model, evaluation.adapters, evaluation.prompt_style)
     langs = resolve_langs(evaluation.langs, endpoint.languages())
     problem_sets = load_problem_sets(evaluation, langs)
     run = RunDir.open(run_dir or RESULTS_ROOT / new_run_id(evaluation.model))
+    style = endpoint.style
     plan = plan_generation(work_items(endpoint.model, problem_sets, list(endpoint.adapters),
-                                      evaluation.sampling, run), run, overwrite)
+                                      evaluation.sampling, run, style), run, overwrite)
     invocation = begin_generation(run, stage, evaluation, langs, problem_sets, endpoint.adapters,
-                                  endpoint.model, overwrite, endpoint=evaluation.endpoint.entry())
+                                  endpoint.model, overwrite, endpoint=evaluation.endpoint.entry(),
+                                  prompt_style=style.name, chat_template=style.template_hash)
     telemetry = generate_remote(endpoint, problem_sets, evaluation.sampling, run, overwrite, plan=plan)
     invocation.update(telemetry={"generate": telemetry.as_dict()})
     return Run(run.root), invocation, telemetry

@@ -9,7 +9,8 @@ Three sources give the same thing, a deterministic stream of documents per epoch
 
 A language's Stack folder and extensions are in its TOML file (`languages/<key>.toml`:
 `corpus_dir`, `extensions`).
-    a .jsonl     one JSON object per line with a `content` field
+    a .jsonl     one JSON object per line with a `content` field, or conversations:
+                 `{"messages": [{"role": ..., "content": ...}, ...]}` per line (TRL's form)
 
 Documents are split once into train and held-out by a hash of their key (relative path or
 content), so the split does not depend on order or seed. Training tokens are packed: each
@@ -17,6 +18,15 @@ document's tokens followed by EOS, cut into blocks of `seq_len`, shuffled throug
 buffer; the stream runs over epochs (a new document order each) for ever, so a training
 step only asks for the next block and resuming is skipping the blocks already used
 (`train_blocks(..., skip=n)`).
+
+A conversation corpus (kind "chat") is rendered with the model's chat template
+(`conversation_tokens`): a block is then `(ids, labels)`, the labels -100 except on the
+assistant's tokens (its reply and the end of turn the template writes after it), so the loss
+falls on the replies only. The assistant's tokens are found by rendering prefixes: the text
+between the conversation rendered up to a reply with the generation prompt and rendered with
+that reply is the reply as the model writes it after its prompt; the prompt part is tokenized
+whole, as at generation time. Conversations are packed without an EOS between them (the
+template ends each reply).
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ class Corpus:
     """Where one language's documents come from; `describe()` is what metadata records."""
 
     lang: str
-    kind: str  # "hub" | "dir" | "jsonl"
+    kind: str  # "hub" | "dir" | "jsonl" | "chat" (a .jsonl of conversations)
     location: str  # a hub dataset id (or a local dataset folder), or a resolved path
     heldout_fraction: float = HELDOUT_FRACTION
     data_dir: str = ""  # hub: the language's folder, e.g. data/ruby
@@ -82,9 +92,22 @@ def open_corpus(lang: str, data: str | Path | None = None,
                             "pass --data with a directory that has some, or a .jsonl with `content`")
         return corpus
     if path.is_file() and path.suffix == ".jsonl":
-        return Corpus(lang, "jsonl", str(path.resolve()), heldout_fraction)
+        kind = "chat" if "messages" in _first_object(path) else "jsonl"
+        return Corpus(lang, kind, str(path.resolve()), heldout_fraction)
     raise UserError(f"--data {data}: not a directory or a .jsonl file; pass a folder of {lang} "
                     "sources or a .jsonl with one {\"content\": ...} object per line")
+
+
+def _first_object(path: Path) -> dict:
+    with path.open("rb") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                return data if isinstance(data, dict) else {}
+    return {}
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,6 +182,29 @@ def _read_jsonl(corpus: Corpus, seed: int, epoch: int) -> Iterator[Document]:
                 yield Document(_content_key(text), text)
 
 
+def _read_chat(corpus: Corpus, seed: int, epoch: int) -> Iterator[Document]:
+    """Conversations: each document's text is its messages as JSON (checked here)."""
+    path = Path(corpus.location)
+    offsets = _line_offsets(path)
+    _epoch_rng(seed, epoch).shuffle(offsets)
+    with path.open("rb") as f:
+        for offset in offsets:
+            f.seek(offset)
+            try:
+                messages = json.loads(f.readline())["messages"]
+                ok = isinstance(messages, list) and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str) for m in messages)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise UserError(f"{path}: byte {offset} is not a conversation; each line must be "
+                                "{\"messages\": [{\"role\": ..., \"content\": \"...\"}, ...]}")
+            if any(m["role"] == "assistant" for m in messages):
+                text = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+                yield Document(_content_key(text), text)
+
+
 def _line_offsets(path: Path) -> list[int]:
     offsets, position = [], 0
     with path.open("rb") as f:
@@ -208,6 +254,7 @@ def _probe_hub(corpus: Corpus) -> None:
 _READERS: dict[str, Callable[[Corpus, int, int], Iterator[Document]]] = {
     "dir": _read_dir,
     "jsonl": _read_jsonl,
+    "chat": _read_chat,
     "hub": _read_hub,
 }
 
@@ -225,6 +272,26 @@ def pack(token_lists: Iterable[list[int]], seq_len: int, eos_id: int) -> Iterato
         while len(buffer) >= seq_len:
             yield buffer[:seq_len]
             del buffer[:seq_len]
+
+
+IGNORE = -100  # the label of a token that is not a target (PyTorch's ignore_index)
+Labelled = tuple[list[int], list[int]]  # (ids, labels): a conversation's tokens, or a block of them
+
+
+def pack_labelled(pairs: Iterable[Labelled], seq_len: int) -> Iterator[Labelled]:
+    """`pack` for conversations: ids and labels cut together into blocks of `seq_len`."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for more_ids, more_labels in pairs:
+        ids.extend(more_ids)
+        labels.extend(more_labels)
+        while len(ids) >= seq_len:
+            yield ids[:seq_len], labels[:seq_len]
+            del ids[:seq_len], labels[:seq_len]
+
+
+def _packed(corpus: Corpus, tokens: Iterable, seq_len: int, eos_id: int) -> Iterator:
+    return pack_labelled(tokens, seq_len) if corpus.kind == "chat" else pack(tokens, seq_len, eos_id)
 
 
 def _tokens(docs: Iterable[Document], encode: Callable[[str], list[int]]) -> Iterator[list[int]]:
@@ -262,7 +329,7 @@ def train_blocks(corpus: Corpus, encode: Callable[[str], list[int]], eos_id: int
                 raise UserError(f"{corpus.describe()}: no {corpus.lang} training documents "
                                 "(all empty, unreadable or held out); pass --data with more sources")
 
-    blocks = pack(_tokens(all_epochs(), encode), seq_len, eos_id)
+    blocks = _packed(corpus, _tokens(all_epochs(), encode), seq_len, eos_id)
     return islice(shuffle_buffer(blocks, buffer, random.Random(f"blocks:{seed}")), skip, None)
 
 
@@ -271,8 +338,9 @@ def heldout_blocks(corpus: Corpus, encode: Callable[[str], list[int]], eos_id: i
     """Up to `n_blocks` packed blocks of held-out documents (fixed order: epoch 0, seed 0),
     at most `per_document` blocks' worth of tokens from each, so they span many files."""
     docs = split_documents(corpus, seed=0, epoch=0, heldout=True)
-    tokens = (ids[: per_document * seq_len] for ids in _tokens(docs, encode))
-    return list(islice(pack(tokens, seq_len, eos_id), n_blocks))
+    keep = per_document * seq_len
+    tokens = ((t[0][:keep], t[1][:keep]) if isinstance(t, tuple) else t[:keep] for t in _tokens(docs, encode))
+    return list(islice(_packed(corpus, tokens, seq_len, eos_id), n_blocks))
 
 
 def tokenizer_encoder(tokenizer) -> Callable[[str], list[int]]:
@@ -282,3 +350,42 @@ def tokenizer_encoder(tokenizer) -> Callable[[str], list[int]]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     return encode
+
+
+def encoder_for(corpus: Corpus, tokenizer) -> Callable[[str], list[int] | Labelled]:
+    """How a document of `corpus` becomes tokens: plain text (`tokenizer_encoder`), or a
+    conversation rendered with the tokenizer's chat template (`conversation_tokens`)."""
+    if corpus.kind != "chat":
+        return tokenizer_encoder(tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"{corpus.location} holds conversations, and the model has no chat template to "
+                        "render them with; train a chat model, or pass source files")
+    return lambda text: conversation_tokens(tokenizer, json.loads(text))
+
+
+def conversation_tokens(tokenizer, messages: list[dict]) -> Labelled:
+    """A conversation's token ids under the chat template, with labels on the assistant's
+    tokens only (IGNORE elsewhere). Each reply is the text its template writes between the
+    conversation so far with the generation prompt and the conversation with that reply."""
+
+    def rendered(upto: int, prompt: bool) -> str:
+        return tokenizer.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=prompt)
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before, after = rendered(k, True), rendered(k + 1, False)
+        if not (before.startswith(done) and after.startswith(before)):
+            raise UserError("the chat template does not render a conversation's prefixes as prefixes of it, "
+                            "so its replies cannot be told apart from its prompts")
+        prompt, reply = encode(before[len(done):]), encode(after[len(before):])
+        ids += prompt + reply
+        labels += [IGNORE] * len(prompt) + reply
+        done = after
+    return ids, labels

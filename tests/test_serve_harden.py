@@ -69,6 +69,14 @@ def post(url: str, body: dict | bytes, timeout: float = 30, **headers) -> httpx2
 
 
 GOOD = {"model": "tiny", "prompt": "def f(x):", "max_tokens": 8, "seed": 1}
+CHAT = {"model": "py-lora", "messages": [{"role": "user", "content": "def f(x):"}], "max_tokens": 8,
+        "seed": 1}
+
+
+def post_chat(url: str, body: dict | bytes, **headers) -> httpx2.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx2.post(f"{url}/v1/chat/completions", content=content, timeout=30,
+                       headers={**AUTH, "content-type": "application/json", **headers})
 
 
 def ok(url: str) -> dict:
@@ -99,6 +107,9 @@ def test_max_tokens_above_the_cap_is_400_naming_it(served):
     assert body["param"] == "max_tokens" and str(CAP) in body["message"]
     at_cap = post(url, {**GOOD, "max_tokens": CAP, "temperature": 0}).json()
     assert at_cap["usage"]["completion_tokens"] <= CAP
+    body = error(post_chat(url, {**CHAT, "max_completion_tokens": CAP + 1}), 400)  # the chat route too
+    assert body["param"] == "max_tokens" and str(CAP) in body["message"]
+    assert post_chat(url, CHAT).json()["choices"][0]["message"]["role"] == "assistant"
     ok(url)
 
 
@@ -109,6 +120,8 @@ def test_a_body_over_the_limit_is_413(served):
     chunked = httpx2.post(f"{url}/v1/completions", content=iter([big[:1000], big[1000:]]), timeout=30,
                           headers={**AUTH, "content-type": "application/json"})  # no Content-Length
     assert error(chunked, 413)["code"] == "request_too_large"
+    big_chat = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * MAX_BODY_BYTES}]}).encode()
+    assert error(post_chat(url, big_chat), 413)["code"] == "request_too_large"
     ok(url)
 
 
@@ -128,7 +141,8 @@ def test_every_route_but_health_needs_the_key(served):
                   {"authorization": "Bearer sk-harden-ü-tesT".encode()}):
         for reply in (httpx2.get(f"{url}/telemetry", headers=wrong),
                       httpx2.get(f"{url}/v1/models", headers=wrong),
-                      httpx2.post(f"{url}/v1/completions", json=GOOD, headers=wrong)):
+                      httpx2.post(f"{url}/v1/completions", json=GOOD, headers=wrong),
+                      httpx2.post(f"{url}/v1/chat/completions", json=CHAT, headers=wrong)):
             assert error(reply, 401)["code"] == "invalid_api_key"
     assert httpx2.get(f"{url}/telemetry", headers=AUTH).json()["completed"] >= 0
     assert httpx2.get(f"{url}/health").json() == {"status": "ok"}

@@ -1,12 +1,14 @@
-"""Talking to an OpenAI-compatible `/v1/completions` server: its address, the served names,
-what it honours, and one call with retries.
+"""Talking to an OpenAI-compatible `/v1/completions` (or, for chat prompts,
+`/v1/chat/completions`) server: its address, the served names, what it honours, and one call
+with retries.
 
     EndpointConfig   the URL, served names (`--served-name ADAPTER=NAME`), concurrency,
                      the environment variable holding the API key (never written anywhere)
     Client           the `openai` package's AsyncOpenAI and its own retries (408, 409, 429,
                      5xx, timeouts and dropped connections, with backoff and the server's
                      Retry-After in seconds or as a date); every attempt counted for the manifest
-    probe            does the server honour `n` and `seed`? (four short requests)
+    probe            does the server honour `n` and `seed`? (four short requests, on the
+                     route the run will use)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 from harness.errors import UserError
@@ -159,17 +162,21 @@ class Client:
             return {}
         return {m.id: m.model_dump() for m in page.data}
 
-    async def complete(self, model: str, prompt: str, *, n: int, max_tokens: int, temperature: float,
-                       top_p: float, stop: tuple[str, ...], seed: int | None) -> Reply:
+    async def complete(self, model: str, prompt: str | list[dict], *, n: int, max_tokens: int,
+                       temperature: float, top_p: float, stop: tuple[str, ...], seed: int | None) -> Reply:
         """One completions request (transient faults retried): the choices in index order,
-        the response's model and system fingerprint, and its token usage."""
+        the response's model and system fingerprint, and its token usage. A prompt given as
+        chat messages goes to /v1/chat/completions; each choice's text is its message's."""
         import openai
 
         extra = {"seed": seed} if seed is not None else {}
+        settings = dict(model=model, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                        stop=list(stop) or None, **extra)
+        chat = isinstance(prompt, list)
+        create = (partial(self.openai.chat.completions.create, messages=prompt, **settings) if chat
+                  else partial(self.openai.completions.create, prompt=prompt, **settings))
         try:
-            reply = await self._call(lambda: self.openai.completions.create(
-                model=model, prompt=prompt, n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                stop=list(stop) or None, **extra))
+            reply = await self._call(create)
         except openai.NotFoundError:
             raise UserError(f"{self.config.public_url()} serves no model {model!r} (GET /v1/models "
                             "lists them); name it with --served-name ADAPTER=NAME") from None
@@ -186,7 +193,9 @@ class Client:
         self.stats.prompt_tokens += prompt_tokens
         self.stats.completion_tokens += completion_tokens or 0
         ordered = sorted(reply.choices, key=lambda c: c.index)
-        return Reply(tuple(Choice(c.text or "", c.finish_reason) for c in ordered), reply.model or "",
+        texts = [(c.message.content if chat else c.text) or "" for c in ordered]
+        return Reply(tuple(Choice(t, c.finish_reason) for t, c in zip(texts, ordered, strict=True)),
+                     reply.model or "",
                      reply.system_fingerprint or "", prompt_tokens, completion_tokens)
 
     async def _call(self, call):
@@ -256,10 +265,11 @@ def _message(exc: Exception) -> str:
     return str(exc)[:200]
 
 
-async def probe(client: Client, model: str, prompt: str) -> tuple[dict, Reply]:
+async def probe(client: Client, model: str, prompt: str | list[dict]) -> tuple[dict, Reply]:
     """What the server honours: `n` (two choices asked, two given) and `seed` (the same seed
     twice gives the same text, another seed another text; None when it cannot tell); and the
-    first reply (what the server says of itself: its model and system fingerprint)."""
+    first reply (what the server says of itself: its model and system fingerprint). A prompt
+    given as chat messages probes the chat route."""
     def ask(n: int, seed: int):
         return client.complete(model, prompt, n=n, max_tokens=PROBE_TOKENS, temperature=1.0, top_p=1.0,
                                stop=(), seed=seed)

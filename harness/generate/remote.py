@@ -21,6 +21,12 @@ still gives valid samples, not reproducible ones: the provenance records `seeded
 and a file is never resumed under the other answer. One that ignores `n` is sent more
 requests, so every problem gets exactly n samples. A sample the server cut at fewer tokens
 than asked (its own limit, not the run's) stops the run with one line: it is never scored.
+
+With `--prompt-style instruct` every request (the probe's too) goes to /v1/chat/completions
+with the row's conversation (`harness.prompts.conversation`) and no stop sequences: the
+server's chat template renders it and a reply ends at its end of turn. The template's hash
+in the provenance is the one the server states (flora-eval serve's card: `chat_template`),
+else "served" (the server's template cannot be seen; the served identity stands for it).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from harness.generate.run import AdapterChoice, WorkItem, _finish, drawn, plan_g
 from harness.generate.sampling import sample_seed
 from harness.generate.stops import truncate_at_stop
 from harness.problems import ProblemSet
+from harness.prompts import COMPLETION, COMPLETION_STYLE, INSTRUCT, Style, conversation
 from harness.records import BASE, SamplingConfig
 from harness.runs import RunDir
 
@@ -45,6 +52,8 @@ __all__ = ["Endpoint", "EndpointTelemetry", "ServedAdapter", "connect", "generat
 
 CARD_FIELDS = ("id", "created", "owned_by", "root", "parent", "max_model_len")
 PROBE_PROMPT = "def add(a, b):\n"
+PROBE_MESSAGES = [{"role": "user", "content": "Complete this function:\n```python\ndef add(a, b):\n```"}]
+SERVED_TEMPLATE = "served"  # a server that does not state its chat template's hash
 CLOCK_S = 5.0  # a `created` this close to now may be the listing's own time: read it again
 
 
@@ -81,6 +90,7 @@ class Endpoint:
     adapters: tuple[AdapterChoice, ...]  # the base model first
     honoured: dict = field(default_factory=dict)  # {"n": bool, "seed": bool | None}
     stats: CallStats = field(default_factory=CallStats, compare=False)  # every call, connect's too
+    style: Style = COMPLETION_STYLE  # the prompt style, with the served chat template's hash
 
     def languages(self) -> list[str]:
         langs = [a.spec.metadata.get("language") for a in self.adapters if a.spec is not None]
@@ -112,11 +122,14 @@ class EndpointTelemetry:
                 **self.calls}
 
 
-def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> Endpoint:
+def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...],
+            style: str = COMPLETION) -> Endpoint:
     """Ask the server who it is: its model list (each card's identity; flora-eval serve adds
-    the revision, each adapter's method, rank and content hash), then a probe of what it
-    honours, whose reply gives its model and system fingerprint."""
+    the revision, each adapter's method, rank and content hash, the chat template's hash),
+    then a probe of what it honours (on the chat route for `instruct`), whose reply gives its
+    model and system fingerprint."""
     stats = CallStats()
+    probe_prompt = PROBE_MESSAGES if style == INSTRUCT else PROBE_PROMPT
 
     async def introduce() -> tuple[dict[str, dict], dict, Reply]:
         client = Client(config, stats)
@@ -125,7 +138,7 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
             if _maybe_clock(cards):
                 await asyncio.sleep(1.1)
                 cards = _without_clocks(cards, await client.models())
-            honoured, reply = await probe(client, config.served(model), PROBE_PROMPT)
+            honoured, reply = await probe(client, config.served(model), probe_prompt)
             return cards, honoured, reply
         finally:
             await client.close()
@@ -146,7 +159,10 @@ def connect(config: EndpointConfig, model: str, adapters: tuple[str, ...]) -> En
     facts = _facts(base_card)
     served = ServedModel(model, revision, f"endpoint:{config.public_url()}", identity, honoured.get("seed"),
                          *(str(facts.get(key) or "") for key in ("dtype", "quantization", "device")))
-    return Endpoint(config, served, tuple(choices), honoured, stats)
+    chosen = COMPLETION_STYLE
+    if style == INSTRUCT:
+        chosen = Style(INSTRUCT, facts.get("chat_template") or SERVED_TEMPLATE)
+    return Endpoint(config, served, tuple(choices), honoured, stats, chosen)
 
 
 def served_revision(stated: str, identity: dict) -> str:
@@ -193,7 +209,7 @@ def generate_remote(endpoint: Endpoint, problem_sets: list[ProblemSet], sampling
     `plan` says; made here when not given)."""
     start = time.perf_counter()
     items = [item for _, item in work_items(endpoint.model, problem_sets, list(endpoint.adapters), sampling,
-                                            run)]
+                                            run, endpoint.style)]
     plan = plan or plan_generation([(0, item) for item in items], run, overwrite)
     plan.redo()
     todo = [item for item in items if not plan.held[item.path].complete]
@@ -273,6 +289,8 @@ async def _sample_item(client: Client, witness: Witness, item: WorkItem, have: H
     done = drawn(have)
     model = client.config.served(item.adapter.name if item.adapter.name != BASE else item.provenance.model)
     prompt, stop = _prompt(item), item.problem.stop_tokens
+    if item.provenance.prompt_style == INSTRUCT:  # replies end at the template's end of turn
+        prompt, stop = conversation(item.problem, item.lang), ()
 
     async def ask(index: int, n: int) -> list[tuple[int, str, str]]:
         seed = sample_seed(sampling.seed, f"{item.lang}/{item.problem.name}", item.adapter.name, index)
@@ -309,6 +327,6 @@ async def _sample_item(client: Client, witness: Witness, item: WorkItem, have: H
     return made
 
 
-def _prompt(item: WorkItem) -> str:
+def _prompt(item: WorkItem) -> str | list[dict]:
     """MultiPL-E gives the model `prompt.strip()`."""
     return item.problem.prompt.strip()

@@ -1,7 +1,13 @@
-"""The HTTP face of `flora-eval serve`: OpenAI's legacy completions API over the scheduler.
+"""The HTTP face of `flora-eval serve`: OpenAI's completions and chat completions APIs over
+the scheduler.
 
     POST /v1/completions   prompt (text or token ids), model (the base or an adapter's served
                            name), n, seed, stop, max_tokens, temperature, top_p, stream
+    POST /v1/chat/completions
+                           messages, rendered with the served model's chat template and its
+                           generation prompt (harness.prompts.render, as in-process instruct
+                           runs); a reply ends at the template's end of turn or the end of
+                           text (or `stop`, `max_tokens`); the same other fields, every adapter
     GET  /v1/models        the base model and each adapter (`flora_eval`: revision, method,
                            rank, content hash, language)
     GET  /health           {"status": "ok"}; 503 with "dead", "stalled" or "restarting"
@@ -15,6 +21,7 @@ MAX_BODY_BYTES → 413, a full queue → 429, an engine that is dead, stalled or
 and answered 500 with that id only: exception text never reaches a client. With an API key
 set, everything but /health needs it (compared in constant time). A client that disconnects
 cancels its job.
+A model without a chat template answers the chat route 400 (`chat_template_missing`).
 Choice i of a request with `seed` s samples with seed s + i (a sample of a run is sent alone
 with its own seed: `harness.generate.remote`); without a seed each choice draws a fresh one.
 """
@@ -22,6 +29,7 @@ with its own seed: `harness.generate.remote`); without a seed each choice draws 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -36,6 +44,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from harness.errors import UserError
+from harness.prompts import end_of_turn_ids, render, template_of
 from harness.serve.engine_process import EngineUnavailable
 from harness.serve.scheduler import Event, Job, Overloaded
 
@@ -89,6 +99,52 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
+
+
+class Message(BaseModel):
+    """One chat message: its role and its text (a string, or OpenAI's list of text parts)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list[dict] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            if any(part.get("type") != "text" or not isinstance(part.get("text"), str)
+                   for part in self.content):
+                raise ApiError(400, "messages: only text content parts are supported by this server",
+                               param="messages")
+            return "".join(part["text"] for part in self.content)
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's chat completions request that the server honours; a request
+    for tools, logprobs or a structured response format is refused (400)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+    logprobs: bool | None = None
+    tools: list | None = None
+    response_format: dict | None = None
+
+    def limit(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
 
 
 class ApiError(Exception):
@@ -167,29 +223,85 @@ def create_app(state: ServerState) -> FastAPI:
     async def completions(request: Request):
         authorize(state, request)
         body = parse_body(await read_body(request))
-        served = state.models.get(body.model)
-        if served is None:
-            raise ApiError(404, f"the model {body.model!r} does not exist here; GET /v1/models lists "
-                                f"{', '.join(state.models)}", param="model", code="model_not_found")
-        if body.max_tokens > state.max_tokens:
-            raise ApiError(400, f"max_tokens is {body.max_tokens}; this server gives at most "
-                                f"{state.max_tokens} new tokens (flora-eval serve --max-tokens): ask for "
-                                "fewer, or restart it with a larger --max-tokens", param="max_tokens",
-                           code="max_tokens_exceeded")
+        served = served_model(state, body.model)
+        check_max_tokens(state, body.max_tokens)
         ids = await prompt_ids(state, body.prompt, tokenize_pool)
         job, events = make_job(state, body, served, ids, asyncio.get_running_loop())
-        try:
-            state.engine.submit(job)
-        except Overloaded as exc:
-            raise ApiError(429, str(exc), "rate_limit_error", code="overloaded") from None
-        except EngineUnavailable as exc:
-            raise unavailable(str(exc)) from None
-        reply = Reply(body.model, len(job.prompt_ids), body.n, state.fingerprint)
-        if body.stream:
-            return StreamingResponse(stream(state, job, events, reply, body), media_type="text/event-stream")
-        return JSONResponse(await collect(state, job, events, reply, request))
+        return await answer(state, job, events, Reply(body.model, len(ids), body.n, state.fingerprint),
+                            body, request)
+
+    end_ids = end_of_turn_ids(state.tokenizer) if template_of(state.tokenizer) else ()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(state, request)
+        body = parse_chat(await read_body(request))
+        served = served_model(state, body.model)
+        if not end_ids:
+            raise ApiError(400, f"the model {body.model!r} has no chat template, so this server cannot "
+                                "answer chat requests; use /v1/completions", param="messages",
+                           code="chat_template_missing")
+        max_tokens = check_max_tokens(state, body.limit(state.max_tokens))
+        text = await rendered(state, body.messages, tokenize_pool)
+        ids = await prompt_ids(state, text, tokenize_pool, special_tokens=False)
+        job, events = make_job(state, body, served, ids, asyncio.get_running_loop(), max_tokens, end_ids)
+        reply = Reply(body.model, len(ids), body.n, state.fingerprint, chat=True,
+                      id=f"chatcmpl-{uuid.uuid4().hex}")
+        return await answer(state, job, events, reply, body, request)
 
     return app
+
+
+def served_model(state: ServerState, name: str) -> ServedModel:
+    served = state.models.get(name)
+    if served is None:
+        raise ApiError(404, f"the model {name!r} does not exist here; GET /v1/models lists "
+                            f"{', '.join(state.models)}", param="model", code="model_not_found")
+    return served
+
+
+def check_max_tokens(state: ServerState, max_tokens: int) -> int:
+    if max_tokens > state.max_tokens:
+        raise ApiError(400, f"max_tokens is {max_tokens}; this server gives at most "
+                            f"{state.max_tokens} new tokens (flora-eval serve --max-tokens): ask for "
+                            "fewer, or restart it with a larger --max-tokens", param="max_tokens",
+                       code="max_tokens_exceeded")
+    return max_tokens
+
+
+async def answer(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply, body, request: Request):
+    """Submit the job, then answer with every choice, or stream them."""
+    try:
+        state.engine.submit(job)
+    except Overloaded as exc:
+        raise ApiError(429, str(exc), "rate_limit_error", code="overloaded") from None
+    except EngineUnavailable as exc:
+        raise unavailable(str(exc)) from None
+    if body.stream:
+        return StreamingResponse(stream(state, job, events, reply, body), media_type="text/event-stream")
+    return JSONResponse(await collect(state, job, events, reply, request))
+
+
+async def rendered(state: ServerState, messages: list[Message], pool: Executor) -> str:
+    """The conversation as the served model's chat template writes it, with the generation
+    prompt (rendered in `pool`, off the event loop); a template that refuses it (roles out of
+    the order it wants, say) is a 400 whose cause is logged."""
+    plain = []
+    for message in messages:
+        if message.role not in CHAT_ROLES:
+            raise ApiError(400, f"messages: unknown role {message.role!r}; use one of "
+                                f"{', '.join(CHAT_ROLES)}", param="messages")
+        plain.append({"role": "system" if message.role == "developer" else message.role,
+                      "content": message.text()})
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, render, state.tokenizer, plain)
+    except UserError as exc:  # our own line (a template that refused the conversation)
+        raise ApiError(400, str(exc), param="messages") from None
+    except Exception as exc:  # noqa: BLE001 - the template's own errors: logged, not sent
+        request_id = f"req-{uuid.uuid4().hex[:12]}"
+        log.warning("the chat template refused a conversation (request id %s)", request_id, exc_info=exc)
+        raise ApiError(400, f"the model's chat template refused these messages (request id {request_id}); "
+                            "check their roles and order", param="messages") from None
 
 
 def authorize(state: ServerState, request: Request) -> None:
@@ -221,7 +333,8 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def parse_body(raw: bytes) -> CompletionRequest:
+def validated(raw: bytes, model: type[BaseModel]):
+    """The body as `model`, or a 400 naming the first bad field."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -229,11 +342,25 @@ def parse_body(raw: bytes) -> CompletionRequest:
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     try:
-        body = CompletionRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         raise ApiError(400, f"{param}: {first['msg']}", param=param) from None
+
+
+def parse_chat(raw: bytes) -> ChatRequest:
+    body = validated(raw, ChatRequest)
+    for name, value in (("logprobs", body.logprobs), ("tools", body.tools)):
+        if value:
+            raise ApiError(400, f"{name} is not supported by this server", param=name)
+    if body.response_format not in (None, {"type": "text"}):
+        raise ApiError(400, "response_format is not supported by this server", param="response_format")
+    return body
+
+
+def parse_body(raw: bytes) -> CompletionRequest:
+    body = validated(raw, CompletionRequest)
     for name, value, default in (("echo", body.echo, False), ("logprobs", body.logprobs, None),
                                  ("suffix", body.suffix, None)):
         if value != default:
@@ -243,17 +370,20 @@ def parse_body(raw: bytes) -> CompletionRequest:
     return body
 
 
-async def prompt_ids(state: ServerState, prompt, pool: Executor) -> tuple[int, ...]:
+async def prompt_ids(state: ServerState, prompt, pool: Executor,
+                     special_tokens: bool = True) -> tuple[int, ...]:
     """The prompt's token ids; text is tokenized in `pool`, off the event loop (one thread: a
     fast tokenizer called from two threads at once can fail with "Already borrowed"). A text
-    the tokenizer cannot take (a lone surrogate, say) is a 400 whose cause is logged."""
+    the tokenizer cannot take (a lone surrogate, say) is a 400 whose cause is logged. A
+    rendered chat template holds its own special tokens (`special_tokens=False`)."""
     if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
         if len(prompt) != 1:
             raise ApiError(400, "one prompt per request", param="prompt")
         prompt = prompt[0]
     if isinstance(prompt, str):
         try:
-            encoded = await asyncio.get_running_loop().run_in_executor(pool, state.tokenizer, prompt)
+            encode = functools.partial(state.tokenizer, add_special_tokens=special_tokens)
+            encoded = await asyncio.get_running_loop().run_in_executor(pool, encode, prompt)
             ids = tuple(encoded["input_ids"])
         except Exception as exc:  # noqa: BLE001 - the tokenizer's own errors: logged, not sent
             request_id = f"req-{uuid.uuid4().hex[:12]}"
@@ -275,8 +405,9 @@ async def prompt_ids(state: ServerState, prompt, pool: Executor) -> tuple[int, .
     return ids
 
 
-def make_job(state: ServerState, body: CompletionRequest, served: ServedModel, ids: tuple[int, ...],
-             loop) -> tuple[Job, asyncio.Queue]:
+def make_job(state: ServerState, body: CompletionRequest | ChatRequest, served: ServedModel,
+             ids: tuple[int, ...], loop, max_tokens: int | None = None,
+             end_ids: tuple[int, ...] = ()) -> tuple[Job, asyncio.Queue]:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     if len(stop) > MAX_STOPS or any(not s for s in stop):
         raise ApiError(400, f"stop: at most {MAX_STOPS} non-empty sequences", param="stop")
@@ -294,8 +425,8 @@ def make_job(state: ServerState, body: CompletionRequest, served: ServedModel, i
         except RuntimeError:  # the event loop is gone (server shutting down)
             pass
 
-    job = Job(ids, served.adapter_index, seeds, deliver, stop, body.max_tokens, body.temperature, body.top_p,
-              body.stream)
+    job = Job(ids, served.adapter_index, seeds, deliver, stop, max_tokens or body.max_tokens,
+              body.temperature, body.top_p, body.stream, end_ids)
     return job, events
 
 
@@ -305,6 +436,7 @@ class Reply:
     prompt_tokens: int
     n: int
     fingerprint: str = ""
+    chat: bool = False  # a chat completion: choices carry a message (a delta when streamed)
     id: str = field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     completion_tokens: int = 0
@@ -313,16 +445,20 @@ class Reply:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
-    def body(self, choices: list[dict], usage: bool = True) -> dict:
-        out = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+    def body(self, choices: list[dict], usage: bool = True, chunk: bool = False) -> dict:
+        kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
+        out = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                "system_fingerprint": self.fingerprint, "choices": choices}
         if usage:
             out["usage"] = self.usage()
         return out
 
-
-def choice(index: int, text: str, finish_reason: str | None) -> dict:
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    def choice(self, index: int, text: str, finish_reason: str | None, delta: bool = False) -> dict:
+        if not self.chat:
+            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        key = "delta" if delta else "message"
+        return {"index": index, key: {"role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish_reason}
 
 
 async def collect(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply,
@@ -346,7 +482,7 @@ async def collect(state: ServerState, job: Job, events: asyncio.Queue, reply: Re
             if event.kind == "error":
                 raise event_error(event)
             if event.kind == "done":
-                done[event.index] = choice(event.index, event.text, event.finish_reason)
+                done[event.index] = reply.choice(event.index, event.text, event.finish_reason)
                 reply.completion_tokens += event.tokens
         return reply.body([done[i] for i in range(reply.n)])
     finally:
@@ -360,7 +496,8 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-async def stream(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply, body: CompletionRequest):
+async def stream(state: ServerState, job: Job, events: asyncio.Queue, reply: Reply,
+                 body: CompletionRequest | ChatRequest):
     """Server-sent events: text deltas per choice, a last chunk per choice with its finish
     reason, the usage when asked (`stream_options.include_usage`), then [DONE]. An error or
     the deadline ends the stream with an error event."""
@@ -384,9 +521,10 @@ async def stream(state: ServerState, job: Job, events: asyncio.Queue, reply: Rep
                 finished += 1
                 reply.completion_tokens += event.tokens
             if delta or reason:
-                yield _sse(reply.body([choice(event.index, delta, reason)], usage=False))
+                yield _sse(reply.body([reply.choice(event.index, delta, reason, delta=True)], usage=False,
+                                      chunk=True))
         if (body.stream_options or {}).get("include_usage"):
-            yield _sse({**reply.body([], usage=True)})
+            yield _sse({**reply.body([], usage=True, chunk=True)})
         yield "data: [DONE]\n\n"
     finally:
         if finished < reply.n:

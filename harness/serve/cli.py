@@ -1,6 +1,7 @@
 """`flora-eval serve --model M --adapter A [--adapter B ...]`: an OpenAI-compatible server
-(/v1/completions, /v1/models, /health, /telemetry) over the generation engine. Requests for
-different adapters (FLoRA, LoRA, IA3) and the base model share each decode batch."""
+(/v1/completions, /v1/chat/completions, /v1/models, /health, /telemetry) over the generation
+engine. Requests for different adapters (FLoRA, LoRA, IA3) and the base model share each
+decode batch, chat requests too."""
 
 from __future__ import annotations
 

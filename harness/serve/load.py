@@ -18,6 +18,7 @@ from harness.serve.spec import ServeSpec
 def build_engine(spec: ServeSpec) -> tuple[Scheduler, dict]:
     from harness.adapters import attach, load_adapter
     from harness.models import load_model
+    from harness.prompts import template_hash
 
     loaded = load_model(spec.model, device=spec.device)
     adapters_dir = Path(spec.adapters_dir) if spec.adapters_dir else None
@@ -37,11 +38,13 @@ def build_engine(spec: ServeSpec) -> tuple[Scheduler, dict]:
     scheduler = Scheduler(engine, options.max_rows, options.max_rows + options.max_waiting,
                           options.max_batched_tokens)
     models = {base_name: (BASE_ROW, {"root": loaded.source, "parent": None, "flora_eval": {
-        "revision": loaded.revision, "method": "base", "rank": None, "hash": "", "language": None}})}
+        "revision": loaded.revision, "method": "base", "rank": None, "hash": "", "language": None,
+        "chat_template": template_hash(loaded.tokenizer)}})}
     for index, (name, adapter) in enumerate(adapters):
         models[name] = (index, {"root": str(adapter.path), "parent": base_name, "flora_eval": {
             "revision": loaded.revision, "method": adapter.method, "rank": adapter.rank,
-            "hash": adapter.content_hash, "language": adapter.metadata.get("language")}})
+            "hash": adapter.content_hash, "language": adapter.metadata.get("language"),
+            "chat_template": template_hash(loaded.tokenizer)}})
     return scheduler, {"tokenizer": loaded.tokenizer, "models": models, "context": context,
                        "max_tokens": options.max_tokens,
                        "fingerprint": fingerprint(models, str(loaded.model.dtype), loaded.device.type)}
@@ -49,9 +52,11 @@ def build_engine(spec: ServeSpec) -> tuple[Scheduler, dict]:
 
 def fingerprint(models: dict, dtype: str, device: str) -> str:
     """The responses' `system_fingerprint`: a hash of what decides the samples, the model's
-    revision, each served name with its adapter's content hash, the dtype and the device type.
+    revision, each served name with its adapter's content hash and chat template, the dtype and
+    the device type.
     Another model or adapter behind the same URL gives another fingerprint; a restart does not."""
-    served = sorted((name, card["flora_eval"]["revision"], card["flora_eval"]["hash"])
+    served = sorted((name, card["flora_eval"]["revision"], card["flora_eval"]["hash"],
+                     card["flora_eval"]["chat_template"])
                     for name, (_, card) in models.items())
     text = json.dumps({"models": served, "dtype": dtype, "device": device}, sort_keys=True)
     return "fp_" + hashlib.sha256(text.encode()).hexdigest()[:16]

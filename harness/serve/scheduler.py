@@ -66,12 +66,13 @@ class Job:
     temperature: float = 1.0
     top_p: float = 1.0
     stream: bool = False
+    end_ids: tuple[int, ...] = ()  # tokens that also end a sample (a chat template's end of turn)
     id: int = field(default_factory=lambda: next(_job_ids))
     cancelled: bool = False
 
     def request(self) -> Request:
         return Request((self.id,), self.prompt_ids, self.adapter_index, tuple(enumerate(self.seeds)),
-                       self.stop, self.max_tokens, self.temperature, self.top_p)
+                       self.stop, self.max_tokens, self.temperature, self.top_p, self.end_ids)
 
 
 @dataclass

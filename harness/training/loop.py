@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 from torch.nn import functional as F
 
+from harness.corpus import IGNORE
 from harness.training.checkpoint import Checkpoint, CheckpointStore, TrainState
 from harness.training.config import AdapterJob, TrainConfig, lr_at
 
@@ -39,13 +40,38 @@ def build_optimizer(adapters: TrainableAdapters, jobs: list[AdapterJob], config:
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
-def row_losses(logits: Tensor, ids: Tensor) -> Tensor:
-    """Mean next-token cross-entropy of each row: [rows, seq] ids → [rows]."""
+def row_sums(logits: Tensor, ids: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Summed next-token cross-entropy of each row over its targets, and how many targets it
+    has: [rows, seq] ids → ([rows], [rows]). `labels` (default: the ids) marks the tokens that
+    are not targets with -100 (a conversation's prompt tokens)."""
     shift_logits = logits[:, :-1].float()
-    targets = ids[:, 1:]
+    targets = (ids if labels is None else labels)[:, 1:]
     token_loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), targets.reshape(-1),
-                                 reduction="none")
-    return token_loss.view(targets.shape).mean(dim=1)
+                                 reduction="none", ignore_index=IGNORE).view(targets.shape)
+    return token_loss.sum(dim=1), (targets != IGNORE).sum(dim=1)
+
+
+def row_losses(logits: Tensor, ids: Tensor, labels: Tensor | None = None) -> Tensor:
+    """Mean next-token cross-entropy of each row over its targets: [rows, seq] ids → [rows]."""
+    sums, counts = row_sums(logits, ids, labels)
+    return sums / counts.clamp(min=1)
+
+
+def adapter_losses(logits: Tensor, ids: Tensor, labels: Tensor, n: int) -> Tensor:
+    """Each adapter's mean loss over the targets of its rows (rows in adapter order, as many
+    each): with text every row has the same number of targets, so this is the mean of its
+    rows' losses; conversation rows count by their reply tokens (a row without any counts
+    nothing, instead of a zero that would dilute the mean)."""
+    sums, counts = row_sums(logits, ids, labels)
+    return sums.view(n, -1).sum(dim=1) / counts.view(n, -1).sum(dim=1).clamp(min=1)
+
+
+def batch_tensors(blocks: list, device) -> tuple[Tensor, Tensor]:
+    """A batch's ids and labels: a block is a list of ids (every token a target) or an
+    (ids, labels) pair (`harness.corpus.conversation_tokens`)."""
+    pairs = [block if isinstance(block, tuple) else (block, block) for block in blocks]
+    ids = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
+    return ids, torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
 
 
 def clip_per_adapter(adapters: TrainableAdapters, n: int, max_norm: float) -> None:
@@ -90,11 +116,11 @@ def train(
         step_loss = torch.zeros(n)
         for _ in range(config.grad_accum):
             batch = [next(its[i]) for i in range(n) for _ in range(micro)]
-            ids = torch.tensor(batch, dtype=torch.long, device=device)
+            ids, labels = batch_tensors(batch, device)
             adapters.set_rows(rows)
             with autocast:
                 logits = model(input_ids=ids).logits
-            per_adapter = row_losses(logits, ids).view(n, micro).mean(dim=1)
+            per_adapter = adapter_losses(logits, ids, labels, n)
             (per_adapter.sum() / config.grad_accum).backward()
             step_loss += per_adapter.detach().float().cpu() / config.grad_accum
         clip_per_adapter(adapters, n, config.max_grad_norm)
@@ -129,15 +155,16 @@ def _autocast(config: TrainConfig, device: torch.device):
 @torch.no_grad()
 def heldout_loss(model: torch.nn.Module, adapters: TrainableAdapters, blocks: list[list[int]], index: int,
                  config: TrainConfig) -> float:
-    """Mean token loss of the rows routed to adapter `index` (-1 = base model) on `blocks`."""
+    """Mean token loss of the rows routed to adapter `index` (-1 = base model) on `blocks`,
+    over their targets (a conversation's reply tokens)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(blocks), config.micro_batch):
-        ids = torch.tensor(blocks[start:start + config.micro_batch], dtype=torch.long, device=device)
+        ids, labels = batch_tensors(blocks[start:start + config.micro_batch], device)
         adapters.set_rows(torch.full((ids.shape[0],), index, dtype=torch.long))
         with _autocast(config, device):
             logits = model(input_ids=ids).logits
-        losses = row_losses(logits, ids)
-        total += float(losses.sum())
-        count += ids.shape[0]
+        sums, counts = row_sums(logits, ids, labels)
+        total += float(sums.sum())
+        count += int(counts.sum())
     return total / max(count, 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from harness.corpus import Corpus, heldout_blocks, open_corpus, tokenizer_encoder, train_blocks
+from harness.corpus import IGNORE, Corpus, encoder_for, heldout_blocks, open_corpus, train_blocks
 from harness.errors import UserError
 from harness.models import LoadedModel, load_model
 from harness.training import session as adapter_session
@@ -74,10 +74,11 @@ def train_adapters(config: TrainConfig, plans: list[dict], out: Path, resume: bo
     jobs = [AdapterJob(name=p["name"], method=p["method"], rank=p["rank"], lang=p["lang"], lr=p["lr"],
                        data=corpora[p["lang"]].describe()) for p in plans]
     adapters = adapter_session.start(loaded.model, jobs, config, alphas=[p.get("alpha") for p in plans])
-    encode, eos = tokenizer_encoder(loaded.tokenizer), loaded.tokenizer.eos_token_id
+    encoders = {lang: encoder_for(corpus, loaded.tokenizer) for lang, corpus in corpora.items()}
+    eos = loaded.tokenizer.eos_token_id
 
     def streams(skip: list[int]):
-        return [train_blocks(corpora[job.lang], encode, eos, config.seq_len, config.seed, skip=s)
+        return [train_blocks(corpora[job.lang], encoders[job.lang], eos, config.seq_len, config.seed, skip=s)
                 for job, s in zip(jobs, skip, strict=True)]
 
     store = CheckpointStore(out / CHECKPOINTS / run_key(jobs), config.fingerprint(jobs))
@@ -121,8 +122,9 @@ def evaluate(loaded: LoadedModel, adapters, jobs: list[AdapterJob], corpora: dic
     """Held-out loss of each adapter and of the base model on its language's held-out blocks."""
     if config.eval_blocks <= 0:
         return [None] * len(jobs)
-    encode, eos = tokenizer_encoder(loaded.tokenizer), loaded.tokenizer.eos_token_id
-    blocks = {lang: heldout_blocks(corpus, encode, eos, config.seq_len, config.eval_blocks)
+    eos = loaded.tokenizer.eos_token_id
+    blocks = {lang: heldout_blocks(corpus, encoder_for(corpus, loaded.tokenizer), eos, config.seq_len,
+                                   config.eval_blocks)
               for lang, corpus in corpora.items()}
     for lang, held in blocks.items():
         if not held:
@@ -131,12 +133,19 @@ def evaluate(loaded: LoadedModel, adapters, jobs: list[AdapterJob], corpora: dic
     base = {lang: heldout_loss(loaded.model, adapters, held, -1, config=config)
             for lang, held in blocks.items() if held}
     return [
-        HeldOut(blocks=len(blocks[job.lang]), tokens=len(blocks[job.lang]) * config.seq_len,
+        HeldOut(blocks=len(blocks[job.lang]), tokens=scored_tokens(blocks[job.lang], config.seq_len),
                 base_loss=base[job.lang], loss=heldout_loss(loaded.model, adapters, blocks[job.lang], i,
                                                             config=config))
         if blocks[job.lang] else None
         for i, job in enumerate(jobs)
     ]
+
+
+def scored_tokens(blocks: list, seq_len: int) -> int:
+    """The tokens a held-out loss is over: every token of text blocks, the labelled (reply)
+    tokens of conversation blocks."""
+    return sum(sum(label != IGNORE for label in block[1]) if isinstance(block, tuple) else seq_len
+               for block in blocks)
 
 
 def save(loaded: LoadedModel, adapters, i: int, job: AdapterJob, config: TrainConfig, state: TrainState,
