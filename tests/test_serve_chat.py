@@ -197,11 +197,13 @@ def test_instruct_main_command_against_flora_serve_end_to_end(server, humaneval_
     assert "instruct" in (run / "report.html").read_text()
 
 
+@pytest.mark.docker
 @pytest.mark.slow
 def test_instruct_against_transformers_serve_chat(humaneval_dir, tmp_path, capsys):
     """`transformers serve`'s /v1/chat/completions (it ignores n) on the tiny model saved with
     its chat template: exactly n replies per problem, code extracted, the template recorded
-    as "served" (that server does not state it)."""
+    as "served" (that server does not state it); then executed and reported like any run,
+    with the style and the extraction breakdown."""
     model, tokenizer = build_tiny()
     model.generation_config.do_sample = True
     folder = tmp_path / "tiny"
@@ -221,3 +223,9 @@ def test_instruct_against_transformers_serve_chat(humaneval_dir, tmp_path, capsy
     assert provenance.prompt_style == "instruct" and provenance.chat_template == "served"
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["telemetry"]["generate"]["samples"] == 4
+    assert main(["execute", str(tmp_path / "run"), "--jobs", "2"]) == 0, capsys.readouterr().err
+    assert main(["report", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "run").rglob("*.results.json.gz"))) == 2
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert table.startswith("Prompt style: run: instruct") and " (instruct) |" in table
+    assert "## Extraction" in table and "fenced in the language" in table
