@@ -120,6 +120,11 @@ def language_image(client, lang: Language):
     return find_image(client, lang.image_tag)
 
 
+def is_stale(image, lang: Language) -> bool:
+    """Whether `image` was built from another version of containers/<key>/ than this one."""
+    return image_labels(image).get(f"{LABEL_PREFIX}.dockerfile") != dockerfile_hash(lang.key)
+
+
 def ensure_language(client, lang: Language, rebuild: bool = False) -> str:
     """The language image's id, building the base and the image when missing."""
     image = language_image(client, lang)

@@ -1,5 +1,5 @@
 """`flora-eval images build|check|list [LANG...]`: build the base and language images (only
-the missing ones unless --rebuild), run every built image's canaries, list what is built."""
+the missing and stale ones unless --rebuild), run every built image's canaries, list what is built."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="images_command", metavar="ACTION", required=True)
-    build = sub.add_parser("build", help="build the base image and language images (missing ones)")
+    build = sub.add_parser("build", help="build the base image and language images (missing or stale ones)")
     build.add_argument("langs", nargs="*", metavar="LANG", help="languages (default: py)")
     build.add_argument("--all", action="store_true", help="every language with a TOML file")
     build.add_argument("--rebuild", action="store_true", help="rebuild even when the image exists")
@@ -38,7 +38,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         images.ensure_base(client)
     langs = _langs([] if args.all else (args.langs or ["py"]))
     for lang in langs:
-        image_id = images.ensure_language(client, lang, rebuild=args.rebuild)
+        image = images.language_image(client, lang)
+        stale = image is not None and images.is_stale(image, lang)
+        if stale and not args.rebuild:
+            images.log(f"{lang.image_tag} was built from another containers/{lang.key}/: building it again")
+        image_id = images.ensure_language(client, lang, rebuild=args.rebuild or stale)
         print(f"{lang.key}\t{lang.image_tag}\t{image_id[:19]}")
     return 0
 
@@ -84,7 +88,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{lang.key}\t{lang.image_tag}\tnot built")
             continue
         labels = images.image_labels(image)
-        stale = labels.get(f"{images.LABEL_PREFIX}.dockerfile") != images.dockerfile_hash(lang.key)
+        stale = images.is_stale(image, lang)
         version = labels.get(f"{images.LABEL_PREFIX}.toolchain", "?")
         note = "  (stale: Dockerfile changed; images build --rebuild)" if stale else ""
         print(f"{lang.key}\t{lang.image_tag}\t{image.short_id}\t{version}{note}")
