@@ -167,7 +167,8 @@ def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocatio
     runner = open_executor(executor, jobs=jobs, use_cache=use_cache, scheduler=scheduler,
                            cold_toolchains=cold_toolchains)
     invocation = invocation or run_dir.begin("execute", config={"jobs": jobs, "use_cache": use_cache})
-    invocation.update(config={"executor": executor, "scheduler": scheduler, "cold_toolchains": cold_toolchains})
+    invocation.update(config={"executor": executor, "scheduler": scheduler,
+                              "cold_toolchains": cold_toolchains})
     with runner:
         execution = execute_run(run_dir, jobs=jobs, use_cache=use_cache, executor=runner)
     record_execution(invocation, execution)

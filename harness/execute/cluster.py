@@ -290,7 +290,8 @@ class RemotePool:
         futures = {}
         for start in range(0, len(sources), size):
             future = owner.client.submit(run_batch, self.lang, sources[start:start + size], owner.jobs, image,
-                                         owner.cold_toolchains, key=f"flora-{self.lang.key}-{run_id}-{start}", pure=False)
+                                         owner.cold_toolchains, key=f"flora-{self.lang.key}-{run_id}-{start}",
+                                         pure=False)
             futures[future] = start
         try:
             for future in owner.settle(dict.fromkeys(futures), self.lang):
