@@ -73,6 +73,13 @@ function compile(request) {
 }
 
 function answer(obj) { fs.writeSync(1, JSON.stringify(obj) + "\n"); }
+// Parse the default lib files before the first program (not on its time): a type-only check
+// of a tiny file with the target languages/ts.toml gives tsc.
+const warmup = fs.mkdtempSync(path.join(require("os").tmpdir(), "tsc-warm-"));
+fs.writeFileSync(path.join(warmup, "warmup.ts"), "const x: number[] = [1].map((n) => n + 1);\n");
+compile({ argv: ["tsc", "--target", "esnext", "--skipLibCheck", "--noEmit", "warmup.ts"], cwd: warmup });
+fs.rmSync(warmup, { recursive: true, force: true });
+process.chdir("/");
 answer({ ready: true, tsc: ts.version });
 readline.createInterface({ input: process.stdin }).on("line", (line) => {
   if (!line.trim()) return;

@@ -326,6 +326,7 @@ class Warm:
         self.served = 0
         self.failed_starts = 0
         self.why = None
+        self.sent = None  # when the last request was sent
 
     def stop(self):
         if self.proc is not None:
@@ -376,9 +377,10 @@ class Warm:
             if data.endswith(b"\n"):
                 return bytes(data)
 
-    def ask(self, request, deadline):
+    def ask(self, request, timeout_s):
         """("answer", dict) | ("timeout", None) | ("broken", why): the process's answer to one
-        request by the deadline. Anything but an answer stops the process."""
+        request within `timeout_s` of its sending (a start it needed first is not the
+        program's time). Anything but an answer stops the process."""
         if self.proc is None or self.proc.poll() is not None or self.served >= self.spec.get("quota", 100):
             if self.failed_starts >= 3:
                 return "broken", "it failed to start 3 times"
@@ -387,6 +389,8 @@ class Warm:
                 self.failed_starts += 1
                 return "broken", why
         self.served += 1
+        self.sent = time.monotonic()
+        deadline = self.sent + timeout_s
         try:
             self.proc.stdin.write((json.dumps(request) + "\n").encode())
             self.proc.stdin.flush()
@@ -424,8 +428,7 @@ def hand_over(work, uid, gid):
 def run_warm_step(warm, argv, cwd, env, timeout_s, uid, gid, limit, needles):
     """The step answered by its warm process: an outcome like run_step's, or None when the
     process failed (the caller runs the step cold) with the reason in warm.why."""
-    start = time.monotonic()
-    kind, answer = warm.ask({"argv": argv, "cwd": cwd, "env": env}, start + timeout_s)
+    kind, answer = warm.ask({"argv": argv, "cwd": cwd, "env": env}, timeout_s)
     if kind == "broken":
         warm.why = answer
         return None
@@ -439,7 +442,7 @@ def run_warm_step(warm, argv, cwd, env, timeout_s, uid, gid, limit, needles):
     if uid is not None:
         hand_over(cwd, uid, gid)
     return {"exit_code": code, **outputs(out, err, limit), "timed_out": timed_out, "stopped": stopped,
-            "seconds": round(time.monotonic() - start, 4), "survivors": 0, "warm": True}
+            "seconds": round(time.monotonic() - warm.sent, 4), "survivors": 0, "warm": True}
 
 
 def remove_tree(path):
