@@ -112,7 +112,7 @@ def run_both(lang, programs: list[str]) -> dict[bool, list]:
 
 @pytest.mark.docker
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["ts"])
+@pytest.mark.parametrize("key", ["ts", "java"])
 def test_warm_and_cold_observe_the_same(key):
     lang = offered_language(key)
     programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20)

@@ -242,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
               "cores": os.cpu_count(), "full": bool(args.full)}
     if args.json:
         print(json.dumps({"bench": "execute", "device": platform.processor() or "cpu", "config": config,
-                          "rows": rows, "warm_cold": {k: round(v[2], 2) for k, v in warm_ratios(rows).items()}}))
+                          "rows": rows,
+                          "warm_cold": {k: round(v[2], 2) for k, v in warm_ratios(rows).items()}}))
     else:
         print_table(rows, config)
     return 0
@@ -274,7 +275,8 @@ def print_table(rows: list[dict], config: dict) -> None:
         ratio = "-" if r["ratio_to_bare"] is None else f"{r['ratio_to_bare']:.3f}"
         print(f"{r['lang']:6} {r['mode']:11} {r['programs']:>8} {rate:>11} {ratio:>14}")
     for lang, ratio in warm_ratios(rows).items():
-        print(f"{lang}: warm {ratio[0]:.2f} programs/s, cold {ratio[1]:.2f} programs/s, warm/cold {ratio[2]:.2f}x")
+        print(f"{lang}: warm {ratio[0]:.2f} programs/s, cold {ratio[1]:.2f} programs/s, "
+              f"warm/cold {ratio[2]:.2f}x")
 
 
 def warm_ratios(rows: list[dict]) -> dict[str, tuple[float, float, float]]:

@@ -537,7 +537,7 @@ def run_program(config, lane, source, running, warms):
             if step.get("warm"):
                 warm = warms.get(index)
                 if warm is None:
-                    warm = warms[index] = Warm(step["warm"], warm_env())
+                    warm = warms[index] = Warm(step["warm"], warm_env(config))
                 outcome = run_warm_step(warm, argv, work, env, step["timeout_s"], uid, gid,
                                         config["output_limit"], config.get("needles", ()))
                 why = None if outcome else warm.why
@@ -559,10 +559,13 @@ def run_program(config, lane, source, running, warms):
     return outcomes
 
 
-def warm_env():
+def warm_env(config):
+    """A warm process's environment: the programs' (the image's ENV and the language's env),
+    less what names a program's own work dir."""
     env = {k: v for k, v in os.environ.items() if k not in WORKER_ONLY_ENV}
     env.update({"HOME": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update({k: v for k, v in config.get("env", {}).items() if "{" not in v})
     return env
 
 
