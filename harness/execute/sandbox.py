@@ -28,6 +28,7 @@ WORKER_SOURCE = (Path(__file__).parent / "worker.py").read_text(encoding="utf-8"
 WORKER_HASH = hashlib.sha256(WORKER_SOURCE.encode()).hexdigest()[:12]
 RUNNER_GID = 2000
 RUNNER_UID0 = 2001  # runner1; the base image has runner1..runner16
+WARM_UID0 = 3001  # a lane's warm toolchain process: its own uid and gid (no passwd entry needed)
 WORK_ROOT = "/work"
 # The worker runs as root inside the container with only what it needs: switch to the
 # runners' uids, kill their processes, hand them their files and remove them afterwards.
@@ -134,6 +135,7 @@ def worker_config(lang: Language, limits: Limits) -> dict:
         "needles": list(lang.needles),  # the rules' texts, looked for in the whole streams
         "lanes": limits.lanes,
         "uids": [RUNNER_UID0 + i for i in range(limits.lanes)],
+        "warm_uids": [WARM_UID0 + i for i in range(limits.lanes)],
         "gid": RUNNER_GID,
         "root": WORK_ROOT,
         "oom_adj": True,

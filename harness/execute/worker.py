@@ -5,7 +5,7 @@ one file: the harness passes this file's text to `python3 -c` when a container s
 Protocol
   first line  {"config": {"file", "steps": [{"argv", "timeout_s", "ok_exit", "warm"}], "env",
                "output_limit", "needles": [str], "lanes", "uids": [..] | null, "gid",
-               "root", "oom_adj", "cleanup_s"}}
+               "warm_uids": [..], "root", "oom_adj", "cleanup_s"}}
   then        {"id": str, "source": str}                       one per program
   answers     {"ready": true, "python": "3.13.5"}               once, after the config
               {"id": str, "steps": [{"exit_code", "stdout", "stderr", "stdout_bytes",
@@ -25,9 +25,11 @@ it), "file_size" (SIGXFSZ), "pids" (it failed after hitting the process limit) o
 cgroup's counters name the program only when it runs alone in its container (one lane).
 
 Warm steps. A step with "warm": {"argv", "quota", "start_s"} is answered by a long-lived
-toolchain process (one per lane, started on first use, as root like the worker: never the
-program's uid) instead of a fresh `argv`: the worker holds its stdin and stdout pipes (no
-socket, no port: nothing the program's uid can open) and writes one request per line,
+toolchain process (one per lane, started on first use, under the lane's own warm uid from
+"warm_uids": never root, never a program's uid; while it compiles, the work dir's group is
+its uid's, so it reads that program's files and nothing another uid keeps to itself)
+instead of a fresh `argv`: the worker holds its stdin and stdout pipes (no socket, no port:
+nothing the program's uid can open) and writes one request per line,
 {"argv": the step's filled argv, "cwd": the work dir, "env": the step's env}; it answers one
 line, {"exit_code": int, "stdout": str, "stderr": str}, after writing its files into cwd
 (which the worker then hands to the lane's uid). No answer within the step's own time limit
@@ -317,11 +319,13 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone
 
 
 class Warm:
-    """One lane's long-lived toolchain process for one step (see "Warm steps" above)."""
+    """One lane's long-lived toolchain process for one step (see "Warm steps" above), run as
+    `uid` (its own, neither root nor a program's; None: the worker's)."""
 
-    def __init__(self, spec, env):
+    def __init__(self, spec, env, uid=None):
         self.spec = spec
         self.env = env
+        self.uid = uid
         self.proc = None
         self.served = 0
         self.failed_starts = 0
@@ -347,9 +351,10 @@ class Warm:
         why it could not be started."""
         self.stop()
         try:
+            ids = {} if self.uid is None else {"user": self.uid, "group": self.uid, "extra_groups": []}
             self.proc = subprocess.Popen(self.spec["argv"], cwd="/", env=self.env, stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         start_new_session=True)
+                                         start_new_session=True, **ids)
         except OSError as exc:
             return f"cannot start {self.spec['argv'][0]}: {exc}"
         self.served = 0
@@ -417,6 +422,7 @@ class Warm:
 def hand_over(work, uid, gid):
     """Give the files a warm process wrote into the work dir to the lane's uid, as if the
     program's own compiler had written them."""
+    os.chown(work, uid, gid)
     for root, dirs, files in os.walk(work):
         for name in dirs + files:
             try:
@@ -428,7 +434,13 @@ def hand_over(work, uid, gid):
 def run_warm_step(warm, argv, cwd, env, timeout_s, uid, gid, limit, needles):
     """The step answered by its warm process: an outcome like run_step's, or None when the
     process failed (the caller runs the step cold) with the reason in warm.why."""
+    if uid is not None:  # the warm uid's group may enter this one work dir while it compiles
+        os.chown(cwd, uid, warm.uid)
+        os.chmod(cwd, 0o770)
     kind, answer = warm.ask({"argv": argv, "cwd": cwd, "env": env}, timeout_s)
+    if uid is not None:
+        hand_over(cwd, uid, gid)
+        os.chmod(cwd, 0o700)
     if kind == "broken":
         warm.why = answer
         return None
@@ -439,8 +451,6 @@ def run_warm_step(warm, argv, cwd, env, timeout_s, uid, gid, limit, needles):
         out.add(answer["stdout"].encode("utf-8", errors="surrogateescape"))
         err.add(answer["stderr"].encode("utf-8", errors="surrogateescape"))
         code, timed_out, stopped = answer["exit_code"], False, None
-    if uid is not None:
-        hand_over(cwd, uid, gid)
     return {"exit_code": code, **outputs(out, err, limit), "timed_out": timed_out, "stopped": stopped,
             "seconds": round(time.monotonic() - warm.sent, 4), "survivors": 0, "warm": True}
 
@@ -537,7 +547,8 @@ def run_program(config, lane, source, running, warms):
             if step.get("warm"):
                 warm = warms.get(index)
                 if warm is None:
-                    warm = warms[index] = Warm(step["warm"], warm_env(config))
+                    warm_uid = config["warm_uids"][lane] if uids and config.get("warm_uids") else None
+                    warm = warms[index] = Warm(step["warm"], warm_env(config), warm_uid)
                 outcome = run_warm_step(warm, argv, work, env, step["timeout_s"], uid, gid,
                                         config["output_limit"], config.get("needles", ()))
                 why = None if outcome else warm.why
