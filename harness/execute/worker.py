@@ -434,13 +434,17 @@ def hand_over(work, uid, gid):
 def run_warm_step(warm, argv, cwd, env, timeout_s, uid, gid, limit, needles):
     """The step answered by its warm process: an outcome like run_step's, or None when the
     process failed (the caller runs the step cold) with the reason in warm.why."""
-    if uid is not None:  # the warm uid's group may enter this one work dir while it compiles
-        os.chown(cwd, uid, warm.uid)
-        os.chmod(cwd, 0o770)
+    # the warm uid's group may use this one work dir and its TMPDIR while it compiles
+    private = [cwd] + [env[k] for k in ("TMPDIR",) if env.get(k, "").startswith(cwd + "/")]
+    if uid is not None:
+        for path in private:
+            os.chown(path, uid, warm.uid)
+            os.chmod(path, 0o770)
     kind, answer = warm.ask({"argv": argv, "cwd": cwd, "env": env}, timeout_s)
     if uid is not None:
         hand_over(cwd, uid, gid)
-        os.chmod(cwd, 0o700)
+        for path in private:
+            os.chmod(path, 0o700)
     if kind == "broken":
         warm.why = answer
         return None
