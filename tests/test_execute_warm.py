@@ -126,7 +126,7 @@ REACHING_SOURCES = {
 
 @pytest.mark.docker
 @pytest.mark.slow
-@pytest.mark.parametrize("key", ["ts", "java", "cpp"])
+@pytest.mark.parametrize("key", ["ts", "java", "cpp", "scala"])
 def test_warm_and_cold_observe_the_same(key):
     lang = offered_language(key)
     programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20) + REACHING_SOURCES.get(key, [])
