@@ -39,15 +39,17 @@ def test_input_programs(lang, test_inputs: Path) -> list[str]:
     return programs
 
 
-def mixed_programs(lang, dataset_dir: Path, rows: int = 20) -> list[str]:
-    """Test inputs and canaries, then a wrong and a broken completion of the first `rows`
-    problems (those two only for the languages that have them), without repeats."""
+def mixed_programs(lang, dataset_dir: Path, rows: int = 20, broken_rows: int | None = None) -> list[str]:
+    """Test inputs and canaries, then a wrong completion of the first `rows` problems and a
+    broken one of the first `broken_rows` (default: as many), for the languages that have
+    them, without repeats."""
     from harness.problems import load_problems
 
     programs = test_input_programs(lang, dataset_dir.parent / "test_inputs")
     programs += [lang.canary.good, lang.canary.bad]
     if lang.key in WRONG:
-        for problem in load_problems(lang.key, dataset_dir, limit=rows).problems:
-            programs += [problem.prompt + body + "\n" + problem.tests
-                         for body in (WRONG[lang.key], BROKEN[lang.key])]
+        broken_rows = rows if broken_rows is None else broken_rows
+        for index, problem in enumerate(load_problems(lang.key, dataset_dir, limit=rows).problems):
+            bodies = (WRONG[lang.key], BROKEN[lang.key]) if index < broken_rows else (WRONG[lang.key],)
+            programs += [problem.prompt + body + "\n" + problem.tests for body in bodies]
     return list(dict.fromkeys(programs))
