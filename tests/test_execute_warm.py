@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import textwrap
 import threading
@@ -261,3 +262,33 @@ def test_a_program_cannot_reach_the_warm_process():
     tries = ("kill", "list_fds", "open_stdin", "open_stdout", "environ")
     assert {first[k] for k in tries} <= {"EPERM", "EACCES"}
     assert got[1][0]["warm"] is True and "warm_fallback" not in got[1][0]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_clj_class_data_sharing_changes_nothing():
+    """clj's run step maps an AppCDS archive (the image's): the same programs without it
+    observe the same (what MultiPL-E's command gives)."""
+    lang = offered_language("clj")
+    step = lang.steps[0]
+    assert any(a.startswith("-XX:SharedArchiveFile=") for a in step.argv)
+    plain = dataclasses.replace(lang, steps=(dataclasses.replace(
+        step, argv=tuple(a for a in step.argv if not a.startswith("-XX:SharedArchiveFile="))),))
+    programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20, broken_rows=5)
+    found = {}
+    for which in (lang, plain):
+        with Executor(jobs=2, cache=None, use_cache=False) as executor:
+            got = dict(executor.pool(which).run(programs))
+        found[which.steps[0].argv] = [result_of(which, p, got[i]) for i, p in enumerate(programs)]
+    shared, unshared = found.values()
+    for a, b in zip(shared, unshared, strict=True):
+        assert (a.status, a.exit_code, a.stdout) == (b.status, b.exit_code, b.stdout)
+        assert without_identity_hashes(a.stderr) == without_identity_hashes(b.stderr)
+    assert {r.status for r in shared} >= {"OK", "Exception"}
+
+
+def without_identity_hashes(text: str) -> str:
+    """A JVM's error report less what the archive changes: the identity hash codes of the
+    objects it prints (#object[... 0x6253c26 "...@6253c26"]), and so where a long one is cut."""
+    text = re.sub(r"(0x|@)[0-9a-f]{1,8}\b", r"\1#", text.split("\n... [")[0])
+    return text[:1500]  # the kept head ends where the hashes' lengths put it
