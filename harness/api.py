@@ -164,18 +164,20 @@ def generate_served(evaluation: Evaluation, run_dir: str | Path | None = None, *
 
 
 def execute(run: Run, jobs: int | None = None, use_cache: bool = True, invocation=None,
-            executor: str = "local", scheduler: str | None = None):
+            executor: str = "local", scheduler: str | None = None, cold_toolchains: bool = False):
     """Run every completion's tests in Docker, writing results files, as the execution plan
     says (harness/execute/plan.py, the same for every path: missing results, and results made
     by another image, other limits or from other programs; with `use_cache=False` all of
     them); `executor` "dask" runs them on the workers of the Dask scheduler `scheduler`
-    (tls://host:port, tcp:// or a file)."""
+    (tls://host:port, tcp:// or a file); `cold_toolchains`: no warm compilers (same statuses)."""
     from harness.execute import execute_run, open_executor
 
     run_dir = run.dir
-    runner = open_executor(executor, jobs=jobs, use_cache=use_cache, scheduler=scheduler)
+    runner = open_executor(executor, jobs=jobs, use_cache=use_cache, scheduler=scheduler,
+                           cold_toolchains=cold_toolchains)
     invocation = invocation or run_dir.begin("execute", config={"jobs": jobs, "use_cache": use_cache})
-    invocation.update(config={"executor": executor, "scheduler": scheduler})
+    invocation.update(config={"executor": executor, "scheduler": scheduler,
+                              "cold_toolchains": cold_toolchains})
     with runner:
         execution = execute_run(run_dir, jobs=jobs, use_cache=use_cache, executor=runner)
     record_execution(invocation, execution)
@@ -192,7 +194,8 @@ def record_execution(invocation, execution) -> None:
 
 def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = None, *,
                          jobs: int | None = None, use_cache: bool = True, executor: str = "local",
-                         scheduler: str | None = None, stage: str = "evaluate", **generation: Any):
+                         scheduler: str | None = None, stage: str = "evaluate", cold_toolchains: bool = False,
+                         **generation: Any):
     """`generate` and `execute` overlapped: each completions file goes to execution as soon as
     it is written, while generation goes on (same files as one stage after the other). The
     manifest's telemetry gets `overlap`: each stage's time and how long both were active.
@@ -203,7 +206,8 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
     from harness.execute import open_executor
     from harness.execute.overlap import Overlap
 
-    spec = {"kind": executor, "jobs": jobs, "use_cache": use_cache, "scheduler": scheduler}
+    spec = {"kind": executor, "jobs": jobs, "use_cache": use_cache, "scheduler": scheduler,
+            "cold_toolchains": cold_toolchains}
     open_executor(**spec).close()  # a bad --executor/--scheduler stops the run now, in one line
     overlap = Overlap(spec, resolve_langs(evaluation.langs, []) if evaluation.langs else ())
     try:
@@ -217,7 +221,7 @@ def generate_and_execute(evaluation: Evaluation, run_dir: str | Path | None = No
         overlap.abort()
         raise
     invocation.update(config={"jobs": jobs, "use_cache": use_cache, "executor": executor,
-                              "scheduler": scheduler})
+                              "scheduler": scheduler, "cold_toolchains": cold_toolchains})
     record_execution(invocation, execution)
     invocation.update(telemetry={"overlap": overlap.report()})
     return run, invocation

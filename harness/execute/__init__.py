@@ -56,9 +56,10 @@ EXECUTORS = ("local", "dask")
 
 
 def open_executor(kind: str = "local", jobs: int | None = None, use_cache: bool = True,
-                  scheduler: str | None = None):
+                  scheduler: str | None = None, cold_toolchains: bool = False):
     """The local pool (default) or a Dask cluster's workers (`scheduler`: tls://host:port or
-    a scheduler file), with the persistent cache on this side."""
+    a scheduler file), with the persistent cache on this side. `cold_toolchains`: every
+    compile step runs its own command, never a warm process."""
     from harness.execute.cache import ExecCache
     from harness.execute.engine import Executor
 
@@ -66,12 +67,13 @@ def open_executor(kind: str = "local", jobs: int | None = None, use_cache: bool 
         from harness.execute.cluster import DaskExecutor, connect
 
         connect(scheduler).close()  # unreachable: one line now, before any work
-        return DaskExecutor(jobs=jobs, cache=ExecCache(), use_cache=use_cache, scheduler=scheduler)
+        return DaskExecutor(jobs=jobs, cache=ExecCache(), use_cache=use_cache, scheduler=scheduler,
+                            cold_toolchains=cold_toolchains)
     if scheduler:
         from harness.errors import UserError
 
         raise UserError("--scheduler needs --executor dask")
-    return Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache)
+    return Executor(jobs=jobs, cache=ExecCache(), use_cache=use_cache, cold_toolchains=cold_toolchains)
 
 
 def execute_tasks(tasks: Iterable[Task], jobs: int | None = None, executor=None,

@@ -205,23 +205,25 @@ def node_facts(lang: Language, expected: str = "") -> dict:
             "toolchain": labels.get(f"{LABEL_PREFIX}.toolchain", "unknown")}
 
 
-def _node_executor(lang: Language, image_id: str, slots: int | None) -> Executor:
+def _node_executor(lang: Language, image_id: str, slots: int | None, cold: bool = False) -> Executor:
     with _NODE_LOCK:
-        key = (lang.key, image_id)
+        key = (lang.key, image_id, cold)
         if key not in _NODE:
-            _NODE[key] = Executor(jobs=slots, cache=None, use_cache=False, images={lang.key: image_id})
+            _NODE[key] = Executor(jobs=slots, cache=None, use_cache=False, images={lang.key: image_id},
+                                  cold_toolchains=cold)
         return _NODE[key]
 
 
 def run_batch(lang: Language, sources: list[str], slots: int | None, expected: str,
-              alone: bool = False) -> dict:
+              cold: bool = False, alone: bool = False) -> dict:
     """Run one batch in this node's pool of the `expected` image (canaries first, once per
-    worker process); a node without that image runs nothing and says which it has. `alone`:
-    in the node's confirmation pool (one container, one lane: a timed-out program again)."""
+    worker process); a node without that image runs nothing and says which it has. `cold`:
+    without warm toolchains; `alone`: in the node's confirmation pool (one container, one
+    lane: a timed-out program again)."""
     facts = node_facts(lang, expected)
     if facts["image"] != expected:
         return {"facts": facts, "steps": [], "restarts": 0}
-    executor = _node_executor(lang, expected, slots)
+    executor = _node_executor(lang, expected, slots, cold)
     with _NODE_LOCK:
         pool = executor.confirm_pool(lang) if alone else executor.pool(lang)
     steps = dict(pool.run(sources))
@@ -300,7 +302,8 @@ class RemotePool:
         futures = {}
         for start in range(0, len(sources), size):
             future = owner.client.submit(run_batch, self.lang, sources[start:start + size], owner.jobs, image,
-                                         self.alone, key=f"flora-{self.lang.key}-{run_id}-{start}",
+                                         owner.cold_toolchains, self.alone,
+                                         key=f"flora-{self.lang.key}-{run_id}-{start}",
                                          pure=False)
             futures[future] = start
         try:

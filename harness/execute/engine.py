@@ -102,6 +102,7 @@ class Executor:
     build_missing: bool = True
     lanes: int = 1
     confirm_timeouts: bool = True
+    cold_toolchains: bool = False  # never the steps' warm processes (the equality tests' reference)
     stats: Stats = field(default_factory=Stats)
     images: dict[str, str] = field(default_factory=dict)
     _client: object = None
@@ -138,7 +139,7 @@ class Executor:
         return self.images[lang.key]
 
     def limits(self, lang: Language) -> Limits:
-        return Limits.of(lang, self.lanes)
+        return Limits.of(lang, self.lanes, cold=self.cold_toolchains)
 
     def limits_key(self, lang: Language) -> str:
         """Everything besides the image that decides an observation (the language's steps

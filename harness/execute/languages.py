@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
 
@@ -157,12 +157,28 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Warm:
+    """A long-lived process that answers a step on the program's behalf (the worker's "Warm
+    steps"): started once per lane, restarted after `quota` requests; it must observe what
+    the step's own `argv` would (the equality tests compare the two paths), so it is not part
+    of the cache key. `memory` and `pids` are added to the slot's for it: the program keeps
+    all of its own."""
+
+    argv: tuple[str, ...]
+    quota: int = 100
+    start_s: float = 60.0
+    memory: str = "512m"
+    pids: int = 64
+
+
+@dataclass(frozen=True)
 class Step:
     argv: tuple[str, ...]
     timeout_s: float
     fail_status: str = "SyntaxError"
     timeout_status: str = "Timeout"
     ok_when: Condition = field(default_factory=lambda: Condition(exit_code=(0,)))
+    warm: Warm | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +225,12 @@ class Language:
     env: tuple[tuple[str, str], ...] = ()
     image: str = ""  # the image tag; default flora-eval/<key>
     extract: ExtractRules = ExtractRules()  # instruct replies: how their code is taken
+    toolchains: str = "warm"  # "cold": never use the steps' warm processes
+
+    @property
+    def warm_steps(self) -> tuple[Step, ...]:
+        """The steps a warm process answers (none when the language's toolchains are cold)."""
+        return tuple(s for s in self.steps if s.warm) if self.toolchains == "warm" else ()
 
     @property
     def image_tag(self) -> str:
@@ -251,7 +273,7 @@ class Language:
         ok/fail/timeout rules and the version of `status_of`'s own logic. A score or a
         judgment made under another value is derived again."""
         data = {"rules": [asdict(r) for r in self.rules],
-                "steps": [{k: v for k, v in asdict(s).items() if k not in ("argv", "timeout_s")}
+                "steps": [{k: v for k, v in asdict(s).items() if k not in ("argv", "timeout_s", "warm")}
                           for s in self.steps],
                 "logic": STATUS_LOGIC_VERSION}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -348,6 +370,18 @@ class ConditionTable(Table):
         return Condition(**dict(self))
 
 
+class WarmTable(Table):
+    kind: ClassVar[str] = "warm"
+    argv: Annotated[tuple[Name, ...], non_empty("must name a program and its arguments")]
+    quota: Annotated[int, Field(gt=0, strict=True)] = 100
+    start_s: Annotated[float, Field(gt=0, strict=True)] = 60.0
+    memory: StrictStr = "512m"
+    pids: Annotated[int, Field(ge=0, strict=True)] = 64
+
+    def build(self) -> Warm:
+        return Warm(**dict(self))
+
+
 class StepTable(Table):
     kind: ClassVar[str] = "step"
     argv: Annotated[tuple[Name, ...], non_empty("must name a program and its arguments")]
@@ -355,11 +389,14 @@ class StepTable(Table):
     fail_status: Name | None = None  # None: the Step's default
     timeout_status: Name | None = None
     ok_when: ConditionTable | None = None
+    warm: WarmTable | None = None
 
     def build(self) -> Step:
         given = {key: getattr(self, key) for key in self.model_fields_set}
         if self.ok_when is not None:
             given["ok_when"] = self.ok_when.build()
+        if self.warm is not None:
+            given["warm"] = self.warm.build()
         return Step(**given)
 
 
@@ -419,6 +456,7 @@ class LanguageTable(Table):
     pids: StrictInt | None = None
     tmpfs: StrictStr | None = None
     image: StrictStr | None = None
+    toolchains: Literal["warm", "cold"] | None = None
     env: dict[str, StrictStr] = {}
     steps: Annotated[tuple[StepTable, ...], non_empty("needs at least one [[steps]]")]
     status: Annotated[tuple[RuleTable, ...], non_empty("needs [[status]] rules")]
@@ -432,7 +470,8 @@ class LanguageTable(Table):
         return self
 
     def build(self) -> Language:
-        limits = {key: getattr(self, key) for key in ("output_limit", "memory", "pids", "tmpfs", "image")
+        limits = {key: getattr(self, key) for key in ("output_limit", "memory", "pids", "tmpfs", "image",
+                                                     "toolchains")
                   if getattr(self, key) is not None}
         return Language(
             key=self.key, name=self.name, file=self.file, corpus_dir=self.corpus_dir,

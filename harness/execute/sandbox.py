@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.execute.languages import Language
+from harness.execute.languages import Language, Step, Warm
 
 LABEL = "org.flora-eval.engine"
 OWNER_LABEL = "org.flora-eval.owner"  # "<hostname>:<pid>" of the harness that started it
@@ -28,6 +28,7 @@ WORKER_SOURCE = (Path(__file__).parent / "worker.py").read_text(encoding="utf-8"
 WORKER_HASH = hashlib.sha256(WORKER_SOURCE.encode()).hexdigest()[:12]
 RUNNER_GID = 2000
 RUNNER_UID0 = 2001  # runner1; the base image has runner1..runner16
+WARM_UID0 = 3001  # a lane's warm toolchain process: its own uid and gid (no passwd entry needed)
 WORK_ROOT = "/work"
 # The worker runs as root inside the container with only what it needs: switch to the
 # runners' uids, kill their processes, hand them their files and remove them afterwards.
@@ -68,13 +69,27 @@ class Limits:
     lanes: int = 1
     nofile: int = 4096
     cleanup_s: float = 3.0  # how long the worker tries to kill a program's processes
+    # the steps' warm processes: memory and pids the container gets on top, for them (the
+    # programs keep theirs); none on the cold path (`--cold-toolchains`)
+    warm: tuple[Warm, ...] = ()
 
     @classmethod
-    def of(cls, lang: Language, lanes: int = 1) -> Limits:
-        return cls(memory=lang.memory, pids=lang.pids, tmpfs=lang.tmpfs, cpus=float(lanes), lanes=lanes)
+    def of(cls, lang: Language, lanes: int = 1, cold: bool = False) -> Limits:
+        warm = () if cold else tuple(s.warm for s in lang.warm_steps if s.warm)
+        return cls(memory=lang.memory, pids=lang.pids, tmpfs=lang.tmpfs, cpus=float(lanes), lanes=lanes,
+                   warm=warm)
+
+    @property
+    def container_memory(self) -> int:
+        return size_bytes(self.memory) + self.lanes * sum(size_bytes(w.memory) for w in self.warm)
+
+    @property
+    def container_pids(self) -> int:
+        return self.pids + self.lanes * sum(w.pids for w in self.warm)
 
     def key(self) -> str:
-        # cpus and lanes change speed, not results (timeouts aside); keep them out of the key
+        # cpus and lanes change speed, not results (timeouts aside); keep them out of the key;
+        # so are the warm processes: they observe what the cold commands do (tested equal)
         return f"mem={self.memory},pids={self.pids},tmpfs={self.tmpfs},nofile={self.nofile},w={WORKER_HASH}"
 
 
@@ -89,9 +104,9 @@ def host_config(client, limits: Limits) -> dict:
         tmpfs={WORK_ROOT: f"{tmpfs_opts},size={limits.tmpfs},mode=755",
                "/tmp": f"{tmpfs_opts},size=64m,mode=1777"},
         shm_size="16m",
-        mem_limit=limits.memory,
-        memswap_limit=limits.memory,
-        pids_limit=limits.pids,
+        mem_limit=limits.container_memory,
+        memswap_limit=limits.container_memory,
+        pids_limit=limits.container_pids,
         init=True,
         nano_cpus=int(limits.cpus * 1e9),
         ulimits=[Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile),
@@ -106,15 +121,21 @@ def host_config(client, limits: Limits) -> dict:
 
 
 def worker_config(lang: Language, limits: Limits) -> dict:
+    def warm(step: Step) -> dict | None:
+        if not (limits.warm and step.warm and step in lang.warm_steps):
+            return None
+        return {"argv": list(step.warm.argv), "quota": step.warm.quota, "start_s": step.warm.start_s}
+
     return {
         "file": lang.file,
         "steps": [{"argv": list(s.argv), "timeout_s": s.timeout_s,
-                   "ok_exit": list(s.ok_when.exit_code) or None} for s in lang.steps],
+                   "ok_exit": list(s.ok_when.exit_code) or None, "warm": warm(s)} for s in lang.steps],
         "env": dict(lang.env),
         "output_limit": lang.output_limit,
         "needles": list(lang.needles),  # the rules' texts, looked for in the whole streams
         "lanes": limits.lanes,
         "uids": [RUNNER_UID0 + i for i in range(limits.lanes)],
+        "warm_uids": [WARM_UID0 + i for i in range(limits.lanes)],
         "gid": RUNNER_GID,
         "root": WORK_ROOT,
         "oom_adj": True,

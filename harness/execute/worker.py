@@ -3,9 +3,9 @@ and writes one JSON result per line to stdout as each finishes. Standard library
 one file: the harness passes this file's text to `python3 -c` when a container starts.
 
 Protocol
-  first line  {"config": {"file", "steps": [{"argv", "timeout_s", "ok_exit"}], "env",
+  first line  {"config": {"file", "steps": [{"argv", "timeout_s", "ok_exit", "warm"}], "env",
                "output_limit", "needles": [str], "lanes", "uids": [..] | null, "gid",
-               "root", "oom_adj", "cleanup_s"}}
+               "warm_uids": [..], "root", "oom_adj", "cleanup_s"}}
   then        {"id": str, "source": str}                       one per program
   answers     {"ready": true, "python": "3.13.5"}               once, after the config
               {"id": str, "steps": [{"exit_code", "stdout", "stderr", "stdout_bytes",
@@ -23,6 +23,20 @@ stream was cut also reports "scanned" (the needles) and "<stream>_found" (those 
 SIGKILL, which only the OOM killer sends, or the container's OOM-kill count rose during
 it), "file_size" (SIGXFSZ), "pids" (it failed after hitting the process limit) or null. The
 cgroup's counters name the program only when it runs alone in its container (one lane).
+
+Warm steps. A step with "warm": {"argv", "quota", "start_s"} is answered by a long-lived
+toolchain process (one per lane, started on first use, under the lane's own warm uid from
+"warm_uids": never root, never a program's uid; while it compiles, the work dir's group is
+its uid's, so it reads that program's files and nothing another uid keeps to itself)
+instead of a fresh `argv`: the worker holds its stdin and stdout pipes (no socket, no port:
+nothing the program's uid can open) and writes one request per line,
+{"argv": the step's filled argv, "cwd": the work dir, "env": the step's env}; it answers one
+line, {"exit_code": int, "stdout": str, "stderr": str}, after writing its files into cwd
+(which the worker then hands to the lane's uid). No answer within the step's own time limit
+is the program's Timeout (the process is killed, the next program starts a fresh one); an
+answer that is not such a line, or a process that died, is the process's fault: it is
+restarted and the program's step runs cold. It is also restarted after `quota` requests.
+The step's outcome says which path ran: "warm": true, or "warm_fallback": why it ran cold.
 
 Harness faults are never a program's result. A program that cannot be started for a reason
 other than a missing toolchain (EAGAIN/ENOMEM from fork under pids or memory pressure) is
@@ -304,6 +318,147 @@ def run_step(argv, cwd, env, timeout_s, uid, gid, limit, oom_adj, running, alone
             "stopped": stopped, "seconds": round(time.monotonic() - start, 4), "survivors": survivors}
 
 
+class Warm:
+    """One lane's long-lived toolchain process for one step (see "Warm steps" above), run as
+    `uid` (its own, neither root nor a program's; None: the worker's)."""
+
+    def __init__(self, spec, env, uid=None):
+        self.spec = spec
+        self.env = env
+        self.uid = uid
+        self.proc = None
+        self.served = 0
+        self.failed_starts = 0
+        self.why = None
+        self.sent = None  # when the last request was sent
+
+    def stop(self):
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+            self.proc = None
+
+    def start(self):
+        """Start the process and wait for its first line (bounded by `start_s`): None, or
+        why it could not be started."""
+        self.stop()
+        try:
+            ids = {} if self.uid is None else {"user": self.uid, "group": self.uid, "extra_groups": []}
+            self.proc = subprocess.Popen(self.spec["argv"], cwd="/", env=self.env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         start_new_session=True, **ids)
+        except OSError as exc:
+            return f"cannot start {self.spec['argv'][0]}: {exc}"
+        self.served = 0
+        line = self.read_line(time.monotonic() + self.spec.get("start_s", 60))
+        if line is None:
+            self.stop()
+            return "no ready line"
+        return None
+
+    def read_line(self, deadline):
+        """One line from the process by the deadline, or None (timeout, end of output)."""
+        fd = self.proc.stdout.fileno()
+        data = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return None
+            data.extend(chunk)
+            if data.endswith(b"\n"):
+                return bytes(data)
+
+    def ask(self, request, timeout_s):
+        """("answer", dict) | ("timeout", None) | ("broken", why): the process's answer to one
+        request within `timeout_s` of its sending (a start it needed first is not the
+        program's time). Anything but an answer stops the process."""
+        if self.proc is None or self.proc.poll() is not None or self.served >= self.spec.get("quota", 100):
+            if self.failed_starts >= 3:
+                return "broken", "it failed to start 3 times"
+            why = self.start()
+            if why:
+                self.failed_starts += 1
+                return "broken", why
+        self.served += 1
+        self.sent = time.monotonic()
+        deadline = self.sent + timeout_s
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError as exc:
+            self.stop()
+            return "broken", f"cannot write to it: {exc}"
+        line = self.read_line(deadline)
+        if line is None:
+            alive = self.proc.poll() is None
+            self.stop()
+            return ("timeout", None) if alive and time.monotonic() >= deadline else ("broken", "it died")
+        try:
+            answer = json.loads(line)
+            ok = (isinstance(answer, dict) and type(answer.get("exit_code")) is int
+                  and all(isinstance(answer.get(k), str) for k in ("stdout", "stderr")))
+        except ValueError:
+            ok = False
+        if not ok:
+            self.stop()
+            return "broken", "a bad answer"
+        return "answer", answer
+
+
+def hand_over(work, uid, gid):
+    """Give the files a warm process wrote into the work dir to the lane's uid, as if the
+    program's own compiler had written them."""
+    os.chown(work, uid, gid)
+    for root, dirs, files in os.walk(work):
+        for name in dirs + files:
+            try:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+            except OSError:
+                pass
+
+
+def run_warm_step(warm, argv, cwd, env, timeout_s, uid, gid, limit, needles):
+    """The step answered by its warm process: an outcome like run_step's, or None when the
+    process failed (the caller runs the step cold) with the reason in warm.why."""
+    # the warm uid's group may use this one work dir and its TMPDIR while it compiles
+    private = [cwd] + [env[k] for k in ("TMPDIR",) if env.get(k, "").startswith(cwd + "/")]
+    if uid is not None:
+        for path in private:
+            os.chown(path, uid, warm.uid)
+            os.chmod(path, 0o770)
+    kind, answer = warm.ask({"argv": argv, "cwd": cwd, "env": env}, timeout_s)
+    if uid is not None:
+        hand_over(cwd, uid, gid)
+        for path in private:
+            os.chmod(path, 0o700)
+    if kind == "broken":
+        warm.why = answer
+        return None
+    out, err = Stream(limit * 4 + 4, needles), Stream(limit * 4 + 4, needles)
+    if kind == "timeout":
+        code, timed_out, stopped = -signal.SIGKILL, True, "time"
+    else:
+        out.add(answer["stdout"].encode("utf-8", errors="surrogateescape"))
+        err.add(answer["stderr"].encode("utf-8", errors="surrogateescape"))
+        code, timed_out, stopped = answer["exit_code"], False, None
+    return {"exit_code": code, **outputs(out, err, limit), "timed_out": timed_out, "stopped": stopped,
+            "seconds": round(time.monotonic() - warm.sent, 4), "survivors": 0, "warm": True}
+
+
 def remove_tree(path):
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files + dirs:
@@ -364,7 +519,7 @@ def remove_leftovers(uid):
                 pass
 
 
-def run_program(config, lane, source, running):
+def run_program(config, lane, source, running, warms):
     uids = config.get("uids")
     uid = uids[lane] if uids else None
     gid = config.get("gid") if uids else None
@@ -390,12 +545,24 @@ def run_program(config, lane, source, running):
     env.update({k: fill(v, names) for k, v in config.get("env", {}).items()})
     outcomes = []
     try:
-        for step in config["steps"]:
+        for index, step in enumerate(config["steps"]):
             argv = [fill(a, names) for a in step["argv"]]
-            # the cgroup's counters name this program only when it runs alone in the container
-            outcome = run_step(argv, work, env, step["timeout_s"], uid, gid, config["output_limit"],
-                               config.get("oom_adj", False), running, config.get("lanes", 1) == 1,
-                               config.get("cleanup_s", CLEANUP_DEADLINE_S), config.get("needles", ()))
+            outcome, why = None, None
+            if step.get("warm"):
+                warm = warms.get(index)
+                if warm is None:
+                    warm_uid = config["warm_uids"][lane] if uids and config.get("warm_uids") else None
+                    warm = warms[index] = Warm(step["warm"], warm_env(config), warm_uid)
+                outcome = run_warm_step(warm, argv, work, env, step["timeout_s"], uid, gid,
+                                        config["output_limit"], config.get("needles", ()))
+                why = None if outcome else warm.why
+            if outcome is None:
+                # the cgroup's counters name this program only when it runs alone in the container
+                outcome = run_step(argv, work, env, step["timeout_s"], uid, gid, config["output_limit"],
+                                   config.get("oom_adj", False), running, config.get("lanes", 1) == 1,
+                                   config.get("cleanup_s", CLEANUP_DEADLINE_S), config.get("needles", ()))
+                if why:
+                    outcome["warm_fallback"] = why
             outcomes.append(outcome)
             ok_exit = step.get("ok_exit")
             if outcome["stopped"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):
@@ -407,9 +574,20 @@ def run_program(config, lane, source, running):
     return outcomes
 
 
-def lane_loop(config, lane, jobs, emit, running, retired):
+def warm_env(config):
+    """A warm process's environment: the programs' (the image's ENV and the language's env),
+    less what names a program's own work dir."""
+    env = {k: v for k, v in os.environ.items() if k not in WORKER_ONLY_ENV}
+    env.update({"HOME": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update({k: v for k, v in config.get("env", {}).items() if "{" not in v})
+    return env
+
+
+def lane_loop(config, lane, jobs, emit, running, retired, warms):
     """`retired` (a one-item list, shared by the lanes) holds why this worker must run
-    nothing more, once a harness fault happened here."""
+    nothing more, once a harness fault happened here. `warms`: the lane's warm processes
+    (step index -> Warm)."""
     while True:
         job = jobs.get()
         if job is None:
@@ -419,7 +597,7 @@ def lane_loop(config, lane, jobs, emit, running, retired):
                   "bounced": True})
             continue
         try:
-            steps = run_program(config, lane, job["source"], running)
+            steps = run_program(config, lane, job["source"], running, warms)
         except Exception as exc:  # the worker's own fault: the harness retries, never scores it
             retired.append(f"{type(exc).__name__}: {exc}")
             emit({"id": job["id"], "error": retired[0], "bounced": False})
@@ -449,7 +627,8 @@ def main():
     jobs = Jobs()
     running = set()  # the programs' processes now running, to kill when the harness goes
     retired = []
-    lanes = [threading.Thread(target=lane_loop, args=(config, i, jobs, emit, running, retired),
+    warms = [{} for _ in range(config.get("lanes", 1))]
+    lanes = [threading.Thread(target=lane_loop, args=(config, i, jobs, emit, running, retired, warms[i]),
                               daemon=True)
              for i in range(config.get("lanes", 1))]
     for t in lanes:
@@ -459,6 +638,13 @@ def main():
         if line.strip():
             jobs.put(json.loads(line))
     # stdin closed: the harness is done or dead. Stop everything now.
+    for lane_warms in warms:
+        for warm in list(lane_warms.values()):
+            if warm.proc is not None:
+                try:
+                    os.killpg(warm.proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
     for proc in list(running):
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,299 @@
+"""Warm toolchains (worker.py's "Warm steps", languages' `warm`): a long-lived compiler per
+lane answers the compile step on the program's behalf, and nothing a program does changes
+what is observed of it or of its neighbours.
+
+On the host (fast): the worker with a small warm "compiler" of ours, killed, hung, lying and
+retired by quota. In Docker (ts, the real warm tsc): warm and cold statuses and outputs are
+identical on MultiPL-E's test inputs, the canaries and a wrong and a broken completion of 20
+HumanEval rows; the warm process killed mid-batch; a program that hangs it; a program that
+tries to reach it from its own uid."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import textwrap
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from test_execute_support import offered_language, with_timeout
+from test_execute_worker import run_worker
+from test_hostile_languages import problems
+
+from harness.bench.programs import mixed_programs
+from harness.execute.engine import Executor
+from harness.execute.languages import load_language, result_of
+from harness.execute.sandbox import Limits, worker_config
+
+MULTIPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "multipl-e"
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+# The hostile suite through both paths costs a minute per language (its programs run to their
+# limits); tests/test_hostile_languages.py runs it on the warm path (the default) against its
+# expectations on every run. FLORA_EVAL_WARM_HOSTILE=1 adds it here, both paths compared.
+HOSTILE_TOO = os.environ.get("FLORA_EVAL_WARM_HOSTILE") == "1"
+
+# The "compiler": reads main.py's first line; HANG hangs, DIE dies, LIE answers nonsense;
+# else writes out.txt and says which process compiled it. `--once`: the cold command.
+COMPILER = textwrap.dedent('''
+    import json, os, sys, time
+    def compile(cwd):
+        first = open(os.path.join(cwd, "main.py")).readline().strip()
+        if first == "#HANG":
+            time.sleep(60)
+        if first == "#DIE":
+            os._exit(3)
+        if first == "#LIE" and not ONCE:
+            return None
+        if first == "#FAIL":
+            return {"exit_code": 1, "stdout": "main.py:1: error\\n", "stderr": ""}
+        open(os.path.join(cwd, "out.txt"), "w").write("compiled")
+        return {"exit_code": 0, "stdout": "", "stderr": ""}
+    ONCE = "--once" in sys.argv
+    if ONCE:
+        answer = compile(os.getcwd())
+        sys.stdout.write(answer["stdout"])
+        sys.exit(answer["exit_code"])
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        answer = compile(json.loads(line)["cwd"])
+        print("not json" if answer is None else json.dumps(dict(answer, stderr=str(os.getpid()))), flush=True)
+''')
+
+
+def compile_steps(tmp_path: Path, timeout_s: float = 2.0, quota: int = 100) -> list[dict]:
+    compiler = tmp_path / "compiler.py"
+    compiler.write_text(COMPILER)
+    return [{"argv": [sys.executable, str(compiler), "--once"], "timeout_s": timeout_s, "ok_exit": [0],
+             "warm": {"argv": [sys.executable, str(compiler)], "quota": quota, "start_s": 10}},
+            {"argv": [sys.executable, "-c", "print(open('out.txt').read())"], "timeout_s": 2.0,
+             "ok_exit": None}]
+
+
+def test_warm_step_answers_like_the_cold_one_and_survives_its_failures(tmp_path):
+    sources = ["#ok", "#FAIL", "#HANG", "#ok", "#DIE", "#ok", "#LIE", "#ok"]
+    got = run_worker(tmp_path, compile_steps(tmp_path, timeout_s=1.0), sources, lanes=1)
+    first = [got[str(i)][0] for i in range(len(sources))]
+    ok = [got[str(i)] for i in (0, 3, 5, 7)]
+    assert all(steps[0]["warm"] and steps[1]["stdout"] == "compiled\n" for steps in ok)
+    assert first[1]["warm"] and first[1]["exit_code"] == 1 and first[1]["stdout"] == "main.py:1: error\n"
+    assert len(got["1"]) == 1  # a failed compile step stops the program, as cold
+    # a hung compiler: that program's Timeout (the step's own limit), a fresh process after it
+    assert first[2]["timed_out"] and first[2]["stopped"] == "time" and 1.0 <= first[2]["seconds"] < 2.0
+    assert first[3]["stderr"] != first[0]["stderr"]
+    # a dying or lying one: restarted, and the program's step runs cold (the cold outcome)
+    assert first[4]["warm_fallback"] == "it died" and first[4]["exit_code"] == 3 and "warm" not in first[4]
+    assert first[6]["warm_fallback"] == "a bad answer" and first[6]["exit_code"] == 0
+    assert got["6"][1]["stdout"] == "compiled\n"
+
+
+def test_warm_process_is_restarted_after_its_quota(tmp_path):
+    got = run_worker(tmp_path, compile_steps(tmp_path, quota=2), ["#a", "#b", "#c", "#d", "#e"], lanes=1)
+    pids = [got[str(i)][0]["stderr"] for i in range(5)]
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+
+
+def test_warm_config_is_data_and_cold_leaves_it_out():
+    ts = load_language("ts")
+    assert [bool(s.warm) for s in ts.steps] == [True, False]
+    warm, cold = Limits.of(ts), Limits.of(ts, cold=True)
+    assert worker_config(ts, warm)["steps"][0]["warm"]["argv"][0] == "node"
+    assert worker_config(ts, cold)["steps"][0]["warm"] is None
+    # the program keeps its own memory and pids; the warm process gets its own on top
+    assert warm.container_memory > cold.container_memory and warm.container_pids > cold.container_pids
+    assert warm.key() == cold.key()  # same observations: the path is not in the cache key
+    assert worker_config(dataclasses.replace(ts, toolchains="cold"), warm)["steps"][0]["warm"] is None
+
+
+# what is allowed to differ between the paths' compile steps: the time and the provenance
+DIFFERS = {"seconds": 0, "warm": None}
+
+
+def run_both(lang, programs: list[str]) -> dict[bool, list]:
+    found = {}
+    for cold in (False, True):
+        with Executor(jobs=2, cache=None, use_cache=False, cold_toolchains=cold) as executor:
+            got = dict(executor.pool(lang).run(programs))
+        found[cold] = [result_of(lang, p, got[i]) for i, p in enumerate(programs)]
+    return found
+
+
+# Sources that name files the program's uid cannot read: the warm compiler cannot either.
+REACHING_SOURCES = {
+    "ts": ['/// <reference path="/etc/shadow" />\nconsole.log(1);\n',
+           '/// <reference path="/work/lane1/main.ts" />\nconsole.log(1);\n'],
+}
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["ts", "java", "cpp", "scala"])
+def test_warm_and_cold_observe_the_same(key):
+    lang = offered_language(key)
+    # a wrong completion of 20 rows, a broken one of 5 (a compile error is one path: few suffice)
+    programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20, broken_rows=5)
+    programs += REACHING_SOURCES.get(key, [])
+    assert len(programs) >= 29
+    hostile = HOSTILE / f"{key}.toml"
+    expected = {}
+    if hostile.is_file() and HOSTILE_TOO:  # the hostile suite, under its own (short) run-step limit
+        data = tomllib.loads(hostile.read_text(encoding="utf-8"))
+        lang = with_timeout(lang, data["timeout_s"])
+        expected = {p["source"]: p["expect"] for p in data["programs"].values()}
+        programs += list(expected)
+    found = run_both(lang, programs)
+    for result in found[False] + found[True]:  # a hostile program: what its suite expects, both ways
+        if result.program in expected:
+            assert problems(lang, "hostile", expected[result.program], result) == []
+    for warm, cold in zip(found[False], found[True], strict=True):
+        assert warm.observation[0].get("warm") is True, warm.observation[0].get("warm_fallback")
+        assert "warm" not in cold.observation[0]
+        assert warm.observation[0] | DIFFERS == cold.observation[0] | DIFFERS, cold.program[-300:]
+        if warm.program in expected:  # how a fork bomb or a memory hog ends depends on timing
+            continue
+        assert warm.status == cold.status, cold.program[-300:]
+        if warm.status != "Timeout" and len(warm.observation) == 1:  # a run step's output may vary
+            assert (warm.exit_code, warm.stdout, warm.stderr) == (cold.exit_code, cold.stdout, cold.stderr)
+    statuses = {r.status for r in found[True] if r.program not in expected}
+    assert statuses >= {"OK", "SyntaxError"} and len(statuses) >= 3  # passing, failing, not compiling
+
+
+def ts_programs() -> list[tuple[str, str]]:
+    lang = load_language("ts")
+    return [(lang.canary.good, "OK"), (lang.canary.bad, "AssertionError"),
+            ("let x: number = 'a';\n", "SyntaxError")]
+
+
+def warm_pids(client, container: str) -> list[int]:
+    script = ("import os\nfor p in os.listdir('/proc'):\n if p.isdigit() and int(p) != os.getpid():\n"
+              "  try: c=open('/proc/'+p+'/cmdline').read()\n  except OSError: continue\n"
+              "  if 'tsc-warm' in c: print(p)")
+    run = client.api.exec_create(container, ["python3", "-c", script], user="0")
+    return [int(x) for x in client.api.exec_start(run["Id"]).split()]
+
+
+def kill_in(client, container: str, pid: int) -> None:
+    run = client.api.exec_create(container, ["python3", "-c", f"import os; os.kill({pid}, 9)"], user="0")
+    client.api.exec_start(run["Id"])
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_killed_warm_process_mid_batch_changes_no_status():
+    lang = offered_language("ts")
+    cases = ts_programs() * 6
+    killed = []
+    with Executor(jobs=1, cache=None, use_cache=False) as executor:
+        pool = executor.pool(lang)  # the canaries started the warm tsc
+        client, container = executor.client, next(iter(pool.conns)).id
+
+        def killer():
+            for _ in range(3):
+                for pid in warm_pids(client, container):
+                    kill_in(client, container, pid)  # SIGKILL, from outside the worker
+                    killed.append(pid)
+                time.sleep(0.5)
+
+        thread = threading.Thread(target=killer)
+        results = {}
+        for index, steps in pool.run([source for source, _ in cases]):
+            if not thread.is_alive() and not killed and not results:
+                thread.start()
+            results[index] = result_of(lang, cases[index][0], steps)
+        thread.join(timeout=30)
+        after = warm_pids(client, container)
+    assert len(set(killed)) >= 2, killed
+    assert [results[i].status for i in range(len(cases))] == [status for _, status in cases]
+    assert len(after) == 1 and after[0] not in killed
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_program_that_hangs_the_compiler_is_its_own_timeout():
+    lang = offered_language("ts")
+    # tsc needs seconds for this one (4000 generic functions): past a 1.5 s compile limit
+    slow = "\n".join(f"function f{i}<T extends {{a{i}: number}}>(x: T): T['a{i}'] "
+                     f"{{ return x.a{i} + {i}; }}\nconst v{i}: number = f{i}({{a{i}: {i}, b: 's'}});"
+                     for i in range(4000))
+    lang = dataclasses.replace(lang, steps=(dataclasses.replace(lang.steps[0], timeout_s=1.5),
+                                            lang.steps[1]))
+    cases = ts_programs() + [(slow, "Timeout")] + ts_programs()
+    with Executor(jobs=1, cache=None, use_cache=False, confirm_timeouts=False) as executor:
+        got = dict(executor.pool(lang).run([s for s, _ in cases]))
+    results = [result_of(lang, s, got[i]) for i, (s, _) in enumerate(cases)]
+    assert [r.status for r in results] == [status for _, status in cases]
+    hung = results[3].observation[0]
+    assert hung["warm"] and hung["timed_out"] and 1.5 <= hung["seconds"] < 3
+    assert all(r.observation[0].get("warm") for r in results)
+
+
+REACH = r"""
+declare var require: any;
+declare var process: any;
+const fs = require('fs');
+const found: any = {uid: process.getuid()};
+for (const p of fs.readdirSync('/proc')) {
+  let cmd = '';
+  try { cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8'); } catch (e) { continue; }
+  if (!cmd.includes('tsc-warm')) continue;
+  found.pid = p;
+  const tries: any = {
+    kill: () => process.kill(Number(p), 'SIGKILL'),
+    list_fds: () => fs.readdirSync(`/proc/${p}/fd`),
+    open_stdin: () => fs.openSync(`/proc/${p}/fd/0`, 'w'),
+    open_stdout: () => fs.openSync(`/proc/${p}/fd/1`, 'r'),
+    environ: () => fs.readFileSync(`/proc/${p}/environ`),
+  };
+  for (const name of Object.keys(tries)) {
+    try { tries[name](); found[name] = 'reached'; } catch (e) { found[name] = e.code; }
+  }
+}
+console.log(JSON.stringify(found));
+"""
+
+
+@pytest.mark.docker
+def test_a_program_cannot_reach_the_warm_process():
+    lang = offered_language("ts")
+    with Executor(jobs=1, cache=None, use_cache=False) as executor:
+        got = dict(executor.pool(lang).run([REACH, REACH]))
+    first, second = (json.loads(got[i][1]["stdout"]) for i in (0, 1))
+    assert first["uid"] != 0 and first["pid"] == second["pid"]  # the same warm tsc served both
+    tries = ("kill", "list_fds", "open_stdin", "open_stdout", "environ")
+    assert {first[k] for k in tries} <= {"EPERM", "EACCES"}
+    assert got[1][0]["warm"] is True and "warm_fallback" not in got[1][0]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_clj_class_data_sharing_changes_nothing():
+    """clj's run step maps an AppCDS archive (the image's): the same programs without it
+    observe the same (what MultiPL-E's command gives)."""
+    lang = offered_language("clj")
+    step = lang.steps[0]
+    assert any(a.startswith("-XX:SharedArchiveFile=") for a in step.argv)
+    plain = dataclasses.replace(lang, steps=(dataclasses.replace(
+        step, argv=tuple(a for a in step.argv if not a.startswith("-XX:SharedArchiveFile="))),))
+    programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20, broken_rows=5)
+    found = {}
+    for which in (lang, plain):
+        with Executor(jobs=2, cache=None, use_cache=False) as executor:
+            got = dict(executor.pool(which).run(programs))
+        found[which.steps[0].argv] = [result_of(which, p, got[i]) for i, p in enumerate(programs)]
+    shared, unshared = found.values()
+    for a, b in zip(shared, unshared, strict=True):
+        assert (a.status, a.exit_code, a.stdout) == (b.status, b.exit_code, b.stdout)
+        assert without_identity_hashes(a.stderr) == without_identity_hashes(b.stderr)
+    assert {r.status for r in shared} >= {"OK", "Exception"}
+
+
+def without_identity_hashes(text: str) -> str:
+    """A JVM's error report less what the archive changes: the identity hash codes of the
+    objects it prints (#object[... 0x6253c26 "...@6253c26"]), and so where a long one is cut."""
+    text = re.sub(r"(0x|@)[0-9a-f]{1,8}\b", r"\1#", text.split("\n... [")[0])
+    return text[:1500]  # the kept head ends where the hashes' lengths put it
