@@ -165,7 +165,7 @@ def test_bench_execute_json_shape(py_image, humaneval_dir, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["bench"] == "execute" and report["config"]["programs"] == 6
     rows = {row["mode"]: row for row in report["rows"]}
-    assert set(rows) == {"executor", "bare", "docker-run"}
+    assert set(rows) == {"executor", "cold", "bare", "docker-run"}  # cold: --cold-toolchains
     assert rows["bare"]["ratio_to_bare"] == 1.0
     assert all(row["programs_per_s"] > 0 for row in rows.values())
     assert rows["executor"]["programs_per_s"] > rows["docker-run"]["programs_per_s"]
