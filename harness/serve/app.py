@@ -79,15 +79,12 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-class CompletionRequest(BaseModel):
-    """The fields of OpenAI's legacy completions request that the server honours; others
-    are accepted and ignored unless they ask for something it cannot do (`unsupported`)."""
+class SamplingFields(BaseModel):
+    """What the completions and chat completions requests share: the model and how to sample."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str
-    prompt: str | list[int] | list[str]
-    max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_N)
@@ -95,6 +92,14 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict | None = None
+
+
+class CompletionRequest(SamplingFields):
+    """The fields of OpenAI's legacy completions request that the server honours; others
+    are accepted and ignored unless they ask for something it cannot do (`unsupported`)."""
+
+    prompt: str | list[int] | list[str]
+    max_tokens: int = Field(16, ge=1)
     echo: bool = False
     logprobs: int | None = None
     best_of: int | None = None
@@ -119,23 +124,13 @@ class Message(BaseModel):
         return self.content or ""
 
 
-class ChatRequest(BaseModel):
+class ChatRequest(SamplingFields):
     """The fields of OpenAI's chat completions request that the server honours; a request
     for tools, logprobs or a structured response format is refused (400)."""
 
-    model_config = ConfigDict(extra="allow")
-
-    model: str
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=MAX_N)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict | None = None
     logprobs: bool | None = None
     tools: list | None = None
     response_format: dict | None = None
