@@ -167,42 +167,43 @@ def _read_text(path: Path) -> str | None:
 
 def _read_jsonl(corpus: Corpus, seed: int, epoch: int) -> Iterator[Document]:
     path = Path(corpus.location)
-    offsets = _line_offsets(path)
-    _epoch_rng(seed, epoch).shuffle(offsets)
-    with path.open("rb") as f:
-        for offset in offsets:
-            f.seek(offset)
-            line = f.readline()
-            try:
-                text = json.loads(line)["content"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}: byte {offset} is not a JSON object with a `content` field; "
-                                "each line must be {\"content\": \"...\"}") from None
-            if isinstance(text, str) and text:
-                yield Document(_content_key(text), text)
+    for offset, line in _shuffled_lines(path, seed, epoch):
+        try:
+            text = json.loads(line)["content"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}: byte {offset} is not a JSON object with a `content` field; "
+                            "each line must be {\"content\": \"...\"}") from None
+        if isinstance(text, str) and text:
+            yield Document(_content_key(text), text)
 
 
 def _read_chat(corpus: Corpus, seed: int, epoch: int) -> Iterator[Document]:
     """Conversations: each document's text is its messages as JSON (checked here)."""
     path = Path(corpus.location)
+    for offset, line in _shuffled_lines(path, seed, epoch):
+        try:
+            messages = json.loads(line)["messages"]
+            ok = isinstance(messages, list) and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str) for m in messages)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise UserError(f"{path}: byte {offset} is not a conversation; each line must be "
+                            "{\"messages\": [{\"role\": ..., \"content\": \"...\"}, ...]}")
+        if any(m["role"] == "assistant" for m in messages):
+            text = json.dumps(messages, ensure_ascii=False, sort_keys=True)
+            yield Document(_content_key(text), text)
+
+
+def _shuffled_lines(path: Path, seed: int, epoch: int) -> Iterator[tuple[int, bytes]]:
+    """The file's non-blank lines (with their byte offsets) in this epoch's order."""
     offsets = _line_offsets(path)
     _epoch_rng(seed, epoch).shuffle(offsets)
     with path.open("rb") as f:
         for offset in offsets:
             f.seek(offset)
-            try:
-                messages = json.loads(f.readline())["messages"]
-                ok = isinstance(messages, list) and all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str) for m in messages)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                ok = False
-            if not ok:
-                raise UserError(f"{path}: byte {offset} is not a conversation; each line must be "
-                                "{\"messages\": [{\"role\": ..., \"content\": \"...\"}, ...]}")
-            if any(m["role"] == "assistant" for m in messages):
-                text = json.dumps(messages, ensure_ascii=False, sort_keys=True)
-                yield Document(_content_key(text), text)
+            yield offset, f.readline()
 
 
 def _line_offsets(path: Path) -> list[int]:
