@@ -99,6 +99,12 @@ def test_warm_process_is_restarted_after_its_quota(tmp_path):
 
 
 def test_warm_config_is_data_and_cold_leaves_it_out():
+    clj = load_language("clj")
+    fast, plain = (worker_config(clj, Limits.of(clj, cold=cold))["steps"][0] for cold in (False, True))
+    assert fast["fast"] and fast["argv"] == list(clj.steps[0].fast_argv)
+    assert not plain["fast"] and plain["argv"] == list(clj.steps[0].argv)
+    cold_clj = dataclasses.replace(clj, toolchains="cold")
+    assert worker_config(cold_clj, Limits.of(cold_clj))["steps"][0]["fast"] is False
     ts = load_language("ts")
     assert [bool(s.warm) for s in ts.steps] == [True, False]
     warm, cold = Limits.of(ts), Limits.of(ts, cold=True)
@@ -269,27 +275,29 @@ def test_a_program_cannot_reach_the_warm_process():
     assert got[1][0]["warm"] is True and "warm_fallback" not in got[1][0]
 
 
+FAST = [key for key in ("clj",) if load_language(key).fast_steps]
+
+
 @pytest.mark.docker
 @pytest.mark.slow
-def test_clj_class_data_sharing_changes_nothing():
-    """clj's run step maps an AppCDS archive (the image's): the same programs without it
-    observe the same (what MultiPL-E's command gives)."""
-    lang = offered_language("clj")
-    step = lang.steps[0]
-    assert any(a.startswith("-XX:SharedArchiveFile=") for a in step.argv)
-    plain = dataclasses.replace(lang, steps=(dataclasses.replace(
-        step, argv=tuple(a for a in step.argv if not a.startswith("-XX:SharedArchiveFile="))),))
-    programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20, broken_rows=5)
-    found = {}
-    for which in (lang, plain):
-        with Executor(jobs=2, cache=None, use_cache=False) as executor:
-            got = dict(executor.pool(which).run(programs))
-        found[which.steps[0].argv] = [result_of(which, p, got[i]) for i, p in enumerate(programs)]
-    shared, unshared = found.values()
-    for a, b in zip(shared, unshared, strict=True):
-        assert (a.status, a.exit_code, a.stdout) == (b.status, b.exit_code, b.stdout)
-        assert without_identity_hashes(a.stderr) == without_identity_hashes(b.stderr)
-    assert {r.status for r in shared} >= {"OK", "Exception"}
+@pytest.mark.parametrize("key", FAST)
+def test_fast_starts_observe_what_the_plain_command_does(key):
+    """A step's `fast_argv` (clj: the run step's JVM with a class-data archive, C1 only and the
+    serial collector) against the step's own argv, MultiPL-E's command (`--cold-toolchains`):
+    the same statuses, exit codes and outputs on the test inputs, the canaries and a wrong
+    and a broken completion of 20 rows."""
+    lang = offered_language(key)
+    programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20)
+    found = run_both(lang, programs)
+    for fast, plain in zip(found[False], found[True], strict=True):
+        for index, step in enumerate(lang.steps):
+            if step.fast_argv and index < len(fast.observation):
+                assert fast.observation[index].get("fast") is True
+                assert "fast" not in plain.observation[index]
+        assert (fast.status, fast.exit_code, fast.stdout) == (plain.status, plain.exit_code, plain.stdout), \
+            plain.program[-300:]
+        assert without_identity_hashes(fast.stderr) == without_identity_hashes(plain.stderr)
+    assert {r.status for r in found[True]} >= {"OK", "Exception"}
 
 
 def without_identity_hashes(text: str) -> str:

@@ -72,12 +72,13 @@ class Limits:
     # the steps' warm processes: memory and pids the container gets on top, for them (the
     # programs keep theirs); none on the cold path (`--cold-toolchains`)
     warm: tuple[Warm, ...] = ()
+    cold: bool = False  # `--cold-toolchains`: every step's own argv, no warm process, no fast start
 
     @classmethod
     def of(cls, lang: Language, lanes: int = 1, cold: bool = False) -> Limits:
         warm = () if cold else tuple(s.warm for s in lang.warm_steps if s.warm)
         return cls(memory=lang.memory, pids=lang.pids, tmpfs=lang.tmpfs, cpus=float(lanes), lanes=lanes,
-                   warm=warm)
+                   warm=warm, cold=cold)
 
     @property
     def container_memory(self) -> int:
@@ -126,10 +127,14 @@ def worker_config(lang: Language, limits: Limits) -> dict:
             return None
         return {"argv": list(step.warm.argv), "quota": step.warm.quota, "start_s": step.warm.start_s}
 
+    def fast(step: Step) -> bool:
+        return not limits.cold and step in lang.fast_steps
+
     return {
         "file": lang.file,
-        "steps": [{"argv": list(s.argv), "timeout_s": s.timeout_s,
-                   "ok_exit": list(s.ok_when.exit_code) or None, "warm": warm(s)} for s in lang.steps],
+        "steps": [{"argv": list(s.fast_argv if fast(s) else s.argv), "fast": fast(s),
+                   "timeout_s": s.timeout_s, "ok_exit": list(s.ok_when.exit_code) or None, "warm": warm(s)}
+                  for s in lang.steps],
         "env": dict(lang.env),
         "output_limit": lang.output_limit,
         "needles": list(lang.needles),  # the rules' texts, looked for in the whole streams

@@ -3,7 +3,7 @@ and writes one JSON result per line to stdout as each finishes. Standard library
 one file: the harness passes this file's text to `python3 -c` when a container starts.
 
 Protocol
-  first line  {"config": {"file", "steps": [{"argv", "timeout_s", "ok_exit", "warm"}], "env",
+  first line  {"config": {"file", "steps": [{"argv", "fast", "timeout_s", "ok_exit", "warm"}], "env",
                "output_limit", "needles": [str], "lanes", "uids": [..] | null, "gid",
                "warm_uids": [..], "root", "oom_adj", "cleanup_s"}}
   then        {"id": str, "source": str}                       one per program
@@ -37,6 +37,8 @@ is the program's Timeout (the process is killed, the next program starts a fresh
 answer that is not such a line, or a process that died, is the process's fault: it is
 restarted and the program's step runs cold. It is also restarted after `quota` requests.
 The step's outcome says which path ran: "warm": true, or "warm_fallback": why it ran cold.
+A step whose argv is its language's faster-starting command ("fast": true, the harness's
+choice) says so in its outcome too: "fast": true.
 
 Harness faults are never a program's result. A program that cannot be started for a reason
 other than a missing toolchain (EAGAIN/ENOMEM from fork under pids or memory pressure) is
@@ -563,6 +565,8 @@ def run_program(config, lane, source, running, warms):
                                    config.get("cleanup_s", CLEANUP_DEADLINE_S), config.get("needles", ()))
                 if why:
                     outcome["warm_fallback"] = why
+                if step.get("fast"):
+                    outcome["fast"] = True
             outcomes.append(outcome)
             ok_exit = step.get("ok_exit")
             if outcome["stopped"] or (ok_exit is not None and outcome["exit_code"] not in ok_exit):
