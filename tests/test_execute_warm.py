@@ -3,16 +3,16 @@ lane answers the compile step on the program's behalf, and nothing a program doe
 what is observed of it or of its neighbours.
 
 On the host (fast): the worker with a small warm "compiler" of ours, killed, hung, lying and
-retired by quota. In Docker (ts, the real warm tsc): warm and cold statuses and outputs are
-identical on MultiPL-E's test inputs, the canaries and a wrong and a broken completion of 20
-HumanEval rows; the warm process killed mid-batch; a program that hangs it; a program that
-tries to reach it from its own uid."""
+retired by quota. In Docker, for every language with a warm step or a fast start: warm and
+cold statuses and outputs are identical on MultiPL-E's test inputs, the canaries, a wrong and
+a broken completion of 20 HumanEval rows and the language's hostile suite; with ts's real warm
+tsc: the warm process killed mid-batch, a program that hangs it, a program that tries to
+reach it from its own uid."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import sys
 import textwrap
@@ -33,10 +33,6 @@ from harness.execute.sandbox import Limits, worker_config
 
 MULTIPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "multipl-e"
 HOSTILE = Path(__file__).resolve().parent / "hostile"
-# The hostile suite through both paths costs a minute per language (its programs run to their
-# limits); tests/test_hostile_languages.py runs it on the warm path (the default) against its
-# expectations on every run. FLORA_EVAL_WARM_HOSTILE=1 adds it here, both paths compared.
-HOSTILE_TOO = os.environ.get("FLORA_EVAL_WARM_HOSTILE") == "1"
 
 # The "compiler": reads main.py's first line; HANG hangs, DIE dies, LIE answers nonsense;
 # else writes out.txt and says which process compiled it. `--once`: the cold command.
@@ -147,7 +143,7 @@ def test_warm_and_cold_observe_the_same(key):
     assert len(programs) >= 29
     hostile = HOSTILE / f"{key}.toml"
     expected = {}
-    if hostile.is_file() and HOSTILE_TOO:  # the hostile suite, under its own (short) run-step limit
+    if hostile.is_file():  # the hostile suite, under its own (short) run-step limit
         data = tomllib.loads(hostile.read_text(encoding="utf-8"))
         lang = with_timeout(lang, data["timeout_s"])
         expected = {p["source"]: p["expect"] for p in data["programs"].values()}
@@ -160,7 +156,9 @@ def test_warm_and_cold_observe_the_same(key):
         assert warm.observation[0].get("warm") is True, warm.observation[0].get("warm_fallback")
         assert "warm" not in cold.observation[0]
         assert warm.observation[0] | DIFFERS == cold.observation[0] | DIFFERS, cold.program[-300:]
-        if warm.program in expected:  # how a fork bomb or a memory hog ends depends on timing
+        # a memory hog (and java's fork bomb) ends by whichever limit it meets first, which
+        # varies between two runs of the same path: both not OK is all the suite asks
+        if expected.get(warm.program) == "not_ok":
             continue
         assert warm.status == cold.status, cold.program[-300:]
         if warm.status != "Timeout" and len(warm.observation) == 1:  # a run step's output may vary
