@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from serve_helpers import ADAPTERS, BIN, flora_serve, save_adapters, server_process
+from serve_helpers import ADAPTERS, BIN, server_process
 
 from harness import api
 from harness.cli import main
@@ -25,17 +25,6 @@ from harness.serve.spec import ServeOptions, ServeSpec
 
 SAMPLING = ["-n", "2", "--max-tokens", "24", "--temperature", "0.8", "--seed", "7"]
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add two numbers."}]
-
-
-@pytest.fixture(scope="module")
-def adapters_dir(tmp_path_factory):
-    return save_adapters(load_model("tiny", device="cpu").model, tmp_path_factory.mktemp("ad") / "adapters")
-
-
-@pytest.fixture(scope="module")
-def server(adapters_dir, tmp_path_factory):
-    with flora_serve(adapters_dir, tmp_path_factory.mktemp("log") / "serve.log") as url:
-        yield url
 
 
 def records(run: Path) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:

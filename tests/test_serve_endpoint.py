@@ -13,31 +13,20 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from serve_helpers import ADAPTERS, BIN, flora_serve, save_adapters, server_process
+from serve_helpers import ADAPTERS, BIN, server_process
 
 from harness import api
 from harness.cli import main
 from harness.errors import UserError
 from harness.files import read_completions
 from harness.generate.endpoint import EndpointConfig
-from harness.models import build_tiny, load_model
+from harness.models import build_tiny
 from harness.records import SamplingConfig
 from harness.serve.server import LOOPBACK, ServerThread, build_state, free_port
 from harness.serve.spec import ServeOptions, ServeSpec
 
 SAMPLING = ["-n", "3", "--max-tokens", "24", "--temperature", "0.8", "--seed", "5"]
 SECRET = "sk-test-never-on-disk"
-
-
-@pytest.fixture(scope="module")
-def adapters_dir(tmp_path_factory):
-    return save_adapters(load_model("tiny", device="cpu").model, tmp_path_factory.mktemp("ad") / "adapters")
-
-
-@pytest.fixture(scope="module")
-def server(adapters_dir, tmp_path_factory):
-    with flora_serve(adapters_dir, tmp_path_factory.mktemp("log") / "serve.log") as url:
-        yield url
 
 
 def completions(run: Path) -> dict[str, tuple[str, ...]]:
