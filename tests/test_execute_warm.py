@@ -26,10 +26,11 @@ from test_execute_support import offered_language, with_timeout
 from test_execute_worker import run_worker
 from test_hostile_languages import problems
 
-from harness.bench.programs import mixed_programs
+from harness.bench.programs import BROKEN, WRONG, mixed_programs
 from harness.execute.engine import Executor
 from harness.execute.languages import load_language, result_of
 from harness.execute.sandbox import Limits, worker_config
+from harness.problems import load_problems
 
 MULTIPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "multipl-e"
 HOSTILE = Path(__file__).resolve().parent / "hostile"
@@ -303,3 +304,23 @@ def without_identity_hashes(text: str) -> str:
     objects it prints (#object[... 0x6253c26 "...@6253c26"]), and so where a long one is cut."""
     text = re.sub(r"(0x|@)[0-9a-f]{1,8}\b", r"\1#", text.split("\n... [")[0])
     return text[:1500]  # the kept head ends where the hashes' lengths put it
+
+
+# What a WRONG and a BROKEN completion give by the language's rules (a runtime error, a read
+# error), for a language the comparisons above do not run: its bench mix means what it says.
+NAMED = {"rkt": ("Exception", "SyntaxError")}
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("key", sorted(NAMED))
+def test_wrong_and_broken_completions_fail_as_named(key):
+    lang = offered_language(key)
+    rows = load_problems(key, MULTIPLE / "humaneval", limit=4).problems
+    expected = {lang.canary.good: "OK", lang.canary.bad: lang.canary.bad_status}
+    for body, status in zip((WRONG[key], BROKEN[key]), NAMED[key], strict=True):
+        expected |= {row.prompt + body + "\n" + row.tests: status for row in rows}
+    with Executor(jobs=2, cache=None, use_cache=False) as executor:
+        got = dict(executor.pool(lang).run(list(expected)))
+    found = [result_of(lang, p, got[i]).status for i, p in enumerate(expected)]
+    assert found == list(expected.values())
