@@ -278,9 +278,9 @@ def test_a_program_cannot_reach_the_warm_process():
 FAST = [key for key in ("clj", "elixir") if load_language(key).fast_steps]
 # What a program can see of how its VM was started, printed: the same either way.
 STARTED_SOURCES = {
-    "elixir": ["IO.inspect({System.get_env() |> Enum.sort(), :init.get_arguments(), :init.get_plain_arguments(),\n"
-               "            System.argv(), :code.get_path(), System.schedulers_online(), File.cwd!()},\n"
-               "           limit: :infinity)\n"],
+    "elixir": ["IO.inspect({System.get_env() |> Enum.sort(), :init.get_arguments(),\n"
+               "            :init.get_plain_arguments(), System.argv(), :code.get_path(),\n"
+               "            System.schedulers_online(), File.cwd!()}, limit: :infinity)\n"],
 }
 
 
