@@ -5,9 +5,10 @@ what is observed of it or of its neighbours.
 On the host (fast): the worker with a small warm "compiler" of ours, killed, hung, lying and
 retired by quota. In Docker, for every language with a warm step or a fast start: warm and
 cold statuses and outputs are identical on MultiPL-E's test inputs, the canaries, a wrong and
-a broken completion of 20 HumanEval rows and the language's hostile suite; with ts's real warm
-tsc: the warm process killed mid-batch, a program that hangs it, a program that tries to
-reach it from its own uid."""
+a broken completion of 20 HumanEval rows and the language's hostile suite; fast starts
+(`fast_argv`) against the plain command; with ts's real warm tsc: the warm process killed
+mid-batch, a program that hangs it, a program that tries to reach it from its own uid;
+scala's resident compiler forgetting each program's classes."""
 
 from __future__ import annotations
 
@@ -274,7 +275,41 @@ def test_a_program_cannot_reach_the_warm_process():
     assert got[1][0]["warm"] is True and "warm_fallback" not in got[1][0]
 
 
-FAST = [key for key in ("clj", "elixir") if load_language(key).fast_steps]
+# Programs one after another in one lane (one warm scalac, one compiler instance): what one
+# defines is not there for the next. A passes; B uses A's class, object and method without
+# defining them; P puts an object in a package (the compiler instance is dropped after it);
+# Q uses it.
+SCALA_AFTER_ANOTHER = [
+    ("class Helper { def x = 1 }\nobject Helper { def y = 2 }\nobject Problem {\n  def f = 3\n"
+     "  def main(args: Array[String]) = { assert(new Helper().x + Helper.y == f) }\n}\n", "OK"),
+    ("object Problem {\n  def main(args: Array[String]) = {\n"
+     "    assert(new Helper().x + Helper.y == Problem.f)\n  }\n}\n", "SyntaxError"),
+    ("package foo { object Bar { def z = 1 } }\nobject Problem {\n"
+     "  def main(args: Array[String]) = { assert(foo.Bar.z == 1) }\n}\n", "OK"),
+    ("object Problem {\n  def main(args: Array[String]) = { assert(foo.Bar.z == 1) }\n}\n", "SyntaxError"),
+]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_warm_scalac_forgets_each_program():
+    lang = offered_language("scala")
+    sources = [source for source, _ in SCALA_AFTER_ANOTHER]
+    found = {}
+    for cold in (False, True):
+        with Executor(jobs=1, cache=None, use_cache=False, cold_toolchains=cold) as executor:
+            got = dict(executor.pool(lang).run(sources))
+        found[cold] = [result_of(lang, s, got[i]) for i, s in enumerate(sources)]
+    assert [r.status for r in found[False]] == [status for _, status in SCALA_AFTER_ANOTHER]
+    for warm, cold in zip(found[False], found[True], strict=True):
+        assert warm.observation[0].get("warm") is True, warm.observation[0].get("warm_fallback")
+        assert warm.observation[0] | DIFFERS == cold.observation[0] | DIFFERS
+        assert warm.status == cold.status
+    assert "not found: type Helper" in found[False][1].stderr + found[False][1].stdout
+
+
+
+FAST = [key for key in ("clj", "elixir", "scala") if load_language(key).fast_steps]
 # What a program can see of how its VM was started, printed: the same either way.
 STARTED_SOURCES = {
     "elixir": ["IO.inspect({System.get_env() |> Enum.sort(), :init.get_arguments(),\n"
@@ -287,14 +322,19 @@ STARTED_SOURCES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("key", FAST)
 def test_fast_starts_observe_what_the_plain_command_does(key):
-    """A step's `fast_argv` (clj: the run step's JVM with a class-data archive, C1 only and the
-    serial collector; elixir: the VM the `elixir` script starts, without the scripts' forks, on
-    one scheduler that does not spin) against the step's own argv, MultiPL-E's command
-    (`--cold-toolchains`): the same statuses, exit codes and outputs on the test inputs, the
-    canaries and a wrong and a broken completion of 20 rows."""
+    """A step's `fast_argv` (clj, scala: the run step's JVM with a class-data archive, C1 only
+    and the serial collector; elixir: the VM the `elixir` script starts, without the scripts'
+    forks, on one scheduler that does not spin) against the step's own argv, MultiPL-E's
+    command (`--cold-toolchains`): the same statuses, exit codes and outputs on the test
+    inputs, the canaries and a wrong and a broken completion of 20 rows (6 and 2 where a
+    compile step comes first)."""
     lang = offered_language(key)
-    programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20) + STARTED_SOURCES.get(key, [])
-    assert len(programs) >= 40
+    # a compiled language: fewer rows (a program that does not compile never runs, and
+    # test_warm_and_cold_observe_the_same, whose warm path starts fast, compares 20 rows' statuses)
+    rows, broken_rows = (20, 20) if len(lang.steps) == 1 else (6, 2)
+    programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=rows, broken_rows=broken_rows)
+    programs += STARTED_SOURCES.get(key, [])
+    assert len(programs) >= (40 if len(lang.steps) == 1 else 10)
     found = run_both(lang, programs)
     for fast, plain in zip(found[False], found[True], strict=True):
         for index, step in enumerate(lang.steps):

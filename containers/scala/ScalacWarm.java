@@ -1,8 +1,9 @@
-// flora-eval's warm scalac: Scala's own compiler driver (scala.tools.nsc.Main, what `scalac`
-// runs) in one JVM, asked once per program. Protocol (harness/execute/worker.py, "Warm
-// steps"): after one {"ready": true} line, each request line {"argv": ["scalac", ...], "cwd":
-// dir} is answered by one line {"exit_code", "stdout", "stderr"}. The JVM is started as the
-// scalac script starts it (the Scala jars as its class path, -Dscala.usejavacp=true), this
+// flora-eval's warm scalac: Scala's own compiler driver (what `scalac` runs) in one JVM, asked
+// once per program, keeping one compiler instance between programs (Resident.scala says how,
+// and how a program's classes are kept from the next). Protocol (harness/execute/worker.py,
+// "Warm steps"): after one {"ready": true} line, each request line {"argv": ["scalac", ...],
+// "cwd": dir} is answered by one line {"exit_code", "stdout", "stderr"}. The JVM is started as
+// the scalac script starts it (the Scala jars as its class path, -Dscala.usejavacp=true), this
 // class from the boot class path so that the compiler does not see it. The JVM cannot change
 // its working directory, so "." and the names of files in cwd are passed as absolute paths,
 // the compiler's default class path (".", the cold scalac's working directory) is given as
@@ -84,18 +85,17 @@ public class ScalacWarm {
         return b.append('"').toString();
     }
 
-    // This class is on the boot class path, out of the compiler's sight, so it reaches the
-    // Scala classes (the JVM's class path) through the application class loader.
-    private static final Class<?> CONSOLE, MAIN;
-    private static final Object CONSOLE_MODULE, MAIN_MODULE;
+    // This class is on the boot class path, out of the compiler's sight; so is Resident, the
+    // compiler's driver (Resident.scala), loaded from its own folder by a loader under the
+    // application class loader, which holds the Scala jars.
+    private static final java.lang.reflect.Method RESIDENT;
     static {
         try {
-            ClassLoader app = ClassLoader.getSystemClassLoader();
-            CONSOLE = app.loadClass("scala.Console$");
-            MAIN = app.loadClass("scala.tools.nsc.Main$");
-            CONSOLE_MODULE = CONSOLE.getField("MODULE$").get(null);
-            MAIN_MODULE = MAIN.getField("MODULE$").get(null);
-        } catch (ReflectiveOperationException e) {
+            java.net.URL dir = new File("/opt/flora-eval/scala/resident/").toURI().toURL();
+            ClassLoader loader = new java.net.URLClassLoader(new java.net.URL[] {dir}, ClassLoader.getSystemClassLoader());
+            RESIDENT = loader.loadClass("floraeval.Resident")
+                .getMethod("compile", String[].class, String.class, PrintStream.class, PrintStream.class);
+        } catch (ReflectiveOperationException | java.net.MalformedURLException e) {
             throw new ExceptionInInitializerError(e);
         }
     }
@@ -120,21 +120,16 @@ public class ScalacWarm {
         ByteArrayOutputStream out = new ByteArrayOutputStream(), err = new ByteArrayOutputStream();
         PrintStream outs = new PrintStream(out, true, StandardCharsets.UTF_8);
         PrintStream errs = new PrintStream(err, true, StandardCharsets.UTF_8);
-        boolean ok;
+        int exit;
         try {
-            CONSOLE.getMethod("setOut", PrintStream.class).invoke(CONSOLE_MODULE, outs);
-            CONSOLE.getMethod("setErr", PrintStream.class).invoke(CONSOLE_MODULE, errs);
-            MAIN.getMethod("process", String[].class).invoke(MAIN_MODULE, (Object) args.toArray(new String[0]));
-            // scalac's own exit code (2.11's Driver.main): 1 when its reporter has errors
-            Object reporter = MAIN.getMethod("reporter").invoke(MAIN_MODULE);
-            ok = !(Boolean) reporter.getClass().getMethod("hasErrors").invoke(reporter);
+            exit = (Integer) RESIDENT.invoke(null, args.toArray(new String[0]), cwd, outs, errs);
         } catch (ReflectiveOperationException e) {
             throw new RuntimeException(e);  // ends this process: the worker runs the step cold
         }
         outs.flush();
         errs.flush();
         String prefix = cwd + "/";
-        return "{\"exit_code\": " + (ok ? 0 : 1)
+        return "{\"exit_code\": " + exit
             + ", \"stdout\": " + quote(out.toString(StandardCharsets.UTF_8).replace(prefix, ""))
             + ", \"stderr\": " + quote(err.toString(StandardCharsets.UTF_8).replace(prefix, "")) + "}";
     }
@@ -142,11 +137,22 @@ public class ScalacWarm {
     public static void main(String[] argv) throws Exception {
         PrintStream answers = new PrintStream(System.out, true, StandardCharsets.UTF_8);
         System.setOut(new PrintStream(new ByteArrayOutputStream()));  // nothing else reaches the pipe
-        // one compile before the first program's (the JIT's first pass is seconds)
+        // a few compiles before the first program's (the JIT's first pass is seconds), with a
+        // compile error among them, the Global reused as it will be; its class files removed
+        // each time, as the worker gives each program a fresh dir
         java.nio.file.Path warmup = java.nio.file.Files.createTempDirectory("scalac-warm-");
-        java.nio.file.Files.writeString(warmup.resolve("Warmup.scala"),
-            "object Warmup { def f(xs: List[Long]): Long = xs.map(_ * 2).sum }\n");
-        compile("{\"argv\": [\"scalac\", \"-d\", \".\", \"Warmup.scala\"], \"cwd\": \"" + warmup + "\"}");
+        String[] sources = {
+            "import scala.math._\nimport scala.collection.mutable._\nobject Warmup {\n"
+                + "  def f(xs: List[Long]): Long = xs.map(x => max(x, 0l) * 2).sum\n"
+                + "  def main(args: Array[String]) = { assert(f(List[Long](1l, 2l)) == (6l)); }\n}\n",
+            "object Warmup {\n  def f(xs: List[Long]): Long = xs.map(_.toString)\n}\n"};
+        for (int round = 0; round < 4; round++) {
+            java.nio.file.Files.writeString(warmup.resolve("Warmup.scala"), sources[round % 2]);
+            compile("{\"argv\": [\"scalac\", \"-d\", \".\", \"Warmup.scala\"], \"cwd\": \"" + warmup + "\"}");
+            try (java.util.stream.Stream<java.nio.file.Path> files = java.nio.file.Files.list(warmup)) {
+                files.filter(f -> f.toString().endsWith(".class")).forEach(f -> f.toFile().delete());
+            }
+        }
         try (java.util.stream.Stream<java.nio.file.Path> files = java.nio.file.Files.walk(warmup)) {
             files.sorted(java.util.Comparator.reverseOrder()).forEach(f -> f.toFile().delete());
         }
