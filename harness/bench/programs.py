@@ -18,6 +18,7 @@ WRONG = {
     "cpp": "\n    throw 1;\n",
     "scala": "\n        ???\n",
     "clj": "(throw (Exception. \"wrong\")))\n",
+    "swift": "\n    fatalError(\"wrong\")\n",
 }
 # A completion that does not compile (or parse).
 BROKEN = {
@@ -27,6 +28,7 @@ BROKEN = {
     "cpp": "\n    return )(;\n",
     "scala": "\n        return )(\n",
     "clj": "(let [x] )))\n",
+    "swift": "\n    return )(\n",
 }
 
 
