@@ -26,7 +26,8 @@ from test_execute_support import offered_language, with_timeout
 from test_execute_worker import run_worker
 from test_hostile_languages import problems
 
-from harness.bench.programs import mixed_programs, test_input_programs
+from harness.bench.programs import mixed_programs
+from harness.bench.programs import test_input_programs as input_programs  # (not a test)
 from harness.execute.engine import Executor
 from harness.execute.languages import load_language, result_of
 from harness.execute.sandbox import Limits, worker_config
@@ -357,7 +358,7 @@ def test_swiftc_fast_writes_the_binary_swiftc_writes():
     lang = offered_language("swift")
     digest = ("sh", "-c", "objcopy -R .swift_modhash {stem} .tmp/b && sha256sum < .tmp/b")
     lang = dataclasses.replace(lang, steps=(lang.steps[0], dataclasses.replace(lang.steps[1], argv=digest)))
-    programs = test_input_programs(lang, MULTIPLE / "test_inputs") + [lang.canary.good, lang.canary.bad]
+    programs = input_programs(lang, MULTIPLE / "test_inputs") + [lang.canary.good, lang.canary.bad]
     programs += FAST_SOURCES["swift"][:3]
     found = run_both(lang, programs, canary=False)  # its "run" passes the known-bad canary
     compiled = 0
