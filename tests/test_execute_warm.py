@@ -6,7 +6,8 @@ On the host (fast): the worker with a small warm "compiler" of ours, killed, hun
 retired by quota. In Docker (ts, the real warm tsc): warm and cold statuses and outputs are
 identical on MultiPL-E's test inputs, the canaries and a wrong and a broken completion of 20
 HumanEval rows; the warm process killed mid-batch; a program that hangs it; a program that
-tries to reach it from its own uid."""
+tries to reach it from its own uid. Fast starts (a step's `fast_argv`: clj, swift) against the
+step's own command on the same programs; and swiftc-fast writes swiftc's binary."""
 
 from __future__ import annotations
 
