@@ -5,10 +5,11 @@ what is observed of it or of its neighbours.
 On the host (fast): the worker with a small warm "compiler" of ours, killed, hung, lying and
 retired by quota. In Docker, for every language with a warm step or a fast start: warm and
 cold statuses and outputs are identical on MultiPL-E's test inputs, the canaries, a wrong and
-a broken completion of 20 HumanEval rows and the language's hostile suite; fast starts
-(`fast_argv`) against the plain command; with ts's real warm tsc: the warm process killed
-mid-batch, a program that hangs it, a program that tries to reach it from its own uid;
-scala's resident compiler forgetting each program's classes."""
+a broken completion of 20 HumanEval rows and the language's hostile suite; fast starts (a
+step's `fast_argv`: clj, elixir, scala, swift) against the step's own command; with ts's real
+warm tsc: the warm process killed mid-batch, a program that hangs it, a program that tries to
+reach it from its own uid; scala's resident compiler forgetting each program's classes;
+swiftc-fast writing swiftc's binary."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from test_execute_worker import run_worker
 from test_hostile_languages import problems
 
 from harness.bench.programs import BROKEN, WRONG, mixed_programs
+from harness.bench.programs import test_input_programs as input_programs  # (not a test)
 from harness.execute.engine import Executor
 from harness.execute.languages import load_language, result_of
 from harness.execute.sandbox import Limits, worker_config
@@ -118,11 +120,22 @@ def test_warm_config_is_data_and_cold_leaves_it_out():
 DIFFERS = {"seconds": 0, "warm": None}
 
 
-def run_both(lang, programs: list[str]) -> dict[bool, list]:
+def with_hostile(lang) -> tuple:
+    """The language's hostile suite (source -> what it expects), if it has one, and the
+    language under the suite's own (short) run-step limit."""
+    hostile = HOSTILE / f"{lang.key}.toml"
+    if not hostile.is_file():
+        return lang, {}
+    data = tomllib.loads(hostile.read_text(encoding="utf-8"))
+    expected = {p["source"]: p["expect"] for p in data["programs"].values()}
+    return with_timeout(lang, data["timeout_s"]), expected
+
+
+def run_both(lang, programs: list[str], canary: bool = True) -> dict[bool, list]:
     found = {}
     for cold in (False, True):
         with Executor(jobs=2, cache=None, use_cache=False, cold_toolchains=cold) as executor:
-            got = dict(executor.pool(lang).run(programs))
+            got = dict(executor.pool(lang, canary=canary).run(programs))
         found[cold] = [result_of(lang, p, got[i]) for i, p in enumerate(programs)]
     return found
 
@@ -143,13 +156,8 @@ def test_warm_and_cold_observe_the_same(key):
     programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=20, broken_rows=5)
     programs += REACHING_SOURCES.get(key, [])
     assert len(programs) >= 29
-    hostile = HOSTILE / f"{key}.toml"
-    expected = {}
-    if hostile.is_file():  # the hostile suite, under its own (short) run-step limit
-        data = tomllib.loads(hostile.read_text(encoding="utf-8"))
-        lang = with_timeout(lang, data["timeout_s"])
-        expected = {p["source"]: p["expect"] for p in data["programs"].values()}
-        programs += list(expected)
+    lang, expected = with_hostile(lang)
+    programs += list(expected)
     found = run_both(lang, programs)
     for result in found[False] + found[True]:  # a hostile program: what its suite expects, both ways
         if result.program in expected:
@@ -309,12 +317,24 @@ def test_a_warm_scalac_forgets_each_program():
 
 
 
-FAST = [key for key in ("clj", "elixir", "scala") if load_language(key).fast_steps]
-# What a program can see of how its VM was started, printed: the same either way.
-STARTED_SOURCES = {
+FAST = [key for key in ("clj", "elixir", "scala", "swift") if load_language(key).fast_steps]
+# Fewer rows (wrong, broken) where the cold path is slow: scala's cold scalac is 3-7 s a
+# program, and test_warm_and_cold_observe_the_same, whose warm path starts fast, compares its
+# 20 rows' statuses already.
+FAST_ROWS = {"scala": (6, 2)}
+# Programs a language's fast start must also get right. elixir: what a program can see of how
+# its VM was started, printed (the same either way); swift: a module read from the image's
+# cache, one it has not (built into $HOME as cold), a warning, a link error.
+FAST_SOURCES = {
     "elixir": ["IO.inspect({System.get_env() |> Enum.sort(), :init.get_arguments(),\n"
                "            :init.get_plain_arguments(), System.argv(), :code.get_path(),\n"
                "            System.schedulers_online(), File.cwd!()}, limit: :infinity)\n"],
+    "swift": ['import Foundation\n\nfunc hypot2(a: Double, b: Double) -> Double {\n'
+              '    return sqrt(a * a + b * b)\n}\n'
+              'assert(hypot2(a: 3, b: 4) == 5)\nprint(String(format: "%.1f", hypot2(a: 3, b: 4)))\n',
+              'import _Builtin_limits\n\nassert(Int32.max == 2147483647)\n',
+              'func twice(x: Int) -> Int {\n    var y = x * 2\n    return y\n}\nassert(twice(x: 2) == 4)\n',
+              '@_silgen_name("flora_undefined") func undefined() -> Int\nassert(undefined() == 1)\n'],
 }
 
 
@@ -324,27 +344,38 @@ STARTED_SOURCES = {
 def test_fast_starts_observe_what_the_plain_command_does(key):
     """A step's `fast_argv` (clj, scala: the run step's JVM with a class-data archive, C1 only
     and the serial collector; elixir: the VM the `elixir` script starts, without the scripts'
-    forks, on one scheduler that does not spin) against the step's own argv, MultiPL-E's
-    command (`--cold-toolchains`): the same statuses, exit codes and outputs on the test
-    inputs, the canaries and a wrong and a broken completion of 20 rows (6 and 2 where a
-    compile step comes first)."""
+    forks, on one scheduler that does not spin; swift: the driver's jobs without the driver,
+    modules from the image) against the step's own argv, MultiPL-E's command
+    (`--cold-toolchains`): the same statuses, exit codes and outputs, and the same observation
+    of every compile step, on the test inputs, the canaries, a wrong and a broken completion
+    of 20 rows (scala: 6 and 2) and the hostile suite."""
     lang = offered_language(key)
-    # a compiled language: fewer rows (a program that does not compile never runs, and
-    # test_warm_and_cold_observe_the_same, whose warm path starts fast, compares 20 rows' statuses)
-    rows, broken_rows = (20, 20) if len(lang.steps) == 1 else (6, 2)
+    rows, broken_rows = FAST_ROWS.get(key, (20, 20))
     programs = mixed_programs(lang, MULTIPLE / "humaneval", rows=rows, broken_rows=broken_rows)
-    programs += STARTED_SOURCES.get(key, [])
-    assert len(programs) >= (40 if len(lang.steps) == 1 else 10)
-    found = run_both(lang, programs)
+    programs += FAST_SOURCES.get(key, [])
+    assert len(set(programs)) >= (40 if key not in FAST_ROWS else 10)
+    lang, expected = with_hostile(lang)
+    found = run_both(lang, programs + list(expected))
     for fast, plain in zip(found[False], found[True], strict=True):
         for index, step in enumerate(lang.steps):
             if step.fast_argv and index < len(fast.observation):
                 assert fast.observation[index].get("fast") is True
                 assert "fast" not in plain.observation[index]
+        compiled = min(len(lang.steps) - 1, len(plain.observation))  # the compile steps that ran
+        assert [comparable(o) for o in fast.observation[:compiled]] == \
+               [comparable(o) for o in plain.observation[:compiled]], plain.program[-300:]
+        if plain.program in expected:  # a hostile program: what its suite expects, both ways
+            assert problems(lang, "hostile", expected[plain.program], fast) == []
+            assert problems(lang, "hostile", expected[plain.program], plain) == []
+            if expected[plain.program] != "not_ok":  # (which limit a hog meets first is a race)
+                assert fast.status == plain.status, plain.program[-300:]
+            continue
         assert (fast.status, fast.exit_code) == (plain.status, plain.exit_code), plain.program[-300:]
         assert without_run_to_run(fast.stdout) == without_run_to_run(plain.stdout), plain.program[-300:]
-        assert without_identity_hashes(fast.stderr) == without_identity_hashes(plain.stderr)
+        assert without_run_noise(fast.stderr) == without_run_noise(plain.stderr)
     assert {r.status for r in found[True]} >= {"OK", "Exception"}
+    if len(lang.steps) > 1:  # and some that did not compile
+        assert any(len(r.observation) < len(lang.steps) for r in found[True])
 
 
 def without_run_to_run(text: str) -> str:
@@ -355,11 +386,24 @@ def without_run_to_run(text: str) -> str:
     return re.sub(r"(?m)^Finished in [0-9.]+ seconds \([^)]*\)$", "Finished in #", text)
 
 
-def without_identity_hashes(text: str) -> str:
-    """A JVM's error report less what the archive changes: the identity hash codes of the
-    objects it prints (#object[... 0x6253c26 "...@6253c26"]), and so where a long one is cut."""
-    text = re.sub(r"(0x|@)[0-9a-f]{1,8}\b", r"\1#", text.split("\n... [")[0])
-    return text[:1500]  # the kept head ends where the hashes' lengths put it
+def comparable(step: dict) -> dict:
+    """A compile step's observation less its time, its provenance and `without_temp_dir`."""
+    return {k: without_temp_dir(v) if isinstance(v, str) else v for k, v in step.items()
+            if k not in ("seconds", "fast")}
+
+
+def without_temp_dir(text: str) -> str:
+    """Less the name of the swift driver's temp dir (a link error names it; random either way)."""
+    return re.sub(r"TemporaryDirectory\.\w+", "TemporaryDirectory.#", text)
+
+
+def without_run_noise(text: str) -> str:
+    """What differs between two runs of one program on either path: a JVM error report's
+    identity hash codes (#object[... 0x6253c26 "...@6253c26"], which the archive changes; and
+    so where a long report is cut), Swift's crash backtrace (its addresses move with ASLR),
+    and `without_temp_dir`."""
+    text = text.split("\n... [")[0].split("\n*** Signal ")[0]
+    return re.sub(r"(0x|@)[0-9a-f]{1,8}\b", r"\1#", without_temp_dir(text))[:1500]  # (the hashes' lengths)
 
 
 # What a WRONG and a BROKEN completion give by the language's rules (a runtime error, a read
@@ -380,3 +424,25 @@ def test_wrong_and_broken_completions_fail_as_named(key):
         got = dict(executor.pool(lang).run(list(expected)))
     found = [result_of(lang, p, got[i]).status for i, p in enumerate(expected)]
     assert found == list(expected.values())
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_swiftc_fast_writes_the_binary_swiftc_writes():
+    """The run step runs the same program either way: swiftc-fast's binary is swiftc's, byte
+    for byte, but for .swift_modhash (a hash that names the temp object's path, so it differs
+    between two cold compiles too). The run step here prints the binary's hash instead."""
+    lang = offered_language("swift")
+    digest = ("sh", "-c", "objcopy -R .swift_modhash {stem} .tmp/b && sha256sum < .tmp/b")
+    lang = dataclasses.replace(lang, steps=(lang.steps[0], dataclasses.replace(lang.steps[1], argv=digest)))
+    programs = input_programs(lang, MULTIPLE / "test_inputs") + [lang.canary.good, lang.canary.bad]
+    programs += FAST_SOURCES["swift"][:3]
+    found = run_both(lang, programs, canary=False)  # its "run" passes the known-bad canary
+    compiled = 0
+    for fast, plain in zip(found[False], found[True], strict=True):
+        assert fast.observation[0]["fast"] and len(fast.observation) == len(plain.observation)
+        if len(plain.observation) == 2:  # (one of the test inputs does not compile)
+            compiled += 1
+            assert re.fullmatch(r"[0-9a-f]{64}  -\n", fast.stdout), fast.stderr
+            assert fast.stdout == plain.stdout, plain.program
+    assert compiled >= 5

@@ -22,6 +22,7 @@ WRONG = {
     "clj": "(throw (Exception. \"wrong\")))\n",
     "rkt": "  (error \"wrong\"))\n",
     "elixir": "raise \"wrong\"" + ELIXIR_END,
+    "swift": "\n    fatalError(\"wrong\")\n",
 }
 # A completion that does not compile (or parse).
 BROKEN = {
@@ -33,6 +34,7 @@ BROKEN = {
     "clj": "(let [x] )))\n",
     "rkt": "  (list 1 2]\n",
     "elixir": "x = ," + ELIXIR_END,  # "** (SyntaxError)"; `)(` is a MismatchedDelimiterError
+    "swift": "\n    return )(\n",
 }
 # Passing completions, by problem, for a language whose test inputs are missing (elixir has
 # none in ../shared/multipl-e/test_inputs): written by hand, checked by the equality tests.
