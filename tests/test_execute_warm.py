@@ -387,9 +387,9 @@ def without_run_to_run(text: str) -> str:
 
 
 def comparable(step: dict) -> dict:
-    """A compile step's observation less its time, its provenance and `without_temp_dir`."""
+    """A compile step's observation less its time, its provenance (fast, warm) and `without_temp_dir`."""
     return {k: without_temp_dir(v) if isinstance(v, str) else v for k, v in step.items()
-            if k not in ("seconds", "fast")}
+            if k not in ("seconds", "fast", "warm")}
 
 
 def without_temp_dir(text: str) -> str:
