@@ -20,6 +20,16 @@ def test_build_contexts_exist_for_base_and_every_language():
         assert "FROM ${BASE}" in text, f"containers/{lang.key}/Dockerfile must build on the base image"
 
 
+def test_a_build_sees_containers_shared_only_when_its_dockerfile_copies_from_it():
+    """containers/shared/ travels in the java and scala contexts (and so in their images'
+    hashes: such an image is stale when a shared file changes), in no other."""
+    for key in ("java", "scala"):
+        files = dict(images.context_files(key))
+        assert "Dockerfile" in files and files["shared/WarmRequests.java"].read_bytes()
+    assert [name for name, _ in images.context_files("py")] == ["Dockerfile"]
+    assert not any(name.startswith("shared/") for name, _ in images.context_files("base"))
+
+
 def test_images_cli_without_docker_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
     assert main(["images", "check", "py"]) == 2

@@ -1,90 +1,19 @@
 // flora-eval's warm scalac: Scala's own compiler driver (what `scalac` runs) in one JVM, asked
-// once per program, keeping one compiler instance between programs (Resident.scala says how,
-// and how a program's classes are kept from the next). Protocol (harness/execute/worker.py,
-// "Warm steps"): after one {"ready": true} line, each request line {"argv": ["scalac", ...],
-// "cwd": dir} is answered by one line {"exit_code", "stdout", "stderr"}. The JVM is started as
-// the scalac script starts it (the Scala jars as its class path, -Dscala.usejavacp=true), this
-// class from the boot class path so that the compiler does not see it. The JVM cannot change
-// its working directory, so "." and the names of files in cwd are passed as absolute paths,
-// the compiler's default class path (".", the cold scalac's working directory) is given as
-// cwd, and "cwd/" is taken out of the messages again.
-import java.io.BufferedReader;
+// once per program over the worker's pipes (WarmRequests.java: the protocol, and why "." and
+// file names become absolute paths), keeping one compiler instance between programs
+// (Resident.scala says how, and how a program's classes are kept from the next). The JVM is
+// started as the scalac script starts it (the Scala jars as its class path,
+// -Dscala.usejavacp=true), this class and WarmRequests from the boot class path so that the
+// compiler does not see them; the compiler's default class path (".", the cold scalac's
+// working directory) is given as cwd.
 import java.io.ByteArrayOutputStream;
 import java.io.File;
-import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
-import java.util.ArrayList;
-import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
 public class ScalacWarm {
-    private final String s;
-    private int i;
-
-    private ScalacWarm(String s) { this.s = s; }
-
-    private void ws() { while (i < s.length() && Character.isWhitespace(s.charAt(i))) i++; }
-
-    private Object value() {
-        ws();
-        char c = s.charAt(i);
-        if (c == '"') return string();
-        if (c == '[') {
-            List<Object> list = new ArrayList<>();
-            i++; ws();
-            if (s.charAt(i) == ']') { i++; return list; }
-            while (true) {
-                list.add(value()); ws();
-                if (s.charAt(i++) == ']') return list;
-            }
-        }
-        if (c == '{') {
-            Map<String, Object> map = new HashMap<>();
-            i++; ws();
-            if (s.charAt(i) == '}') { i++; return map; }
-            while (true) {
-                ws(); String key = string(); ws(); i++; // ':'
-                map.put(key, value()); ws();
-                if (s.charAt(i++) == '}') return map;
-            }
-        }
-        int start = i;
-        while (i < s.length() && ",]}".indexOf(s.charAt(i)) < 0) i++;
-        return s.substring(start, i).trim();
-    }
-
-    private String string() {
-        StringBuilder b = new StringBuilder();
-        i++; // opening quote
-        while (true) {
-            char c = s.charAt(i++);
-            if (c == '"') return b.toString();
-            if (c != '\\') { b.append(c); continue; }
-            char e = s.charAt(i++);
-            switch (e) {
-                case 'n': b.append('\n'); break;
-                case 't': b.append('\t'); break;
-                case 'r': b.append('\r'); break;
-                case 'b': b.append('\b'); break;
-                case 'f': b.append('\f'); break;
-                case 'u': b.append((char) Integer.parseInt(s.substring(i, i + 4), 16)); i += 4; break;
-                default: b.append(e);
-            }
-        }
-    }
-
-    private static String quote(String text) {
-        StringBuilder b = new StringBuilder("\"");
-        for (char c : text.toCharArray()) {
-            if (c == '"' || c == '\\') b.append('\\').append(c);
-            else if (c < 0x20 || c > 0x7e) b.append(String.format("\\u%04x", (int) c));
-            else b.append(c);
-        }
-        return b.append('"').toString();
-    }
-
     // This class is on the boot class path, out of the compiler's sight; so is Resident, the
     // compiler's driver (Resident.scala), loaded from its own folder by a loader under the
     // application class loader, which holds the Scala jars.
@@ -100,18 +29,10 @@ public class ScalacWarm {
         }
     }
 
-    @SuppressWarnings("unchecked")
     private static String compile(String line) {
-        Map<String, Object> request = (Map<String, Object>) new ScalacWarm(line).value();
-        List<Object> argv = (List<Object>) request.get("argv");
+        Map<String, Object> request = WarmRequests.parse(line);
         String cwd = (String) request.get("cwd");
-        List<String> args = new ArrayList<>();
-        for (Object o : argv.subList(1, argv.size())) {
-            String arg = (String) o;
-            if (arg.equals(".")) arg = cwd;
-            else if (!arg.startsWith("-") && new File(cwd, arg).exists()) arg = cwd + "/" + arg;
-            args.add(arg);
-        }
+        List<String> args = WarmRequests.arguments(request);
         if (!args.contains("-cp") && !args.contains("-classpath")) {
             String env = System.getenv("CLASSPATH");
             args.add(0, env == null || env.isEmpty() ? cwd : env);
@@ -128,15 +49,11 @@ public class ScalacWarm {
         }
         outs.flush();
         errs.flush();
-        String prefix = cwd + "/";
-        return "{\"exit_code\": " + exit
-            + ", \"stdout\": " + quote(out.toString(StandardCharsets.UTF_8).replace(prefix, ""))
-            + ", \"stderr\": " + quote(err.toString(StandardCharsets.UTF_8).replace(prefix, "")) + "}";
+        return WarmRequests.answer(exit, out, err, cwd);
     }
 
     public static void main(String[] argv) throws Exception {
-        PrintStream answers = new PrintStream(System.out, true, StandardCharsets.UTF_8);
-        System.setOut(new PrintStream(new ByteArrayOutputStream()));  // nothing else reaches the pipe
+        PrintStream pipe = WarmRequests.takePipe();
         // a few compiles before the first program's (the JIT's first pass is seconds), with a
         // compile error among them, the Global reused as it will be; its class files removed
         // each time, as the worker gives each program a fresh dir
@@ -156,10 +73,6 @@ public class ScalacWarm {
         try (java.util.stream.Stream<java.nio.file.Path> files = java.nio.file.Files.walk(warmup)) {
             files.sorted(java.util.Comparator.reverseOrder()).forEach(f -> f.toFile().delete());
         }
-        answers.println("{\"ready\": true}");
-        BufferedReader in = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));
-        for (String line = in.readLine(); line != null; line = in.readLine()) {
-            if (!line.isBlank()) answers.println(compile(line));
-        }
+        WarmRequests.serve(pipe, ScalacWarm::compile);
     }
 }

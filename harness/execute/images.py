@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from importlib import resources
@@ -26,6 +27,7 @@ ROOTFS_ENV = "FLORA_EVAL_ROOTFS"
 DEFAULT_ROOTFS = Path("/var/cache/flora-eval/rootfs-trixie")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 LABEL_PREFIX = "org.flora-eval"
+SHARED = "shared"  # containers/shared/: files that several images' builds copy
 VERSION_TIMEOUT_S = 120  # a toolchain's version command in a fresh image (JVMs start slowly)
 
 
@@ -41,12 +43,25 @@ def context_dir(name: str) -> Path:
     return path
 
 
-def dockerfile_hash(name: str) -> str:
-    digest = hashlib.sha256()
+def context_files(name: str) -> list[tuple[str, Path]]:
+    """What the build of containers/<name>/ sees, as (name in the context, file): its own
+    files, and containers/shared/'s as shared/ when its Dockerfile copies from there (files
+    more than one image needs, such as the JVM side of the warm-process protocol)."""
     root = context_dir(name)
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    files = [(p.relative_to(root).as_posix(), p) for p in sorted(root.rglob("*")) if p.is_file()]
+    if f"{SHARED}/" in (root / "Dockerfile").read_text(encoding="utf-8"):
+        shared = root.parent / SHARED
+        files += [(f"{SHARED}/{p.relative_to(shared).as_posix()}", p) for p in sorted(shared.rglob("*"))
+                  if p.is_file()]
+    return files
+
+
+def dockerfile_hash(name: str) -> str:
+    """A hash of what the build of containers/<name>/ sees: an image made from another
+    version of it is stale."""
+    digest = hashlib.sha256()
+    for arcname, path in context_files(name):
+        digest.update(arcname.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -67,7 +82,7 @@ def ensure_base(client, rebuild: bool = False) -> str:
         return image.id
     root = _root_image(client)
     log(f"building {BASE_TAG} from {root}")
-    return _build(client, context_dir("base"), BASE_TAG, {"ROOT": root},
+    return _build(client, "base", BASE_TAG, {"ROOT": root},
                   labels={f"{LABEL_PREFIX}.image": "base", f"{LABEL_PREFIX}.root": root,
                           f"{LABEL_PREFIX}.dockerfile": dockerfile_hash("base")})
 
@@ -133,7 +148,7 @@ def ensure_language(client, lang: Language, rebuild: bool = False) -> str:
     base = ensure_base(client)
     log(f"building {lang.image_tag} from containers/{lang.key}/Dockerfile")
     started = time.monotonic()
-    staged = _build(client, context_dir(lang.key), f"{lang.image_tag}:staging", {"BASE": BASE_TAG})
+    staged = _build(client, lang.key, f"{lang.image_tag}:staging", {"BASE": BASE_TAG})
     version = toolchain_version(client, staged, lang)
     labels = {f"{LABEL_PREFIX}.image": lang.key, f"{LABEL_PREFIX}.toolchain": version,
               f"{LABEL_PREFIX}.dockerfile": dockerfile_hash(lang.key), f"{LABEL_PREFIX}.base": base}
@@ -167,12 +182,18 @@ def toolchain_version(client, image_id: str, lang: Language) -> str:
     return lines[0].strip() if lines else "unknown"
 
 
-def _build(client, context: Path, tag: str, buildargs: dict, labels: dict | None = None) -> str:
+def _build(client, name: str, tag: str, buildargs: dict, labels: dict | None = None) -> str:
+    """Build containers/<name>/ (with what `context_files` adds) as `tag`: the image's id."""
     import docker.errors
 
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for arcname, path in context_files(name):
+            tar.add(path, arcname=arcname)
+    context.seek(0)
     try:
-        image, _ = client.images.build(path=str(context), tag=tag, buildargs=buildargs, rm=True,
-                                       forcerm=True, labels=labels or {})
+        image, _ = client.images.build(fileobj=context, custom_context=True, tag=tag, buildargs=buildargs,
+                                       rm=True, forcerm=True, labels=labels or {})
     except docker.errors.BuildError as exc:
         tail = [c.get("stream", c.get("error", "")).strip() for c in exc.build_log][-8:]
         raise UserError(f"building {tag} failed: {' | '.join(t for t in tail if t)}") from None
