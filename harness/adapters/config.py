@@ -27,6 +27,7 @@ NEUTRAL = {
     "loftq_config",
     "eva_config",
     "corda_config",
+    "astra_config",  # PEFT 0.22: Astra's initialisation (the saved weights carry its result)
     "arrow_config",
     "kasa_config",
     "lora_ga_config",
