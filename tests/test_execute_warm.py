@@ -129,10 +129,10 @@ def with_hostile(lang) -> tuple:
     return with_timeout(lang, data["timeout_s"]), expected
 
 
-def run_both(lang, programs: list[str], canary: bool = True) -> dict[bool, list]:
+def run_both(lang, programs: list[str], canary: bool = True, jobs: int = 2) -> dict[bool, list]:
     found = {}
     for cold in (False, True):
-        with Executor(jobs=2, cache=None, use_cache=False, cold_toolchains=cold) as executor:
+        with Executor(jobs=jobs, cache=None, use_cache=False, cold_toolchains=cold) as executor:
             got = dict(executor.pool(lang, canary=canary).run(programs))
         found[cold] = [result_of(lang, p, got[i]) for i, p in enumerate(programs)]
     return found
@@ -297,11 +297,7 @@ SCALA_AFTER_ANOTHER = [
 def test_a_warm_scalac_forgets_each_program():
     lang = offered_language("scala")
     sources = [source for source, _ in SCALA_AFTER_ANOTHER]
-    found = {}
-    for cold in (False, True):
-        with Executor(jobs=1, cache=None, use_cache=False, cold_toolchains=cold) as executor:
-            got = dict(executor.pool(lang).run(sources))
-        found[cold] = [result_of(lang, s, got[i]) for i, s in enumerate(sources)]
+    found = run_both(lang, sources, jobs=1)  # one lane: one warm scalac sees them all
     assert [r.status for r in found[False]] == [status for _, status in SCALA_AFTER_ANOTHER]
     for warm, cold in zip(found[False], found[True], strict=True):
         assert warm.observation[0].get("warm") is True, warm.observation[0].get("warm_fallback")

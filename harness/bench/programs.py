@@ -71,13 +71,14 @@ def mixed_programs(lang, dataset_dir: Path, rows: int = 20, broken_rows: int | N
 
     programs = test_input_programs(lang, dataset_dir.parent / "test_inputs")
     programs += [lang.canary.good, lang.canary.bad]
-    if lang.key in RIGHT:
-        right = RIGHT[lang.key]
-        programs += [problem.prompt + right[problem.name] + "\n" + problem.tests
-                     for problem in load_problems(lang.key, dataset_dir).problems if problem.name in right]
+    if lang.key not in RIGHT and lang.key not in WRONG:
+        return list(dict.fromkeys(programs))
+    problems = load_problems(lang.key, dataset_dir).problems  # read once, for both
+    right = RIGHT.get(lang.key, {})
+    programs += [p.prompt + right[p.name] + "\n" + p.tests for p in problems if p.name in right]
     if lang.key in WRONG:
         broken_rows = rows if broken_rows is None else broken_rows
-        for index, problem in enumerate(load_problems(lang.key, dataset_dir, limit=rows).problems):
+        for index, problem in enumerate(problems[:rows]):
             bodies = (WRONG[lang.key], BROKEN[lang.key]) if index < broken_rows else (WRONG[lang.key],)
             programs += [problem.prompt + body + "\n" + problem.tests for body in bodies]
     return list(dict.fromkeys(programs))
